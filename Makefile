@@ -1,0 +1,45 @@
+# Documented entry points: make demo, make test, make bench, make lint.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint deps system jaeger worker-deps r2-worker clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+system:
+	bash scripts/install-system.sh
+
+jaeger:
+	bash scripts/build-jaeger.sh
+
+worker-deps:
+	bash scripts/install-worker-deps.sh
+
+deps: system $(STAMP) jaeger worker-deps
+
+test: deps
+	bash scripts/run-tests.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check agent tests bench scripts
+	$(VENV)/bin/ruff format --check agent tests bench scripts
+	$(VENV)/bin/mypy
+
+bench: deps
+	$(PY) -m bench
+
+r2-worker: worker-deps
+	bash scripts/r2-worker.sh
+
+demo: deps
+	$(PY) scripts/demo.py
+
+clean:
+	rm -rf $(VENV) tools/bin r2-worker/node_modules .pytest_cache

@@ -1,0 +1,1 @@
+"""Alert rules evaluated on the exported metrics, and their notifiers."""

@@ -1,0 +1,1 @@
+"""Health checks, their scheduler, and the /health, /livez and /readyz answers."""

@@ -1,0 +1,1 @@
+"""The state store: leases, watermarks, dedupe, delivery log, key-value, heartbeats."""

@@ -1,0 +1,145 @@
+"""The state-store protocol shared by the embedded SQLite store and the Redis store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+DeliveryOutcome = Literal["delivered", "failed", "dead_lettered"]
+
+
+class StoreError(RuntimeError):
+    """The store could not be reached or answered badly; the message never holds a secret."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A held lease: the fencing token grows every time the lease changes hands."""
+
+    name: str
+    holder: str
+    token: int
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """Where a mailbox's poller stands: UIDVALIDITY and the highest UID whose outcome is durable."""
+
+    uidvalidity: int
+    uid: int
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """One webhook delivery outcome, as kept in the delivery log."""
+
+    at: float
+    outcome: DeliveryOutcome
+    mailbox: str
+    email_id: str
+    status_code: int | None = None
+    duration: float = 0.0
+    error: str = ""
+    attempts: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeliveryWindow:
+    """Counts by outcome in a time window and the newest record (for /health and metrics)."""
+
+    counts: dict[str, int]
+    last: DeliveryRecord | None
+
+    @property
+    def total(self) -> int:
+        """All deliveries in the window."""
+        return sum(self.counts.values())
+
+    @property
+    def error_ratio(self) -> float | None:
+        """Failed (failed + dead_lettered) over all; None when nothing was delivered."""
+        if not self.total:
+            return None
+        bad = self.counts.get("failed", 0) + self.counts.get("dead_lettered", 0)
+        return bad / self.total
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Everything the sidecar keeps between cycles and across restarts and replicas."""
+
+    backend: str
+
+    async def start(self) -> None:
+        """Opens connections or files; must be called before any other method."""
+
+    async def close(self) -> None:
+        """Releases connections; the store cannot be used afterwards."""
+
+    async def ping(self) -> float:
+        """Round trip to the backend in seconds; raises StoreError when it is down."""
+
+    # Leases (one poller per mailbox across replicas).
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> Lease | None:
+        """Takes the lease if free or expired (or already ours: then renews); None if held."""
+
+    async def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extends our lease; None when it expired and another holder (or token) took it."""
+
+    async def release_lease(self, lease: Lease) -> bool:
+        """Gives the lease up if we still hold it with that token."""
+
+    async def lease_holder(self, name: str) -> Lease | None:
+        """The current unexpired lease of that name, whoever holds it."""
+
+    async def count_leases(self, holder: str, prefix: str) -> int:
+        """How many unexpired leases with names starting with prefix this holder has."""
+
+    # Watermarks.
+    async def get_watermark(self, mailbox: str) -> Watermark | None:
+        """The mailbox's UIDVALIDITY and UID watermark, or None before the first cycle."""
+
+    async def set_watermark(self, mailbox: str, mark: Watermark, *, fence: Lease | None = None) -> bool:
+        """Stores the watermark; with a fence, only while that lease is still held (else False)."""
+
+    # Processed message ids (dedupe after a crash) and per-message attempts.
+    async def mark_processed(self, key: str, ttl: float) -> bool:
+        """Remembers key for ttl seconds; False if it was already there."""
+
+    async def is_processed(self, key: str) -> bool:
+        """Whether key was marked processed and has not expired."""
+
+    async def incr_attempts(self, key: str, ttl: float) -> int:
+        """Counts one more attempt at key and returns the count."""
+
+    async def clear_attempts(self, key: str) -> None:
+        """Forgets the attempt count of key."""
+
+    # Webhook delivery log.
+    async def append_delivery(self, record: DeliveryRecord) -> None:
+        """Appends one outcome; records older than the retention are dropped."""
+
+    async def delivery_window(self, seconds: float, now: float | None = None) -> DeliveryWindow:
+        """Counts by outcome of the records in the last `seconds`, and the newest record."""
+
+    async def recent_deliveries(self, limit: int) -> list[DeliveryRecord]:
+        """The newest records, newest first."""
+
+    # Small key-value (alert state and the like), JSON-serialisable values.
+    async def kv_get(self, key: str) -> Any | None:
+        """The value stored under key, or None."""
+
+    async def kv_set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        """Stores a JSON-serialisable value, optionally expiring."""
+
+    async def kv_delete(self, key: str) -> None:
+        """Removes key."""
+
+    # Heartbeats (liveness of each replica's background tasks).
+    async def heartbeat(self, name: str, at: float, info: dict[str, Any] | None = None) -> None:
+        """Records that the named task was alive at `at`."""
+
+    async def heartbeats(self, prefix: str = "") -> dict[str, dict[str, Any]]:
+        """The last heartbeat of every task whose name starts with prefix."""

@@ -1,0 +1,1 @@
+"""OpenTelemetry providers, the metric catalogue, structured logs and secret masking."""

@@ -1,0 +1,190 @@
+"""Every metric instrument the sidecar exports, defined once with its unit and description."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+# Seconds-based histograms: buckets from 5 ms to 10 min, enough for IMAP, webhooks and transfers.
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)
+SIZE_BUCKETS = (
+    1024.0, 16384.0, 131072.0, 1048576.0, 5242880.0, 26214400.0, 104857600.0, 524288000.0,
+    2147483648.0,
+)
+
+GaugeSource = Callable[[], Iterable[Observation]]
+
+
+@dataclass(frozen=True)
+class InstrumentSpec:
+    """Name, kind, unit and description of one instrument (the telemetry reference is built from these)."""
+
+    name: str
+    kind: str
+    unit: str
+    description: str
+    attributes: tuple[str, ...] = ()
+
+
+CATALOGUE: tuple[InstrumentSpec, ...] = (
+    InstrumentSpec("imap.client.operation.duration", "histogram", "s",
+                   "Duration of one IMAP command.", ("imap.command", "outcome", "error.type")),
+    InstrumentSpec("imap.poll.duration", "histogram", "s", "Duration of one poll cycle.",
+                   ("imap.mailbox", "outcome")),
+    InstrumentSpec("imap.messages", "counter", "{message}", "Messages handled, by outcome.",
+                   ("imap.mailbox", "outcome")),
+    InstrumentSpec("imap.message.size", "histogram", "By", "RFC822.SIZE of fetched messages.",
+                   ("imap.mailbox",)),
+    InstrumentSpec("imap.mailbox.backlog", "gauge", "{message}",
+                   "Messages above the UID watermark.", ("imap.mailbox",)),
+    InstrumentSpec("email.html.truncations", "counter", "{message}",
+                   "HTML parts cut at the size cap before conversion."),
+    InstrumentSpec("email.parse.duration", "histogram", "s", "MIME parse and HTML-to-text time."),
+    InstrumentSpec("r2.transfer.duration", "histogram", "s", "Duration of one R2 transfer.",
+                   ("r2.provider", "outcome")),
+    InstrumentSpec("r2.transfer.size", "histogram", "By", "Bytes stored by one R2 transfer.",
+                   ("r2.provider",)),
+    InstrumentSpec("r2.transfers", "counter", "{transfer}", "R2 transfers, by outcome.",
+                   ("r2.provider", "outcome")),
+    InstrumentSpec("webhook.delivery.duration", "histogram", "s",
+                   "Duration of one webhook delivery (all attempts).", ("outcome",)),
+    InstrumentSpec("webhook.deliveries", "counter", "{delivery}",
+                   "Webhook deliveries, by final outcome.", ("outcome",)),
+    InstrumentSpec("webhook.error_ratio", "gauge", "1",
+                   "Failed over all webhook deliveries in the last 24 h."),
+    InstrumentSpec("webhook.window.deliveries", "gauge", "{delivery}",
+                   "Webhook deliveries in the last 24 h.", ("outcome",)),
+    InstrumentSpec("webhook.last_delivery.time", "gauge", "s",
+                   "Unix time of the newest webhook delivery."),
+    InstrumentSpec("poller.leader", "gauge", "1",
+                   "1 while this replica holds the mailbox's lease.", ("imap.mailbox",)),
+    InstrumentSpec("poller.last_success.time", "gauge", "s",
+                   "Unix time of the mailbox's last successful cycle.", ("imap.mailbox",)),
+    InstrumentSpec("probe.up", "gauge", "1", "1 when the health check passes.", ("probe",)),
+    InstrumentSpec("probe.duration", "gauge", "s", "Duration of the last health check.",
+                   ("probe",)),
+    InstrumentSpec("system.cpu.utilization", "gauge", "1", "Host CPU busy ratio."),
+    InstrumentSpec("system.memory.utilization", "gauge", "1", "Host memory used ratio."),
+    InstrumentSpec("system.filesystem.utilization", "gauge", "1",
+                   "Used ratio of the data directory's filesystem.", ("system.filesystem.mountpoint",)),
+    InstrumentSpec("system.network.io", "counter", "By", "Host network bytes.",
+                   ("network.io.direction",)),
+    InstrumentSpec("system.process.count", "gauge", "{process}", "Processes on the host."),
+    InstrumentSpec("process.memory.usage", "gauge", "By", "Resident set size of the sidecar."),
+    InstrumentSpec("process.memory.utilization", "gauge", "1",
+                   "RSS over the cgroup memory limit (or host memory without one)."),
+    InstrumentSpec("process.cpu.utilization", "gauge", "1",
+                   "CPU time of the sidecar over wall time and cores."),
+    InstrumentSpec("alerts.active", "gauge", "{alert}",
+                   "Alert instances by state, as Prometheus' ALERTS.", ("alertname", "alertstate")),
+    InstrumentSpec("alert.notifications", "counter", "{notification}",
+                   "Alert notifications sent, by outcome.", ("notifier", "outcome")),
+    InstrumentSpec("telemetry.export.failures", "counter", "{export}",
+                   "Failed OTLP exports.", ("signal",)),
+    InstrumentSpec("http.server.request.duration", "histogram", "s",
+                   "Duration of HTTP requests served.",
+                   ("http.request.method", "http.route", "http.response.status_code")),
+    InstrumentSpec("browser.page.load.duration", "histogram", "s",
+                   "Dashboard page load time reported by the browser.", ("browser.metric",)),
+    InstrumentSpec("browser.api.request.duration", "histogram", "s",
+                   "Dashboard API call durations reported by the browser.", ("http.route",)),
+)
+
+SPECS = {spec.name: spec for spec in CATALOGUE}
+
+
+class Instruments:
+    """The created instruments; observable gauges read values that sources publish here.
+
+    Callbacks return cached values only, so several metric readers never split a reading.
+    """
+
+    def __init__(self, meter: Meter) -> None:
+        self._lock = threading.Lock()
+        self._sources: dict[str, list[GaugeSource]] = {}
+        self.imap_operation_duration = meter.create_histogram(
+            **_kw("imap.client.operation.duration"),
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.imap_poll_duration = meter.create_histogram(
+            **_kw("imap.poll.duration"), explicit_bucket_boundaries_advisory=DURATION_BUCKETS
+        )
+        self.imap_messages = meter.create_counter(**_kw("imap.messages"))
+        self.imap_message_size = meter.create_histogram(
+            **_kw("imap.message.size"), explicit_bucket_boundaries_advisory=SIZE_BUCKETS
+        )
+        self.html_truncations = meter.create_counter(**_kw("email.html.truncations"))
+        self.parse_duration = meter.create_histogram(
+            **_kw("email.parse.duration"), explicit_bucket_boundaries_advisory=DURATION_BUCKETS
+        )
+        self.r2_transfer_duration = meter.create_histogram(
+            **_kw("r2.transfer.duration"), explicit_bucket_boundaries_advisory=DURATION_BUCKETS
+        )
+        self.r2_transfer_size = meter.create_histogram(
+            **_kw("r2.transfer.size"), explicit_bucket_boundaries_advisory=SIZE_BUCKETS
+        )
+        self.r2_transfers = meter.create_counter(**_kw("r2.transfers"))
+        self.webhook_delivery_duration = meter.create_histogram(
+            **_kw("webhook.delivery.duration"),
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.webhook_deliveries = meter.create_counter(**_kw("webhook.deliveries"))
+        self.alert_notifications = meter.create_counter(**_kw("alert.notifications"))
+        self.export_failures = meter.create_counter(**_kw("telemetry.export.failures"))
+        self.http_server_duration = meter.create_histogram(
+            **_kw("http.server.request.duration"),
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.browser_page_load = meter.create_histogram(
+            **_kw("browser.page.load.duration"),
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.browser_api_duration = meter.create_histogram(
+            **_kw("browser.api.request.duration"),
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        for spec in CATALOGUE:
+            if spec.kind == "gauge":
+                meter.create_observable_gauge(
+                    spec.name, callbacks=[self._callback(spec.name)], unit=spec.unit,
+                    description=spec.description,
+                )
+        meter.create_observable_counter(
+            "system.network.io", callbacks=[self._callback("system.network.io")],
+            unit=SPECS["system.network.io"].unit, description=SPECS["system.network.io"].description,
+        )
+
+    def publish(self, name: str, source: GaugeSource) -> None:
+        """Adds a source of cached observations for an observable instrument of the catalogue."""
+        if name not in SPECS:
+            raise KeyError(f"{name} is not in the metric catalogue")
+        with self._lock:
+            self._sources.setdefault(name, []).append(source)
+
+    def unpublish(self, name: str, source: GaugeSource) -> None:
+        """Removes a source added with publish."""
+        with self._lock:
+            sources = self._sources.get(name, [])
+            if source in sources:
+                sources.remove(source)
+
+    def _callback(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            with self._lock:
+                sources = list(self._sources.get(name, []))
+            observations: list[Observation] = []
+            for source in sources:
+                observations.extend(source())
+            return observations
+
+        return observe
+
+
+def _kw(name: str) -> dict[str, str]:
+    spec = SPECS[name]
+    return {"name": spec.name, "unit": spec.unit, "description": spec.description}

@@ -1,0 +1,1 @@
+"""The aiohttp application: probes, APIs and the dashboard."""

@@ -1,0 +1,3 @@
+module signal-sidecar/tools
+
+go 1.24
