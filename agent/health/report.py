@@ -1,0 +1,147 @@
+"""The /health body: the seed's JSON, and the IETF application/health+json form of the same facts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.health.liveness import Lifecycle
+from agent.health.registry import HealthRegistry
+
+SERVICES = ("redis", "imap", "r2", "collector")
+_COMPONENT_TYPES = {"redis": "datastore", "imap": "component", "r2": "component",
+                    "collector": "component", "http": "component"}
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace(
+        "+00:00", "Z"
+    )
+
+
+def _empty_dict() -> dict[str, Any]:
+    return {}
+
+
+@dataclass
+class HealthSources:
+    """Where /health reads its facts; every callable returns cached values and never waits."""
+
+    registry: HealthRegistry
+    lifecycle: Lifecycle
+    version: str
+    service_name: str = "signal-sidecar"
+    instance_id: str = ""
+    memory: Callable[[], dict[str, Any] | None] = lambda: None
+    deliveries: Callable[[], dict[str, Any]] = _empty_dict
+    poller: Callable[[], dict[str, Any]] = _empty_dict
+    alerts_firing: Callable[[], int] = lambda: 0
+    required: list[str] = field(default_factory=list)
+
+
+def overall_status(sources: HealthSources) -> str:
+    """error: a required check fails; degraded: anything else fails; ok otherwise."""
+    states = sources.registry.states()
+    required = set(sources.required)
+    if any(s.status == "error" and name in required for name, s in states.items()):
+        return "error"
+    if any(s.status == "error" for s in states.values()):
+        return "degraded"
+    if sources.poller().get("status") in ("error", "stalled"):
+        return "degraded"
+    return "ok"
+
+
+def _service(sources: HealthSources, name: str) -> dict[str, Any]:
+    state = sources.registry.states().get(name)
+    if state is None:
+        return {"status": "not_configured"}
+    view = state.as_dict()
+    return {
+        "status": view["status"],
+        "latency_ms": view["latency_ms"],
+        "error": view["error"],
+        "last_check": _iso(view["last_check"]),
+        "last_ok": _iso(view["last_ok"]),
+        **({"details": view["data"]} if view["data"] else {}),
+    }
+
+
+def seed_report(sources: HealthSources, now: float | None = None) -> dict[str, Any]:
+    """The seed's /health JSON."""
+    now = time.time() if now is None else now
+    services: dict[str, Any] = {name: _service(sources, name) for name in SERVICES}
+    for name in sources.registry.states():
+        if name not in services:
+            services[name] = _service(sources, name)
+    services["background_tasks"] = {"imap_poller": sources.poller() or {"status": "disabled"}}
+    deliveries = sources.deliveries()
+    return {
+        "status": overall_status(sources),
+        "timestamp": _iso(now),
+        "version": sources.version,
+        "uptime": round(now - sources.lifecycle.started_at, 3),
+        "services": services,
+        "metrics": {
+            "memory_usage": sources.memory() or {},
+            "active_webhooks": deliveries.get("active_webhooks", 0),
+            "error_rate_24h": deliveries.get("error_rate_24h", 0.0),
+            "last_webhook": deliveries.get("last_webhook"),
+        },
+        "alerts": {"firing": sources.alerts_firing()},
+    }
+
+
+def health_json_report(sources: HealthSources, now: float | None = None) -> dict[str, Any]:
+    """The same facts in the IETF draft format (draft-inadarei-api-health-check)."""
+    now = time.time() if now is None else now
+    status = {"ok": "pass", "degraded": "warn", "error": "fail"}[overall_status(sources)]
+    checks: dict[str, list[dict[str, Any]]] = {}
+    for name, state in sources.registry.states().items():
+        if state.status in ("not_configured", "disabled"):
+            continue
+        entry: dict[str, Any] = {
+            "componentId": name,
+            "componentType": _COMPONENT_TYPES.get(name, "component"),
+            "status": "pass" if state.status == "ok" else (
+                "warn" if state.status == "unknown" else "fail"
+            ),
+            "time": _iso(state.last_run_at or now),
+        }
+        if state.last is not None and state.last.latency is not None:
+            entry |= {"observedValue": round(state.last.latency * 1000, 2), "observedUnit": "ms"}
+        if state.status == "error" and state.last is not None:
+            entry["output"] = state.last.detail
+        key = f"{name}:responseTime" if "observedValue" in entry else f"{name}:status"
+        checks[key] = [entry]
+    memory = sources.memory() or {}
+    if memory:
+        checks["memory:utilization"] = [{
+            "componentType": "system",
+            "observedValue": memory.get("percent"),
+            "observedUnit": "percent",
+            "status": "pass",
+            "time": _iso(now),
+        }]
+    poller = sources.poller()
+    if poller:
+        checks["imap_poller:status"] = [{
+            "componentType": "component",
+            "status": {"ok": "pass", "disabled": "pass", "idle": "pass"}.get(
+                str(poller.get("status")), "fail"),
+            "time": _iso(now),
+            "output": "" if poller.get("status") in ("ok", "disabled", "idle")
+            else str(poller.get("status")),
+        }]
+    return {
+        "status": status,
+        "version": sources.version.split(".")[0],
+        "releaseId": sources.version,
+        "serviceId": sources.instance_id or sources.service_name,
+        "description": f"{sources.service_name} health",
+        "checks": checks,
+        "notes": [f"firing alerts: {sources.alerts_firing()}"],
+    }

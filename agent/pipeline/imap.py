@@ -1,0 +1,604 @@
+"""Async IMAP client with hard timeouts, one span and one duration per command, and reconnects.
+
+Library choice: stdlib imaplib run in one dedicated worker thread per connection (imaplib is not
+thread-safe, so every command of a connection goes through the same single-thread executor).
+imaplib ships with Python, is maintained with it, speaks every TLS mode we need (IMAP4_SSL,
+STARTTLS, plain) and takes a socket timeout that bounds connect, the banner read and every read
+of every command. aioimaplib would add a dependency for no behaviour we need: the agent runs a
+handful of mailboxes, so one thread each costs nothing, and the thread keeps the event loop free.
+An asyncio-level backstop (the timeout plus a little slack) still bounds each call in case a
+server drips bytes slowly enough to defeat the per-read socket timeout.
+
+Folders are opened read-only (EXAMINE): the sidecar never changes mail, and BODY.PEEK keeps the
+\\Seen flag untouched as well, so the user's mail client sees the mailbox as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import imaplib
+import re
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+from agent.config import ImapSettings, MailboxSettings
+from agent.retry import Backoff
+from agent.telemetry.catalogue import Instruments
+
+T = TypeVar("T")
+
+# How far past the socket timeout the asyncio backstop fires.
+_BACKSTOP_SLACK = 1.0
+# A FETCH may legitimately outlast the timeout while bytes keep flowing; the backstop grants
+# this throughput on top (bytes per second) before it calls the server stalled.
+_MIN_FETCH_THROUGHPUT = 1_000_000
+_DEFAULT_FETCH_BATCH = 50
+
+_UID = re.compile(rb"\bUID (\d+)")
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+_LITERAL = re.compile(rb"\{(\d+)\}$")
+
+
+class ImapError(Exception):
+    """An IMAP operation failed; `error_type` is a low-cardinality name for metrics and spans."""
+
+    error_type = "imap"
+
+
+class ImapAuthError(ImapError):
+    """The server refused the credentials."""
+
+    error_type = "auth"
+
+
+class ImapTimeoutError(ImapError):
+    """Connect or a command did not finish within the timeout."""
+
+    error_type = "timeout"
+
+
+class ImapConnectionError(ImapError):
+    """The TCP or TLS connection could not be made or was lost."""
+
+    error_type = "connection"
+
+
+class ImapProtocolError(ImapError):
+    """The server answered NO/BAD or something this client cannot read."""
+
+    error_type = "protocol"
+
+
+@dataclass(frozen=True)
+class MailboxStatus:
+    """What SELECT (EXAMINE) reports about the folder."""
+
+    uidvalidity: int
+    exists: int
+    uidnext: int | None
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    """One fetched message; `partial` when only the first max_bytes of `size` were fetched."""
+
+    uid: int
+    size: int
+    data: bytes
+    partial: bool
+
+
+class ImapClient:
+    """One IMAP connection: connect, login, select, then search and fetch; close when done."""
+
+    def __init__(
+        self,
+        mailbox: MailboxSettings,
+        *,
+        timeout: float,
+        tracer: Tracer,
+        instruments: Instruments,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._mailbox = mailbox
+        self._timeout = float(timeout)
+        self._tracer = tracer
+        self._instruments = instruments
+        self._ssl_context = ssl_context
+        self._conn: imaplib.IMAP4 | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = asyncio.Lock()
+        self._state = "new"  # new -> open -> (broken | closed)
+        self._folder = mailbox.folder
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is open and has not been broken by an error."""
+        return self._state == "open" and self._conn is not None
+
+    @property
+    def mailbox(self) -> MailboxSettings:
+        """The mailbox this client talks to."""
+        return self._mailbox
+
+    async def connect(self) -> None:
+        """Opens TCP (+ TLS per the mailbox's mode) and reads the server greeting."""
+        if self._state == "open":
+            raise RuntimeError("ImapClient.connect() called on an open connection")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"imap-{self._mailbox.name}"
+        )
+        try:
+            with self._operation("connect") as span:
+                span.set_attribute("imap.tls", self._mailbox.tls)
+                self._conn = await self._in_thread(self._open)
+        except BaseException:
+            self._state = "broken"
+            await self.close()
+            self._state = "broken"
+            raise
+        self._state = "open"
+
+    async def login(self) -> None:
+        """Authenticates with the mailbox's username and password (LOGIN)."""
+        user, password = self._mailbox.username, self._mailbox.password
+        await self._command("login", lambda conn: conn.login(user, password))
+
+    async def select(self, folder: str | None = None) -> MailboxStatus:
+        """Opens `folder` (default: the configured one) read-only and returns its status."""
+        name = folder or self._mailbox.folder
+        self._folder = name
+
+        def examine(conn: imaplib.IMAP4) -> MailboxStatus:
+            typ, data = conn.select(_quote(name), readonly=True)
+            _expect_ok(typ, data, f"EXAMINE {name}")
+            uidvalidity = _response_int(conn, "UIDVALIDITY")
+            if uidvalidity is None:
+                raise ImapProtocolError(f"EXAMINE {name}: the server sent no UIDVALIDITY")
+            return MailboxStatus(
+                uidvalidity=uidvalidity,
+                exists=_int(data[0] if data else None, "EXISTS"),
+                uidnext=_response_int(conn, "UIDNEXT"),
+            )
+
+        return await self._command("select", examine)
+
+    async def search_uids_above(self, uid: int) -> list[int]:
+        """UIDs greater than `uid` in the selected folder, ascending."""
+
+        def search(conn: imaplib.IMAP4) -> list[int]:
+            typ, data = conn.uid("SEARCH", "UID", f"{uid + 1}:*")
+            _expect_ok(typ, data, "UID SEARCH")
+            found = {int(token) for line in data if line for token in _as_bytes(line).split()}
+            # "n:*" always matches the highest UID, even when it is below n (RFC 3501 6.4.8).
+            return sorted(u for u in found if u > uid)
+
+        return await self._command("search", search)
+
+    async def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """RFC822.SIZE of each UID that still exists."""
+        if not uids:
+            return {}
+
+        def sizes(conn: imaplib.IMAP4) -> dict[int, int]:
+            typ, data = conn.uid("FETCH", _uid_set(uids), "(UID RFC822.SIZE)")
+            _expect_ok(typ, data, "UID FETCH RFC822.SIZE")
+            result: dict[int, int] = {}
+            for item in data:
+                line = _as_bytes(item[0] if isinstance(item, tuple) else item)
+                uid_match, size_match = _UID.search(line), _SIZE.search(line)
+                if uid_match and size_match:
+                    result[int(uid_match.group(1))] = int(size_match.group(1))
+            return result
+
+        return await self._command(
+            "fetch", sizes, attributes={"imap.fetch.items": "RFC822.SIZE"}, count=len(uids)
+        )
+
+    async def fetch(
+        self, uids: Sequence[int], *, max_bytes: int, batch_size: int = _DEFAULT_FETCH_BATCH
+    ) -> list[FetchedMessage]:
+        """Fetches whole messages, and only the first `max_bytes` of larger ones (flagged partial).
+
+        Nothing is marked \\Seen (BODY.PEEK). UIDs that vanished meanwhile are left out.
+        """
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        sizes = await self.fetch_sizes(uids)
+        whole = [u for u in uids if u in sizes and sizes[u] <= max_bytes]
+        large = [u for u in uids if u in sizes and sizes[u] > max_bytes]
+        bodies: dict[int, bytes] = {}
+        step = max(1, batch_size)
+        for group, item in ((whole, "BODY.PEEK[]"), (large, f"BODY.PEEK[]<0.{max_bytes}>")):
+            for start in range(0, len(group), step):
+                batch = group[start : start + step]
+                expected = sum(min(sizes[u], max_bytes) for u in batch)
+                bodies.update(await self._fetch_bodies(batch, item, expected))
+        return [
+            FetchedMessage(uid=u, size=sizes[u], data=bodies[u], partial=sizes[u] > max_bytes)
+            for u in uids
+            if u in bodies
+        ]
+
+    async def _fetch_bodies(self, uids: list[int], item: str, expected: int) -> dict[int, bytes]:
+        def bodies(conn: imaplib.IMAP4) -> dict[int, bytes]:
+            typ, data = conn.uid("FETCH", _uid_set(uids), f"(UID {item})")
+            _expect_ok(typ, data, "UID FETCH BODY")
+            return _parse_bodies(data)
+
+        return await self._command(
+            "fetch",
+            bodies,
+            attributes={"imap.fetch.items": item.split("<")[0]},
+            count=len(uids),
+            extra_seconds=expected / _MIN_FETCH_THROUGHPUT,
+        )
+
+    async def noop(self) -> None:
+        """NOOP: proves the connection is alive (and lets the server report new mail)."""
+
+        def noop(conn: imaplib.IMAP4) -> None:
+            typ, data = conn.noop()
+            _expect_ok(typ, data, "NOOP")
+
+        await self._command("noop", noop)
+
+    async def logout(self) -> None:
+        """LOGOUT, then closes the connection (which is closed even when LOGOUT fails)."""
+        try:
+            await self._command("logout", lambda conn: conn.logout())
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Drops the connection without a goodbye; safe to call at any time, any number of times."""
+        conn, executor = self._conn, self._executor
+        self._conn, self._executor = None, None
+        if self._state != "new":
+            self._state = "closed"
+        if conn is not None:
+            _drop(conn)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def _open(self) -> imaplib.IMAP4:
+        host, port, mode = self._mailbox.host, self._mailbox.effective_port, self._mailbox.tls
+        context = self._ssl_context or ssl.create_default_context()
+        if mode == "ssl":
+            return imaplib.IMAP4_SSL(host, port, ssl_context=context, timeout=self._timeout)
+        conn = imaplib.IMAP4(host, port, timeout=self._timeout)
+        if mode == "starttls":
+            try:
+                conn.starttls(ssl_context=context)
+            except BaseException:
+                _drop(conn)
+                raise
+        return conn
+
+    async def _command(
+        self,
+        command: str,
+        call: Callable[[imaplib.IMAP4], T],
+        *,
+        attributes: dict[str, str] | None = None,
+        count: int | None = None,
+        extra_seconds: float = 0.0,
+    ) -> T:
+        conn = self._require_open(command)
+        with self._operation(command) as span:
+            for key, value in (attributes or {}).items():
+                span.set_attribute(key, value)
+            if count is not None:
+                span.set_attribute("imap.message.count", count)
+            async with self._lock:
+                return await self._in_thread(lambda: call(conn), extra_seconds)
+
+    def _require_open(self, command: str) -> imaplib.IMAP4:
+        if self._state == "new":
+            raise RuntimeError(f"ImapClient.{command}() called before connect()")
+        if self._state == "closed":
+            raise RuntimeError(f"ImapClient.{command}() called after close()")
+        if self._state == "broken" or self._conn is None:
+            raise ImapConnectionError(
+                f"{self._where()}: the connection was dropped after an earlier error; reconnect"
+            )
+        return self._conn
+
+    async def _in_thread(self, fn: Callable[[], T], extra_seconds: float = 0.0) -> T:
+        if self._executor is None:
+            raise RuntimeError("ImapClient is not connected")
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, fn)
+        # An abandoned future's late exception is expected, not worth a warning.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            done, _ = await asyncio.wait(
+                {future}, timeout=self._timeout + _BACKSTOP_SLACK + extra_seconds
+            )
+        except asyncio.CancelledError:
+            # The command may be half-sent: this connection cannot be trusted any more.
+            self._break()
+            raise
+        if future not in done:
+            self._break()
+            raise ImapTimeoutError(f"{self._where()}: no answer within {self._timeout:g}s")
+        return future.result()
+
+    def _break(self) -> None:
+        conn = self._conn
+        self._conn = None
+        self._state = "broken"
+        if conn is not None:
+            _drop(conn)  # unblocks the worker thread if it still waits on the socket
+
+    def _where(self) -> str:
+        return f"IMAP {self._mailbox.host}:{self._mailbox.effective_port}"
+
+    @contextlib.contextmanager
+    def _operation(self, command: str) -> Iterator[Span]:
+        attributes: dict[str, str | int] = {
+            "server.address": self._mailbox.host,
+            "server.port": self._mailbox.effective_port,
+            "imap.mailbox": self._folder,
+            "imap.command": command,
+        }
+        started = time.perf_counter()
+        with self._tracer.start_as_current_span(
+            f"imap.{command}",
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                yield span
+            except asyncio.CancelledError:
+                self._record(command, started, "cancelled")
+                raise
+            except ImapError as exc:
+                self._fail(span, command, started, exc)
+                raise
+            except (OSError, imaplib.IMAP4.error) as exc:
+                error = self._translate(exc, command)
+                self._fail(span, command, started, error)
+                raise error from None
+            self._record(command, started, None)
+
+    def _fail(self, span: Span, command: str, started: float, error: ImapError) -> None:
+        if isinstance(error, ImapTimeoutError | ImapConnectionError):
+            self._break()
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, str(error)))
+        span.set_attribute("error.type", error.error_type)
+        self._record(command, started, error.error_type)
+
+    def _record(self, command: str, started: float, error_type: str | None) -> None:
+        attributes = {"imap.command": command, "outcome": "ok" if error_type is None else "error"}
+        if error_type is not None:
+            attributes["error.type"] = error_type
+        self._instruments.imap_operation_duration.record(time.perf_counter() - started, attributes)
+
+    def _translate(self, exc: BaseException, command: str) -> ImapError:
+        """The one place library exceptions become ours; the password never appears."""
+        detail = _scrub(_describe(exc), self._mailbox.password)
+        where = self._where()
+        if isinstance(exc, TimeoutError) or _caused_by_timeout(exc):
+            return ImapTimeoutError(f"{where}: {command} timed out after {self._timeout:g}s")
+        if isinstance(exc, imaplib.IMAP4.abort):
+            return ImapConnectionError(f"{where}: {command}: connection lost ({detail})")
+        if isinstance(exc, imaplib.IMAP4.error):
+            if command == "login":
+                user = self._mailbox.username
+                return ImapAuthError(f"{where}: login as {user!r} refused ({detail})")
+            return ImapProtocolError(f"{where}: {command}: {detail}")
+        if isinstance(exc, ssl.SSLError):
+            return ImapConnectionError(f"{where}: {command}: TLS failed ({detail})")
+        return ImapConnectionError(f"{where}: {command}: {detail}")
+
+
+class ReconnectingSession:
+    """Owns one ImapClient and hands out a connected, logged-in, selected one, reconnecting with
+    exponential backoff and jitter after failures."""
+
+    def __init__(
+        self,
+        mailbox: MailboxSettings,
+        imap: ImapSettings,
+        *,
+        tracer: Tracer,
+        instruments: Instruments,
+        backoff: Backoff | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        base = backoff or Backoff(initial=1.0, maximum=float(imap.reconnect_max_backoff))
+        self._backoff = Backoff(
+            initial=base.initial,
+            maximum=min(base.maximum, float(imap.reconnect_max_backoff)),
+            factor=base.factor,
+            jitter=base.jitter,
+        )
+        self._mailbox = mailbox
+        self._timeout = float(imap.timeout)
+        self._tracer = tracer
+        self._instruments = instruments
+        self._ssl_context = ssl_context
+        self._sleep = sleep
+        self._client: ImapClient | None = None
+        self._broken = False
+        self._closed = False
+        self._failures = 0
+        self._last_failure = 0.0
+        self._last_delay = 0.0
+        self._status: MailboxStatus | None = None
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failed attempts since the last success."""
+        return self._failures
+
+    @property
+    def last_delay(self) -> float:
+        """The backoff delay chosen before the latest attempt (0 when none was needed)."""
+        return self._last_delay
+
+    @property
+    def status(self) -> MailboxStatus | None:
+        """The folder status from the latest successful select."""
+        return self._status
+
+    async def ensure(self) -> ImapClient:
+        """A ready client; after failures, waits out the backoff first. Raises ImapError."""
+        if self._closed:
+            raise RuntimeError("ReconnectingSession.ensure() called after close()")
+        client = self._client
+        if client is not None and client.connected and not self._broken:
+            return client
+        await self._discard()
+        self._last_delay = 0.0
+        if self._failures:
+            delay = self._backoff.delay(self._failures)
+            self._last_delay = delay
+            remaining = delay - (time.monotonic() - self._last_failure)
+            if remaining > 0:
+                await self._sleep(remaining)
+        client = ImapClient(
+            self._mailbox,
+            timeout=self._timeout,
+            tracer=self._tracer,
+            instruments=self._instruments,
+            ssl_context=self._ssl_context,
+        )
+        self._client = client
+        try:
+            await client.connect()
+            await client.login()
+            self._status = await client.select()
+        except ImapError:
+            self._failures += 1
+            self._last_failure = time.monotonic()
+            await self._discard()
+            raise
+        self._failures = 0
+        self._broken = False
+        return client
+
+    def mark_broken(self) -> None:
+        """The caller saw the connection fail: the next ensure() reconnects."""
+        self._broken = True
+
+    async def close(self) -> None:
+        """Logs out if connected and releases the connection; idempotent."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None and client.connected:
+            with contextlib.suppress(ImapError):
+                await client.logout()
+        if client is not None:
+            await client.close()
+
+    async def _discard(self) -> None:
+        client, self._client = self._client, None
+        self._broken = False
+        if client is not None:
+            await client.close()
+
+
+def _drop(conn: imaplib.IMAP4) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        conn.sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError, AttributeError):
+        conn.shutdown()
+
+
+def _expect_ok(typ: str, data: list[Any], what: str) -> None:
+    if typ != "OK":
+        detail = b" ".join(_as_bytes(d) for d in data if d).decode(errors="replace")
+        raise ImapProtocolError(f"{what}: {typ} {detail}".strip())
+
+
+def _response_int(conn: imaplib.IMAP4, code: str) -> int | None:
+    values = conn.untagged_responses.get(code)
+    if not values or values[-1] is None:
+        return None
+    return _int(values[-1], code)
+
+
+def _int(value: object, what: str) -> int:
+    try:
+        return int(_as_bytes(value))
+    except (TypeError, ValueError):
+        raise ImapProtocolError(f"unreadable {what}: {value!r}") from None
+
+
+def _as_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, tuple) and value:
+        return _as_bytes(value[0])
+    raise ImapProtocolError(f"unexpected response item {type(value).__name__}")
+
+
+def _parse_bodies(data: list[Any]) -> dict[int, bytes]:
+    """UID -> literal from imaplib's FETCH data: (header, literal) tuples, then a closing item."""
+    result: dict[int, bytes] = {}
+    pending: bytes | None = None
+    for item in data:
+        if isinstance(item, tuple) and len(item) == 2 and _LITERAL.search(item[0]):
+            header, literal = item
+            match = _UID.search(header)
+            if match:
+                result[int(match.group(1))] = bytes(literal)
+                pending = None
+            else:
+                pending = bytes(literal)
+        elif pending is not None and isinstance(item, bytes):
+            # Some servers send the UID after the literal: "* 3 FETCH (BODY[] {n}...  UID 7)".
+            match = _UID.search(item)
+            if match:
+                result[int(match.group(1))] = pending
+            pending = None
+    return result
+
+
+def _uid_set(uids: Sequence[int]) -> str:
+    """A compact sequence set: [1, 2, 3, 7] -> "1:3,7"."""
+    ordered = sorted(set(uids))
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        parts.append(f"{start}:{prev}" if prev != start else str(start))
+        start = prev = uid
+    parts.append(f"{start}:{prev}" if prev != start else str(start))
+    return ",".join(parts)
+
+
+def _quote(folder: str) -> str:
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _scrub(text: str, secret: str) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def _caused_by_timeout(exc: BaseException) -> bool:
+    # imaplib turns a send that timed out into abort("socket error: timed out").
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(cause, TimeoutError)

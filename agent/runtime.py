@@ -1,0 +1,189 @@
+"""The running sidecar: builds every part from the settings, starts them, and drains them on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from agent import __version__
+from agent.config import Settings
+from agent.health.base import ProbeContext
+from agent.health.liveness import Lifecycle, LivenessHook, LoopWatchdog
+from agent.health.probes import PROBES
+from agent.health.registry import CheckSpec, HealthRegistry
+from agent.health.report import HealthSources
+from agent.store.base import Store
+from agent.store.factory import open_store
+from agent.telemetry.logs import get_logger
+from agent.telemetry.sampler import ResourceSampler
+from agent.telemetry.setup import Telemetry
+
+# A component is anything started with the sidecar and stopped when it drains.
+StartHook = Callable[["Sidecar"], Awaitable[None]]
+StopHook = Callable[[], Awaitable[None]]
+
+
+class Sidecar:
+    """Owns the store, health checks, sampler and background tasks; the web app reads from it."""
+
+    def __init__(self, settings: Settings, telemetry: Telemetry, *, store: Store | None = None):
+        self.settings = settings
+        self.telemetry = telemetry
+        self.store: Store = store if store is not None else open_store(settings)
+        self.lifecycle = Lifecycle()
+        self.watchdog = LoopWatchdog()
+        self.liveness_hooks: dict[str, LivenessHook] = {}
+        self.log = get_logger("app")
+        self.http: aiohttp.ClientSession | None = None
+        self.probe_context = ProbeContext(settings=settings, store=self.store,
+                                          exports=telemetry.exports)
+        trace_probes = settings.health.trace_probes
+        self.registry = HealthRegistry(
+            self.probe_context,
+            masker=telemetry.masker,
+            instruments=telemetry.instruments,
+            tracer=telemetry.tracer("agent.health") if trace_probes else None,
+            history=settings.health.history,
+        )
+        self.sampler = ResourceSampler(
+            telemetry.instruments, settings.server.data_dir, settings.telemetry.sampler_interval
+        )
+        self.health_sources = HealthSources(
+            registry=self.registry,
+            lifecycle=self.lifecycle,
+            version=__version__,
+            instance_id=str(telemetry.resource.attributes.get("service.instance.id", "")),
+            memory=self._memory,
+            required=list(settings.health.required),
+        )
+        self.poller_status: Callable[[], dict[str, Any]] = self._poller_status
+        self.health_sources.poller = lambda: self.poller_status()
+        self.components: dict[str, Any] = {}
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop_hooks: list[StopHook] = []
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._register_checks()
+
+    def _register_checks(self) -> None:
+        health = self.settings.health
+        for name in ("redis", "collector", "http"):
+            self.add_check(name, PROBES[name])
+
+    def add_check(self, name: str, probe: Any, *, interval: float | None = None) -> None:
+        """Registers a check with the configured harness settings."""
+        health = self.settings.health
+        self.registry.add(CheckSpec(
+            name=name,
+            probe=probe,
+            interval=interval or health.interval,
+            timeout=health.timeout,
+            required=name in health.required,
+            failures_before_error=health.failures_before_error,
+            successes_before_ok=health.successes_before_ok,
+        ))
+
+    def _memory(self) -> dict[str, Any] | None:
+        latest = self.sampler.latest
+        if latest is None:
+            return None
+        return {
+            "rss_mb": round(latest.rss_mb, 2),
+            "vms_mb": round(latest.vms_mb, 2),
+            "percent": round(latest.percent, 2),
+            "available_mb": round(latest.available_mb, 2),
+            "limit_mb": None if latest.limit_mb is None else round(latest.limit_mb, 2),
+        }
+
+    def _poller_status(self) -> dict[str, Any]:
+        if not self.settings.server.enable_background_tasks:
+            return {"status": "disabled", "lock_acquired": False, "leader": False,
+                    "last_check": None, "last_success": None}
+        if not self.settings.mailboxes:
+            return {"status": "not_configured", "lock_acquired": False, "leader": False,
+                    "last_check": None, "last_success": None}
+        return {"status": "starting", "lock_acquired": False, "leader": False,
+                "last_check": None, "last_success": None}
+
+    def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+        """Runs a background task that is cancelled when the sidecar stops."""
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.append(task)
+        return task
+
+    def on_stop(self, hook: StopHook) -> None:
+        """Registers a coroutine run while draining (last registered runs first)."""
+        self._stop_hooks.append(hook)
+
+    @contextlib.asynccontextmanager
+    async def work(self) -> Any:
+        """Marks in-flight work, so draining waits for it."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set once draining has begun."""
+        return self._stop
+
+    async def start(self, extra: list[StartHook] | None = None) -> None:
+        """Opens the store and starts checks, sampler, watchdog and extra components."""
+        self.http = aiohttp.ClientSession()
+        self.probe_context.http = self.http
+        try:
+            await self.store.start()
+        except Exception as exc:  # the store's own errors are already masked StoreErrors
+            # A store that is down at start is a health problem, not a crash: checks report it.
+            self.log.error("store.start_failed", error=str(exc), backend=self.store.backend)
+        await self.sampler.sample_now()
+        self.spawn(self.sampler.run(self._stop), "sampler")
+        self.spawn(self.watchdog.run(self._stop), "loop-watchdog")
+        await self.registry.start()
+        for hook in extra or []:
+            await hook(self)
+        self.lifecycle.startup_done = True
+        self.log.info("sidecar.started", version=__version__, store=self.store.backend,
+                      mailboxes=len(self.settings.mailboxes),
+                      background_tasks=self.settings.server.enable_background_tasks)
+
+    def begin_drain(self) -> None:
+        """Readiness fails from now on; background loops see the stop event."""
+        if not self.lifecycle.draining:
+            self.lifecycle.draining = True
+            self._stop.set()
+            self.log.info("sidecar.draining")
+
+    async def stop(self, deadline: float) -> None:
+        """Drains in-flight work until the monotonic deadline, then stops everything."""
+        self.begin_drain()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout=max(0.0, deadline - time.monotonic()))
+        for hook in reversed(self._stop_hooks):
+            remaining = max(0.1, deadline - time.monotonic())
+            with contextlib.suppress(Exception, TimeoutError):
+                await asyncio.wait_for(hook(), timeout=remaining)
+        await self.registry.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.store.close(), timeout=max(0.1, deadline - time.monotonic()))
+        if self.http is not None:
+            await self.http.close()
+        self.log.info("sidecar.stopped", in_flight=self._in_flight)

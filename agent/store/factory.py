@@ -1,0 +1,28 @@
+"""Picks the state-store backend from the settings: Redis when REDIS_URL is set, else SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.config import Settings
+from agent.store.base import Store
+from agent.store.local import LocalStore
+from agent.store.redis import RedisStore
+
+STATE_FILE = "state.sqlite3"
+
+
+def open_store(settings: Settings) -> Store:
+    """The configured store, not yet started (the caller awaits start() and close())."""
+    store = settings.store
+    if store.redis_url:
+        return RedisStore(
+            store.redis_url,
+            timeout=float(store.timeout),
+            delivery_retention=float(store.delivery_log_retention),
+        )
+    return LocalStore(
+        Path(settings.server.data_dir) / STATE_FILE,
+        timeout=float(store.timeout),
+        delivery_retention=float(store.delivery_log_retention),
+    )

@@ -1,0 +1,508 @@
+"""The embedded state store: one SQLite file in the data dir, needing no other server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.store.base import (
+    DeliveryRecord,
+    DeliveryWindow,
+    Lease,
+    StoreError,
+    Watermark,
+)
+
+_T = TypeVar("_T")
+
+# Expired processed ids, attempts and kv rows are purged once every this many writes.
+_PURGE_EVERY = 256
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS watermarks (
+    mailbox TEXT PRIMARY KEY,
+    uidvalidity INTEGER NOT NULL,
+    uid INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS processed (
+    key TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS processed_expiry ON processed (expires_at);
+CREATE TABLE IF NOT EXISTS attempts (
+    key TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_at ON deliveries (at, outcome);
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    expires_at REAL
+);
+CREATE TABLE IF NOT EXISTS heartbeats (
+    name TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    info TEXT NOT NULL
+);
+"""
+
+
+class LocalStore:
+    """The Store protocol on SQLite; every query runs on one dedicated worker thread."""
+
+    backend = "sqlite"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = 2.0,
+        delivery_retention: float = 7 * 86400.0,
+        delivery_max_records: int = 100_000,
+    ) -> None:
+        self.path = Path(path)
+        self._timeout = float(timeout)
+        self._retention = float(delivery_retention)
+        self._max_records = int(delivery_max_records)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._writes = 0
+
+    # Lifecycle.
+
+    async def start(self) -> None:
+        """Creates the data dir and the file if needed, and opens the connection."""
+        if self._closed:
+            raise RuntimeError("LocalStore is closed; create a new one")
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        try:
+            await self._submit(self._open)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    async def close(self) -> None:
+        """Closes the connection and stops the worker thread."""
+        if self._closed:
+            return
+        self._closed = True
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_conn)
+        finally:
+            executor.shutdown(wait=True)
+
+    async def ping(self) -> float:
+        """Seconds one trivial query takes on the worker thread."""
+        started = time.perf_counter()
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+        return time.perf_counter() - started
+
+    # Leases.
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> Lease | None:
+        """Takes the lease if free or expired (next token), renews it if already ours."""
+        return await self._run(self._acquire, name, holder, ttl)
+
+    async def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extends the lease while nobody else has taken it since (same holder and token)."""
+        return await self._run(self._renew, lease, ttl)
+
+    async def release_lease(self, lease: Lease) -> bool:
+        """Frees the lease if it is still ours with that token."""
+        return await self._run(self._release, lease)
+
+    async def lease_holder(self, name: str) -> Lease | None:
+        """The current unexpired lease of that name, whoever holds it."""
+
+        def query(conn: sqlite3.Connection) -> Lease | None:
+            row = conn.execute(
+                "SELECT holder, token, expires_at FROM leases "
+                "WHERE name = ? AND holder != '' AND expires_at > ?",
+                (name, time.time()),
+            ).fetchone()
+            return None if row is None else Lease(name, row[0], row[1], row[2])
+
+        return await self._run(query)
+
+    async def count_leases(self, holder: str, prefix: str) -> int:
+        """How many unexpired leases whose names start with prefix the holder has."""
+
+        def query(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT count(*) FROM leases WHERE holder = ? AND expires_at > ? "
+                "AND substr(name, 1, ?) = ?",
+                (holder, time.time(), len(prefix), prefix),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run(query)
+
+    # Watermarks.
+
+    async def get_watermark(self, mailbox: str) -> Watermark | None:
+        """The mailbox's UIDVALIDITY and UID watermark, or None before the first cycle."""
+
+        def query(conn: sqlite3.Connection) -> Watermark | None:
+            row = conn.execute(
+                "SELECT uidvalidity, uid FROM watermarks WHERE mailbox = ?", (mailbox,)
+            ).fetchone()
+            return None if row is None else Watermark(row[0], row[1])
+
+        return await self._run(query)
+
+    async def set_watermark(
+        self, mailbox: str, mark: Watermark, *, fence: Lease | None = None
+    ) -> bool:
+        """Stores the watermark; with a fence, in the same transaction that checks the lease."""
+        return await self._run(self._set_watermark, mailbox, mark, fence)
+
+    # Processed ids and attempts.
+
+    async def mark_processed(self, key: str, ttl: float) -> bool:
+        """Remembers key for ttl seconds; False if it was already there."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            with _transaction(conn):
+                row = conn.execute(
+                    "SELECT 1 FROM processed WHERE key = ? AND expires_at > ?", (key, now)
+                ).fetchone()
+                if row is not None:
+                    return False
+                conn.execute(
+                    "INSERT INTO processed (key, expires_at) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at",
+                    (key, now + ttl),
+                )
+            self._maybe_purge(conn)
+            return True
+
+        return await self._run(write)
+
+    async def is_processed(self, key: str) -> bool:
+        """Whether key was marked processed and has not expired."""
+
+        def query(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM processed WHERE key = ? AND expires_at > ?", (key, time.time())
+            ).fetchone()
+            return row is not None
+
+        return await self._run(query)
+
+    async def incr_attempts(self, key: str, ttl: float) -> int:
+        """Counts one more attempt at key (the count expires ttl after the last attempt)."""
+
+        def write(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            with _transaction(conn):
+                row = conn.execute(
+                    "SELECT count FROM attempts WHERE key = ? AND expires_at > ?", (key, now)
+                ).fetchone()
+                count = 1 if row is None else int(row[0]) + 1
+                conn.execute(
+                    "INSERT INTO attempts (key, count, expires_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET count = excluded.count, "
+                    "expires_at = excluded.expires_at",
+                    (key, count, now + ttl),
+                )
+            self._maybe_purge(conn)
+            return count
+
+        return await self._run(write)
+
+    async def clear_attempts(self, key: str) -> None:
+        """Forgets the attempt count of key."""
+        await self._run(lambda conn: conn.execute("DELETE FROM attempts WHERE key = ?", (key,)))
+
+    # Delivery log.
+
+    async def append_delivery(self, record: DeliveryRecord) -> None:
+        """Appends one outcome and trims the log by age and by count."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT INTO deliveries (at, outcome, record) VALUES (?, ?, ?)",
+                    (record.at, record.outcome, json.dumps(dataclasses.asdict(record))),
+                )
+                conn.execute(
+                    "DELETE FROM deliveries WHERE at < ?", (time.time() - self._retention,)
+                )
+                # Ids grow with every insert, so the newest max_records rows are the top ids.
+                conn.execute(
+                    "DELETE FROM deliveries WHERE id <= (SELECT max(id) FROM deliveries) - ?",
+                    (self._max_records,),
+                )
+
+        await self._run(write)
+
+    async def delivery_window(self, seconds: float, now: float | None = None) -> DeliveryWindow:
+        """Counts by outcome of records in (now - seconds, now], and the newest up to now."""
+        end = time.time() if now is None else now
+
+        def query(conn: sqlite3.Connection) -> DeliveryWindow:
+            counts = {
+                str(outcome): int(count)
+                for outcome, count in conn.execute(
+                    "SELECT outcome, count(*) FROM deliveries WHERE at > ? AND at <= ? "
+                    "GROUP BY outcome",
+                    (end - seconds, end),
+                )
+            }
+            row = conn.execute(
+                "SELECT record FROM deliveries WHERE at <= ? ORDER BY at DESC, id DESC LIMIT 1",
+                (end,),
+            ).fetchone()
+            return DeliveryWindow(counts, None if row is None else _record(row[0]))
+
+        return await self._run(query)
+
+    async def recent_deliveries(self, limit: int) -> list[DeliveryRecord]:
+        """The newest records, newest first."""
+
+        def query(conn: sqlite3.Connection) -> list[DeliveryRecord]:
+            rows = conn.execute(
+                "SELECT record FROM deliveries ORDER BY at DESC, id DESC LIMIT ?", (limit,)
+            ).fetchall()
+            return [_record(row[0]) for row in rows]
+
+        return await self._run(query)
+
+    # Key-value.
+
+    async def kv_get(self, key: str) -> Any | None:
+        """The value stored under key, or None (also once its TTL has passed)."""
+
+        def query(conn: sqlite3.Connection) -> Any | None:
+            row = conn.execute(
+                "SELECT value FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
+                (key, time.time()),
+            ).fetchone()
+            return None if row is None else json.loads(row[0])
+
+        return await self._run(query)
+
+    async def kv_set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        """Stores a JSON-serialisable value; without ttl it never expires."""
+        text = _dumps(value)
+
+        def write(conn: sqlite3.Connection) -> None:
+            expires_at = None if ttl is None else time.time() + ttl
+            conn.execute(
+                "INSERT INTO kv (key, value, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                "expires_at = excluded.expires_at",
+                (key, text, expires_at),
+            )
+            self._maybe_purge(conn)
+
+        await self._run(write)
+
+    async def kv_delete(self, key: str) -> None:
+        """Removes key."""
+        await self._run(lambda conn: conn.execute("DELETE FROM kv WHERE key = ?", (key,)))
+
+    # Heartbeats.
+
+    async def heartbeat(self, name: str, at: float, info: dict[str, Any] | None = None) -> None:
+        """Records that the named task was alive at `at`."""
+        text = _dumps(info or {})
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO heartbeats (name, at, info) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET at = excluded.at, info = excluded.info",
+                (name, at, text),
+            )
+        )
+
+    async def heartbeats(self, prefix: str = "") -> dict[str, dict[str, Any]]:
+        """{name: {"at": time, **info}} for every task whose name starts with prefix."""
+
+        def query(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT name, at, info FROM heartbeats WHERE substr(name, 1, ?) = ?",
+                (len(prefix), prefix),
+            ).fetchall()
+            return {name: {**json.loads(info), "at": at} for name, at, info in rows}
+
+        return await self._run(query)
+
+    # Worker-thread side.
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._closed:
+            raise RuntimeError("LocalStore is closed; it cannot be used after close()")
+        if self._executor is None:
+            raise RuntimeError("LocalStore is not started; call start() first")
+        return await self._submit(functools.partial(self._with_conn, fn), *args)
+
+    async def _submit(self, fn: Callable[..., _T], *args: Any) -> _T:
+        assert self._executor is not None
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}") from exc
+
+    def _with_conn(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._conn is None:
+            raise RuntimeError("LocalStore connection is not open")
+        return fn(self._conn, *args)
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"sqlite store {self.path}: cannot create directory: {exc}") from exc
+        # Autocommit mode: every multi-statement write opens its own BEGIN IMMEDIATE.
+        # timeout: how long a write waits for another process's lock before failing.
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._timeout)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on power loss, and a
+            # watermark that moved past a message whose outcome was lost means lost mail. The
+            # writes are few and small, so the extra fsync per commit costs little.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _maybe_purge(self, conn: sqlite3.Connection) -> None:
+        self._writes += 1
+        if self._writes % _PURGE_EVERY:
+            return
+        now = time.time()
+        with _transaction(conn):
+            conn.execute("DELETE FROM processed WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM attempts WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
+
+    @staticmethod
+    def _acquire(conn: sqlite3.Connection, name: str, holder: str, ttl: float) -> Lease | None:
+        now = time.time()
+        expires_at = now + ttl
+        with _transaction(conn):
+            row = conn.execute(
+                "SELECT holder, token, expires_at FROM leases WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                token = 1
+            elif row[2] > now and row[0] == holder:
+                token = int(row[1])
+            elif row[2] > now and row[0] != "":
+                return None
+            else:
+                token = int(row[1]) + 1
+            conn.execute(
+                "INSERT INTO leases (name, holder, token, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                "token = excluded.token, expires_at = excluded.expires_at",
+                (name, holder, token, expires_at),
+            )
+        return Lease(name, holder, token, expires_at)
+
+    @staticmethod
+    def _renew(conn: sqlite3.Connection, lease: Lease, ttl: float) -> Lease | None:
+        expires_at = time.time() + ttl
+        cursor = conn.execute(
+            "UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ? AND token = ?",
+            (expires_at, lease.name, lease.holder, lease.token),
+        )
+        if cursor.rowcount != 1:
+            return None
+        return dataclasses.replace(lease, expires_at=expires_at)
+
+    @staticmethod
+    def _release(conn: sqlite3.Connection, lease: Lease) -> bool:
+        # The row stays (holder emptied) so the next holder's token keeps growing.
+        cursor = conn.execute(
+            "UPDATE leases SET holder = '', expires_at = 0 "
+            "WHERE name = ? AND holder = ? AND token = ?",
+            (lease.name, lease.holder, lease.token),
+        )
+        return cursor.rowcount == 1
+
+    @staticmethod
+    def _set_watermark(
+        conn: sqlite3.Connection, mailbox: str, mark: Watermark, fence: Lease | None
+    ) -> bool:
+        with _transaction(conn):
+            if fence is not None:
+                row = conn.execute(
+                    "SELECT 1 FROM leases WHERE name = ? AND holder = ? AND token = ? "
+                    "AND expires_at > ?",
+                    (fence.name, fence.holder, fence.token, time.time()),
+                ).fetchone()
+                if row is None:
+                    return False
+            conn.execute(
+                "INSERT INTO watermarks (mailbox, uidvalidity, uid) VALUES (?, ?, ?) "
+                "ON CONFLICT (mailbox) DO UPDATE SET uidvalidity = excluded.uidvalidity, "
+                "uid = excluded.uid",
+                (mailbox, mark.uidvalidity, mark.uid),
+            )
+        return True
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT on leaving the block (also by return), ROLLBACK on an error."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        else:
+            self._conn.execute("ROLLBACK")
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"value is not JSON-serialisable: {exc}") from exc
+
+
+def _record(text: str) -> DeliveryRecord:
+    return DeliveryRecord(**json.loads(text))

@@ -1,0 +1,462 @@
+"""The shared state store on Redis, so replicas coordinate leases and see one delivery log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, get_args
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ConstantBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from agent.store.base import (
+    DeliveryOutcome,
+    DeliveryRecord,
+    DeliveryWindow,
+    Lease,
+    StoreError,
+    Watermark,
+)
+
+_OUTCOMES: tuple[str, ...] = get_args(DeliveryOutcome)
+
+# Idle pooled connections are PINGed before reuse after this many seconds, so a connection
+# broken by a server restart is replaced before a command is sent on it.
+_HEALTH_CHECK_INTERVAL = 10
+
+# KEYS: lease, token counter, holder's lease index. ARGV: holder, now, ttl ms, expires_at, name.
+# Free or expired: the next token from the counter; already ours: same token, new expiry.
+_ACQUIRE = """
+local cur = redis.call('HMGET', KEYS[1], 'holder', 'token', 'expires_at')
+local now = tonumber(ARGV[2])
+local token
+if cur[1] and tonumber(cur[3]) > now then
+  if cur[1] ~= ARGV[1] then return false end
+  token = cur[2]
+else
+  token = tostring(redis.call('INCR', KEYS[2]))
+end
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'token', token, 'expires_at', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+return tonumber(token)
+"""
+
+# KEYS: lease, token counter, holder's lease index. ARGV: holder, token, ttl ms, expires_at, name.
+# Renewable while nobody took it since: ours with that token, or gone (expired) with the
+# counter still at our token (every takeover and release moves the counter on).
+_RENEW = """
+local cur = redis.call('HMGET', KEYS[1], 'holder', 'token')
+if cur[1] then
+  if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] then return 0 end
+elseif redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'token', ARGV[2], 'expires_at', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+return 1
+"""
+
+# KEYS: lease, token counter, holder's lease index. ARGV: holder, token, name.
+_RELEASE = """
+local cur = redis.call('HMGET', KEYS[1], 'holder', 'token')
+if cur[1] then
+  if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] then return 0 end
+  redis.call('DEL', KEYS[1])
+elseif redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return 0
+end
+redis.call('INCR', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[3])
+return 1
+"""
+
+# KEYS: lease, watermark. ARGV: holder, token, now, uidvalidity, uid.
+_FENCED_WATERMARK = """
+local cur = redis.call('HMGET', KEYS[1], 'holder', 'token', 'expires_at')
+if not cur[1] or cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] then return 0 end
+if tonumber(cur[3]) <= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[2], 'uidvalidity', ARGV[4], 'uid', ARGV[5])
+return 1
+"""
+
+# KEYS: log, the record's outcome index, then every outcome index.
+# ARGV: at, member, id, cutoff, max records.
+_APPEND = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[4])
+for i = 3, #KEYS do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[4]) end
+local n = redis.call('ZCARD', KEYS[1])
+local max = tonumber(ARGV[5])
+if n > max then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - max - 1)
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  for i = 3, #KEYS do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. first[2]) end
+end
+return n
+"""
+
+
+class RedisStore:
+    """The Store protocol on Redis; leases and fenced watermarks are atomic Lua scripts."""
+
+    backend = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 2.0,
+        delivery_retention: float = 7 * 86400.0,
+        delivery_max_records: int = 100_000,
+        prefix: str = "sidecar:",
+    ) -> None:
+        self._url = url
+        self._masked_url = _mask_url(url)
+        self._password = urlsplit(url).password or ""
+        self._timeout = float(timeout)
+        self._retention = float(delivery_retention)
+        self._max_records = int(delivery_max_records)
+        self._prefix = prefix
+        self._client: Redis | None = None
+        self._closed = False
+        self._scripts: dict[str, AsyncScript] = {}
+
+    # Lifecycle.
+
+    async def start(self) -> None:
+        """Creates the connection pool; connections open on first use and reopen by themselves."""
+        if self._closed:
+            raise RuntimeError("RedisStore is closed; create a new one")
+        if self._client is not None:
+            return
+        try:
+            client = Redis.from_url(
+                self._url,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                health_check_interval=_HEALTH_CHECK_INTERVAL,
+                # One immediate retry on a broken connection: after a server restart the pooled
+                # socket is dead, the retry reconnects. Timeouts are not retried (bounded calls).
+                retry=Retry(ConstantBackoff(0.05), 1, (RedisConnectionError,)),
+                decode_responses=True,
+            )
+        except ValueError as exc:
+            raise StoreError(f"redis URL {self._masked_url} is invalid: {self._mask(exc)}") from exc
+        self._scripts = {
+            name: client.register_script(text)
+            for name, text in {
+                "acquire": _ACQUIRE,
+                "renew": _RENEW,
+                "release": _RELEASE,
+                "fenced_watermark": _FENCED_WATERMARK,
+                "append": _APPEND,
+            }.items()
+        }
+        self._client = client
+
+    async def close(self) -> None:
+        """Closes every pooled connection; the store cannot be used afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            # Closing a pool to a dead server has nothing left to release.
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+
+    async def ping(self) -> float:
+        """Seconds of one PING round trip."""
+        client = self._live()
+        started = time.perf_counter()
+        await self._call(lambda: client.ping())
+        return time.perf_counter() - started
+
+    # Leases.
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> Lease | None:
+        """Takes the lease if free or expired (next token), renews it if already ours."""
+        self._live()
+        expires_at = time.time() + ttl
+        token = await self._call(
+            lambda: self._scripts["acquire"](
+                keys=[
+                    self._key("lease", name),
+                    self._key("lease-token", name),
+                    self._key("leases-of", holder),
+                ],
+                args=[holder, repr(time.time()), _ms(ttl), repr(expires_at), name],
+            )
+        )
+        if token is None:
+            return None
+        return Lease(name, holder, int(token), expires_at)
+
+    async def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extends the lease while nobody else has taken it since (same holder and token)."""
+        self._live()
+        expires_at = time.time() + ttl
+        done = await self._call(
+            lambda: self._scripts["renew"](
+                keys=[
+                    self._key("lease", lease.name),
+                    self._key("lease-token", lease.name),
+                    self._key("leases-of", lease.holder),
+                ],
+                args=[lease.holder, str(lease.token), _ms(ttl), repr(expires_at), lease.name],
+            )
+        )
+        return dataclasses.replace(lease, expires_at=expires_at) if done == 1 else None
+
+    async def release_lease(self, lease: Lease) -> bool:
+        """Frees the lease if it is still ours with that token."""
+        self._live()
+        done = await self._call(
+            lambda: self._scripts["release"](
+                keys=[
+                    self._key("lease", lease.name),
+                    self._key("lease-token", lease.name),
+                    self._key("leases-of", lease.holder),
+                ],
+                args=[lease.holder, str(lease.token), lease.name],
+            )
+        )
+        return bool(done == 1)
+
+    async def lease_holder(self, name: str) -> Lease | None:
+        """The current unexpired lease of that name, whoever holds it."""
+        client = self._live()
+        holder, token, expires_at = await self._call(
+            lambda: client.hmget(self._key("lease", name), ["holder", "token", "expires_at"])
+        )
+        if holder is None or float(expires_at) <= time.time():
+            return None
+        return Lease(name, str(holder), int(token), float(expires_at))
+
+    async def count_leases(self, holder: str, prefix: str) -> int:
+        """How many unexpired leases whose names start with prefix the holder has."""
+        client = self._live()
+        names = await self._call(
+            lambda: client.zrangebyscore(
+                self._key("leases-of", holder), f"({time.time()!r}", "+inf"
+            )
+        )
+        return sum(1 for name in names if str(name).startswith(prefix))
+
+    # Watermarks.
+
+    async def get_watermark(self, mailbox: str) -> Watermark | None:
+        """The mailbox's UIDVALIDITY and UID watermark, or None before the first cycle."""
+        client = self._live()
+        uidvalidity, uid = await self._call(
+            lambda: client.hmget(self._key("watermark", mailbox), ["uidvalidity", "uid"])
+        )
+        if uidvalidity is None or uid is None:
+            return None
+        return Watermark(int(uidvalidity), int(uid))
+
+    async def set_watermark(
+        self, mailbox: str, mark: Watermark, *, fence: Lease | None = None
+    ) -> bool:
+        """Stores the watermark; with a fence, atomically only while that lease is held."""
+        client = self._live()
+        key = self._key("watermark", mailbox)
+        if fence is None:
+            await self._call(
+                lambda: client.hset(key, mapping={"uidvalidity": mark.uidvalidity, "uid": mark.uid})
+            )
+            return True
+        done = await self._call(
+            lambda: self._scripts["fenced_watermark"](
+                keys=[self._key("lease", fence.name), key],
+                args=[
+                    fence.holder,
+                    str(fence.token),
+                    repr(time.time()),
+                    mark.uidvalidity,
+                    mark.uid,
+                ],
+            )
+        )
+        return bool(done == 1)
+
+    # Processed ids and attempts.
+
+    async def mark_processed(self, key: str, ttl: float) -> bool:
+        """Remembers key for ttl seconds; False if it was already there."""
+        client = self._live()
+        done = await self._call(
+            lambda: client.set(self._key("processed", key), "1", nx=True, px=_ms(ttl))
+        )
+        return bool(done)
+
+    async def is_processed(self, key: str) -> bool:
+        """Whether key was marked processed and has not expired."""
+        client = self._live()
+        return bool(await self._call(lambda: client.exists(self._key("processed", key))))
+
+    async def incr_attempts(self, key: str, ttl: float) -> int:
+        """Counts one more attempt at key (the count expires ttl after the last attempt)."""
+        client = self._live()
+        name = self._key("attempts", key)
+
+        async def run() -> int:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.incr(name)
+                pipe.pexpire(name, _ms(ttl))
+                count, _ = await pipe.execute()
+            return int(count)
+
+        return int(await self._call(run))
+
+    async def clear_attempts(self, key: str) -> None:
+        """Forgets the attempt count of key."""
+        client = self._live()
+        await self._call(lambda: client.delete(self._key("attempts", key)))
+
+    # Delivery log.
+
+    async def append_delivery(self, record: DeliveryRecord) -> None:
+        """Appends one outcome and trims the log by age and by count."""
+        self._live()
+        record_id = uuid.uuid4().hex
+        member = json.dumps({"id": record_id, **dataclasses.asdict(record)})
+        cutoff = time.time() - self._retention
+        await self._call(
+            lambda: self._scripts["append"](
+                keys=[self._key("deliveries"), self._key("deliveries", record.outcome)]
+                + [self._key("deliveries", outcome) for outcome in _OUTCOMES],
+                args=[repr(record.at), member, record_id, repr(cutoff), self._max_records],
+            )
+        )
+
+    async def delivery_window(self, seconds: float, now: float | None = None) -> DeliveryWindow:
+        """Counts by outcome of records in (now - seconds, now], and the newest up to now."""
+        client = self._live()
+        end = time.time() if now is None else now
+
+        async def run() -> tuple[list[int], list[str]]:
+            async with client.pipeline(transaction=False) as pipe:
+                for outcome in _OUTCOMES:
+                    pipe.zcount(self._key("deliveries", outcome), f"({end - seconds!r}", repr(end))
+                pipe.zrevrangebyscore(self._key("deliveries"), repr(end), "-inf", start=0, num=1)
+                *counts, last = await pipe.execute()
+            return [int(c) for c in counts], list(last)
+
+        counts, last = await self._call(run)
+        counts = list(counts)
+        by_outcome = {outcome: n for outcome, n in zip(_OUTCOMES, counts, strict=True) if n}
+        return DeliveryWindow(by_outcome, _record(last[0]) if last else None)
+
+    async def recent_deliveries(self, limit: int) -> list[DeliveryRecord]:
+        """The newest records, newest first."""
+        client = self._live()
+        if limit <= 0:
+            return []
+        members = await self._call(lambda: client.zrevrange(self._key("deliveries"), 0, limit - 1))
+        return [_record(member) for member in members]
+
+    # Key-value.
+
+    async def kv_get(self, key: str) -> Any | None:
+        """The value stored under key, or None (also once its TTL has passed)."""
+        client = self._live()
+        text = await self._call(lambda: client.get(self._key("kv", key)))
+        return None if text is None else json.loads(text)
+
+    async def kv_set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        """Stores a JSON-serialisable value; without ttl it never expires."""
+        client = self._live()
+        text = _dumps(value)
+        px = None if ttl is None else _ms(ttl)
+        await self._call(lambda: client.set(self._key("kv", key), text, px=px))
+
+    async def kv_delete(self, key: str) -> None:
+        """Removes key."""
+        client = self._live()
+        await self._call(lambda: client.delete(self._key("kv", key)))
+
+    # Heartbeats.
+
+    async def heartbeat(self, name: str, at: float, info: dict[str, Any] | None = None) -> None:
+        """Records that the named task was alive at `at`."""
+        client = self._live()
+        text = _dumps({**(info or {}), "at": at})
+        await self._call(lambda: client.hset(self._key("heartbeats"), name, text))
+
+    async def heartbeats(self, prefix: str = "") -> dict[str, dict[str, Any]]:
+        """{name: {"at": time, **info}} for every task whose name starts with prefix."""
+        client = self._live()
+        beats = await self._call(lambda: client.hgetall(self._key("heartbeats")))
+        return {
+            str(name): dict(json.loads(text))
+            for name, text in beats.items()
+            if str(name).startswith(prefix)
+        }
+
+    # Plumbing.
+
+    def _live(self) -> Redis:
+        if self._closed:
+            raise RuntimeError("RedisStore is closed; it cannot be used after close()")
+        if self._client is None:
+            raise RuntimeError("RedisStore is not started; call start() first")
+        return self._client
+
+    def _key(self, *parts: str) -> str:
+        return self._prefix + ":".join(parts)
+
+    async def _call(self, op: Callable[[], Awaitable[Any]]) -> Any:
+        # The socket timeouts bound each attempt; this bounds the call with its one retry.
+        try:
+            async with asyncio.timeout(2 * self._timeout + 0.5):
+                return await op()
+        except TimeoutError as exc:
+            raise StoreError(
+                f"redis unavailable at {self._masked_url}: no answer within {self._timeout:g}s"
+            ) from exc
+        except (RedisError, OSError) as exc:
+            reason = self._mask(exc) or type(exc).__name__
+            raise StoreError(f"redis unavailable at {self._masked_url}: {reason}") from exc
+
+    def _mask(self, exc: BaseException) -> str:
+        text = _mask_url(str(exc))
+        if self._password:
+            text = text.replace(self._password, "***")
+        return text
+
+
+def _mask_url(text: str) -> str:
+    return re.sub(r"(\w+://)[^/@\s]*@", r"\1***@", text)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"value is not JSON-serialisable: {exc}") from exc
+
+
+def _record(member: str) -> DeliveryRecord:
+    data = json.loads(member)
+    data.pop("id", None)
+    return DeliveryRecord(**data)

@@ -1,0 +1,255 @@
+"""Structured logs: one masked event becomes a JSON line, one OTLP log record and sink calls."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
+
+import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.sdk._logs import LoggerProvider
+from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
+
+from agent.telemetry.masking import Masker
+from agent.telemetry.setup import Telemetry
+
+LogSink = Callable[[dict[str, Any]], None]
+
+DOMAINS: tuple[str, ...] = (
+    "imap", "webhook", "r2_transfer", "performance", "alerts", "health", "http", "telemetry",
+    "store", "app",
+)  # fmt: skip
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+_SEVERITY = {
+    "debug": SeverityNumber.DEBUG,
+    "info": SeverityNumber.INFO,
+    "warning": SeverityNumber.WARN,
+    "error": SeverityNumber.ERROR,
+    "exception": SeverityNumber.ERROR,
+    "critical": SeverityNumber.FATAL,
+}
+# Keys that are fields of the OTLP record itself, not attributes.
+_RECORD_KEYS = frozenset({"event", "level", "timestamp", "trace_id", "span_id"})
+_FIRST_KEYS = ("timestamp", "level", "logger", "event", "trace_id", "span_id")
+_SDK_LOG_INTERVAL = 60.0
+
+
+class _Pipeline:
+    """What the processors of the current configuration write to."""
+
+    def __init__(self, masker: Masker, logger_provider: LoggerProvider | None) -> None:
+        self.masker = masker
+        self.logger_provider = logger_provider
+        self._otel_loggers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._reentry = threading.local()
+
+    def otel_logger(self, domain: str) -> Any:
+        with self._lock:
+            found = self._otel_loggers.get(domain)
+            if found is None and self.logger_provider is not None:
+                found = self.logger_provider.get_logger(f"signal-sidecar.{domain}")
+                self._otel_loggers[domain] = found
+            return found
+
+
+class _Registry:
+    """The active pipeline and the sinks; set by configure_logging, never at import."""
+
+    def __init__(self) -> None:
+        self.pipeline: _Pipeline | None = None
+        self.sinks: list[LogSink] = []
+        self.lock = threading.Lock()
+        self.sdk_handler: logging.Handler | None = None
+
+
+_registry = _Registry()
+
+
+def configure_logging(
+    telemetry: Telemetry | None, *, level: str = "info", stream: TextIO = sys.stdout
+) -> None:
+    """Configures structlog for the process (calling it again replaces the configuration)."""
+    threshold = _LEVELS.get(level.strip().lower())
+    if threshold is None:
+        raise ValueError(f"unknown log level {level!r} (expected one of {', '.join(_LEVELS)})")
+    masker = telemetry.masker if telemetry is not None else Masker()
+    provider = telemetry.logger_provider if telemetry is not None else None
+    pipeline = _Pipeline(masker, provider)
+    _registry.pipeline = pipeline
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            _add_logger_name,
+            _add_trace_context,
+            structlog.processors.format_exc_info,
+            _mask(pipeline),
+            _fan_out(pipeline),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    _route_sdk_logs()
+
+
+def get_logger(domain: str) -> FilteringBoundLogger:
+    """A structlog logger whose `logger` field is the domain (imap, webhook, alerts, ...)."""
+    logger: FilteringBoundLogger = structlog.get_logger().bind(logger=domain)
+    return logger
+
+
+def add_log_sink(sink: LogSink) -> None:
+    """sink(event) receives every final, masked event dict (e.g. the dashboard's log buffer)."""
+    with _registry.lock:
+        _registry.sinks.append(sink)
+
+
+def remove_log_sink(sink: LogSink) -> None:
+    """Stops calling a sink added with add_log_sink."""
+    with _registry.lock:
+        if sink in _registry.sinks:
+            _registry.sinks.remove(sink)
+
+
+def _add_logger_name(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    event_dict.setdefault("logger", "app")
+    return event_dict
+
+
+def _add_trace_context(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        event_dict["trace_id"] = trace.format_trace_id(span_context.trace_id)
+        event_dict["span_id"] = trace.format_span_id(span_context.span_id)
+    return event_dict
+
+
+def _mask(pipeline: _Pipeline) -> Callable[[WrappedLogger, str, EventDict], EventDict]:
+    def mask(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+        masked: EventDict = pipeline.masker.mask_value(event_dict)
+        return masked
+
+    return mask
+
+
+def _fan_out(pipeline: _Pipeline) -> Callable[[WrappedLogger, str, EventDict], str]:
+    def fan_out(_logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+        event = {key: event_dict[key] for key in _FIRST_KEYS if key in event_dict}
+        event.update(event_dict)
+        event["event"] = str(event.get("event", ""))
+        # A sink or exporter that logs must not recurse into this pipeline.
+        if not getattr(pipeline._reentry, "active", False):
+            pipeline._reentry.active = True
+            try:
+                _emit_otlp(pipeline, method, event)
+                with _registry.lock:
+                    sinks = list(_registry.sinks)
+                for sink in sinks:
+                    try:
+                        sink(dict(event))
+                    except Exception:  # a broken sink must not lose the log line
+                        logging.getLogger(__name__).exception("log sink %r failed", sink)
+            finally:
+                pipeline._reentry.active = False
+        return json.dumps(event, default=str, ensure_ascii=False)
+
+    return fan_out
+
+
+def _emit_otlp(pipeline: _Pipeline, method: str, event: Mapping[str, Any]) -> None:
+    otel_logger = pipeline.otel_logger(str(event.get("logger", "app")))
+    if otel_logger is None:
+        return
+    level = str(event.get("level", method))
+    attributes: dict[str, Any] = {}
+    for key, value in event.items():
+        if key in _RECORD_KEYS:
+            continue
+        if key == "exception":
+            attributes["exception.stacktrace"] = str(value)
+            continue
+        _flatten(attributes, key, value)
+    otel_logger.emit(
+        timestamp=time.time_ns(),
+        context=otel_context.get_current(),
+        severity_number=_SEVERITY.get(level, SeverityNumber.INFO),
+        severity_text=level.upper(),
+        body=str(event.get("event", "")),
+        attributes=attributes,
+    )
+
+
+def _flatten(out: dict[str, Any], key: str, value: Any) -> None:
+    """OTel attribute values: primitives, homogeneous primitive lists; dicts become dotted keys."""
+    if isinstance(value, bool | str | int | float):
+        out[key] = value
+    elif value is None:
+        out[key] = "None"
+    elif isinstance(value, Mapping):
+        for sub_key, sub_value in value.items():
+            _flatten(out, f"{key}.{sub_key}", sub_value)
+    elif isinstance(value, list | tuple):
+        kinds = {type(item) for item in value}
+        if len(kinds) == 1 and kinds <= {str, bool, int, float}:
+            out[key] = list(value)
+        else:
+            out[key] = json.dumps(value, default=str, ensure_ascii=False)
+    else:
+        out[key] = str(value)
+
+
+class _RateLimit(logging.Filter):
+    """Lets one record per (logger, message template) through every interval seconds."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self._interval = interval
+        self._last: dict[tuple[str, object], float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """True when the record was not seen within the interval."""
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                return False
+            self._last[key] = now
+            return True
+
+
+def _route_sdk_logs() -> None:
+    """The SDK's own stdlib loggers go to stderr, WARNING and up, rate-limited, and never to OTLP.
+
+    They stop propagating so that no handler on the root logger (such as OTel's LoggingHandler)
+    can turn an export failure into another log record to export.
+    """
+    sdk_logger = logging.getLogger("opentelemetry")
+    if _registry.sdk_handler is not None:
+        sdk_logger.removeHandler(_registry.sdk_handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_RateLimit(_SDK_LOG_INTERVAL))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    sdk_logger.addHandler(handler)
+    sdk_logger.propagate = False
+    _registry.sdk_handler = handler

@@ -1,0 +1,110 @@
+"""Secret masking applied to every log event, span attribute, health answer and alert payload."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from agent.config import MASK
+
+# Query parameters whose values are credentials (compared case-insensitively).
+TOKEN_PARAMETERS: tuple[str, ...] = (
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "dl_token",
+    "key",
+    "api_key",
+    "apikey",
+    "sig",
+    "signature",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-goog-signature",
+    "x-goog-credential",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "client_secret",
+    "auth",
+    "code",
+)
+
+_MIN_SECRET_LENGTH = 4
+
+_USERINFO = r"(?P<scheme>\b[a-z][a-z0-9+.\-]*://)(?P<userinfo>[^\s/@?#]+)@"
+# "Authorization: <scheme> value" in any quoting, and a bare "Bearer value" (8+ characters, so
+# prose such as "Basic auth failed" stays readable).
+_AUTH_HEADER = (
+    r"(?P<header>\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?"
+    r"(?:(?:bearer|basic|token|digest)\s+)?)[^\s\"',;]+"
+)
+_AUTH_SCHEME = r"(?P<auth>\b(?:bearer|basic|token)\s+)[A-Za-z0-9\-._~+/=%]{8,}"
+_QUERY = (
+    r"(?P<param>[?&;](?:" + "|".join(re.escape(name) for name in TOKEN_PARAMETERS) + r")=)"
+    r"[^&#\s\"'<>]+"
+)
+
+
+class Masker:
+    """Replaces configured secret values, URL credentials, token parameters and auth headers."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        values = sorted(
+            {s for s in secrets if isinstance(s, str) and len(s) >= _MIN_SECRET_LENGTH},
+            key=len,
+            reverse=True,
+        )
+        self._secrets = tuple(values)
+        # One alternation, longest literal first, so a secret containing another is masked whole.
+        # Secrets match case-sensitively; the structural forms do not.
+        parts = [f"(?:{'|'.join(re.escape(v) for v in values)})"] if values else []
+        parts += [f"(?i:{form})" for form in (_USERINFO, _AUTH_HEADER, _AUTH_SCHEME, _QUERY)]
+        self._pattern = re.compile("|".join(parts))
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The literal values masked (length 4 or more), longest first."""
+        return self._secrets
+
+    def mask(self, text: str) -> str:
+        """The text with every secret form replaced by ***."""
+        if not text:
+            return text
+        return self._pattern.sub(self._replace, text)
+
+    def mask_url(self, url: str) -> str:
+        """A URL with its userinfo, token parameters and secret values masked."""
+        return self.mask(url)
+
+    def mask_value(self, value: Any) -> Any:
+        """Masks strings inside dicts, lists and tuples (recursively); other values unchanged."""
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, Mapping):
+            return {key: self.mask_value(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.mask_value(item) for item in value]
+        if isinstance(value, tuple):
+            return tuple(self.mask_value(item) for item in value)
+        return value
+
+    def mask_attributes(self, attributes: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of span or log attributes with every string value masked."""
+        return {key: self.mask_value(value) for key, value in attributes.items()}
+
+    @staticmethod
+    def _replace(match: re.Match[str]) -> str:
+        if match.group("scheme") is not None:
+            return f"{match.group('scheme')}{MASK}@"
+        if match.group("header") is not None:
+            return f"{match.group('header')}{MASK}"
+        if match.group("auth") is not None:
+            return f"{match.group('auth')}{MASK}"
+        if match.group("param") is not None:
+            return f"{match.group('param')}{MASK}"
+        return MASK

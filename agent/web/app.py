@@ -1,0 +1,39 @@
+"""The aiohttp application factory: probes, APIs and the dashboard, behind tracing and auth middleware."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from agent.web.api import setup_api_routes
+from agent.web.metrics_view import MetricsView
+from agent.web.middleware import auth_middleware, tracing_middleware
+from agent.web.probes import setup_probe_routes
+
+if TYPE_CHECKING:
+    from agent.runtime import Sidecar
+
+SIDECAR_KEY = web.AppKey("sidecar", object)
+
+
+def create_app(sidecar: Sidecar) -> web.Application:
+    """Builds the application for one sidecar."""
+    telemetry = sidecar.telemetry
+    app = web.Application(
+        middlewares=[
+            tracing_middleware(
+                telemetry.tracer("agent.web"),
+                telemetry.instruments,
+                trace_probes=sidecar.settings.health.trace_probes,
+            ),
+            auth_middleware(sidecar.settings.server.api_token),
+        ],
+        client_max_size=256 * 1024,
+    )
+    app[SIDECAR_KEY] = sidecar
+    setup_probe_routes(app, sidecar)
+    metrics = MetricsView()
+    telemetry.add_metric_listener(metrics)
+    setup_api_routes(app, sidecar, metrics)
+    return app

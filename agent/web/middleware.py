@@ -1,0 +1,122 @@
+"""Request middleware: a server span and duration for non-probe routes, and the API auth policy."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, StatusCode
+
+from agent.telemetry.catalogue import Instruments
+from agent.telemetry.logs import get_logger
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PROBE_PATHS = frozenset({"/health", "/livez", "/readyz"})
+
+
+def _route_of(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    canonical = info.canonical if info is not None else ""
+    return canonical or "unmatched"
+
+
+def tracing_middleware(
+    tracer: trace.Tracer, instruments: Instruments, *, trace_probes: bool
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """A SERVER span per request (probes only when asked) and http.server.request.duration."""
+
+    log = get_logger("http")
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        is_probe = request.path in PROBE_PATHS
+        started = time.perf_counter()
+        route = _route_of(request)
+        status = 500
+        try:
+            if is_probe and not trace_probes:
+                response = await handler(request)
+                status = response.status
+                return response
+            ctx = propagate.extract(dict(request.headers))
+            with tracer.start_as_current_span(
+                f"{request.method} {route}",
+                context=ctx,
+                kind=SpanKind.SERVER,
+                attributes={
+                    "http.request.method": request.method,
+                    "url.path": request.path,
+                    "http.route": route,
+                    "url.scheme": request.scheme,
+                },
+            ) as span:
+                try:
+                    response = await handler(request)
+                except web.HTTPException as exc:
+                    status = exc.status
+                    span.set_attribute("http.response.status_code", status)
+                    if status >= 500:
+                        span.set_status(StatusCode.ERROR)
+                    raise
+                status = response.status
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(StatusCode.ERROR)
+                log.info("http.request", method=request.method, route=route, status=status,
+                         duration_ms=round((time.perf_counter() - started) * 1000, 2))
+                return response
+        finally:
+            instruments.http_server_duration.record(
+                time.perf_counter() - started,
+                {
+                    "http.request.method": request.method,
+                    "http.route": route,
+                    "http.response.status_code": status,
+                },
+            )
+
+    return middleware
+
+
+def is_loopback(remote: str | None) -> bool:
+    """Whether the peer address is on the loopback range (unix sockets count as local)."""
+    if not remote:
+        return True
+    try:
+        return ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_middleware(
+    token: str,
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """/api/* needs the bearer token when one is set, and a loopback client otherwise."""
+
+    expected = f"Bearer {token}".encode() if token else b""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/api/"):
+            return await handler(request)
+        if token:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return web.json_response(
+                    {"error": "unauthorized: send Authorization: Bearer <SIDECAR_API_TOKEN>"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="signal-sidecar"'},
+                )
+        elif not is_loopback(request.remote):
+            return web.json_response(
+                {"error": "forbidden: without SIDECAR_API_TOKEN the API answers loopback only"},
+                status=403,
+            )
+        return await handler(request)
+
+    return middleware

@@ -1,0 +1,601 @@
+// R2 fetch Worker: copies one delivery-link file into the R2 bucket by streaming it, so the
+// sidecar never has to hold the bytes. Contract: DESIGN.md §7.
+
+const MAX_REDIRECTS = 5;
+const DEFAULT_MAX_BYTES = 5 * 1024 * 1024 * 1024;
+const DEFAULT_UPSTREAM_TIMEOUT_MS = 30_000;
+// R2 multipart parts must all share one size (except the last) and be at least 5 MiB.
+const PART_SIZE = 8 * 1024 * 1024;
+const MAX_REQUEST_BYTES = 16 * 1024;
+const MAX_NAME_LENGTH = 128;
+const FALLBACK_FILENAME = "file";
+const USER_AGENT = "signal-sidecar-r2-worker/0.1";
+
+class TransferError extends Error {
+  constructor(status, message, retryable, outcome) {
+    super(message);
+    this.status = status;
+    this.retryable = retryable;
+    this.outcome = outcome;
+  }
+}
+
+const refuse = (message) => new TransferError(403, message, false, "refused");
+const badRequest = (message) => new TransferError(400, message, false, "bad_request");
+
+export default {
+  async fetch(request, env, ctx) {
+    const started = Date.now();
+    const url = new URL(request.url);
+    const log = {
+      event: "request",
+      method: request.method,
+      path: maskPath(url.pathname),
+      traceparent: request.headers.get("traceparent") || undefined,
+    };
+    let response;
+    try {
+      response = await route(request, env, url, log);
+    } catch (err) {
+      const failure =
+        err instanceof TransferError
+          ? err
+          : new TransferError(500, "internal error", true, "internal_error");
+      if (!(err instanceof TransferError)) log.exception = String(err && err.message ? err.message : err);
+      log.error = failure.message;
+      log.outcome = failure.outcome;
+      response = failureResponse(failure);
+    }
+    log.status = response.status;
+    log.outcome = log.outcome || (response.ok ? "success" : "error");
+    log.duration_ms = Date.now() - started;
+    console.log(JSON.stringify(log));
+    return response;
+  },
+};
+
+async function route(request, env, url, log) {
+  if (url.pathname === "/health") {
+    if (request.method !== "GET" && request.method !== "HEAD") throw methodNotAllowed();
+    return Response.json({ status: "ok" });
+  }
+  if (url.pathname === "/") {
+    if (request.method !== "POST") throw methodNotAllowed();
+    await authorise(request, env);
+    return Response.json(await transfer(request, env, url, log));
+  }
+  if (url.pathname.startsWith("/object/")) {
+    if (request.method !== "GET") throw methodNotAllowed();
+    await authorise(request, env);
+    return readObject(env, url, log);
+  }
+  log.outcome = "not_found";
+  return Response.json({ success: false, error: "not found", retryable: false }, { status: 404 });
+}
+
+function methodNotAllowed() {
+  return new TransferError(405, "method not allowed", false, "bad_request");
+}
+
+function failureResponse(failure) {
+  return Response.json(
+    { success: false, error: failure.message, retryable: failure.retryable },
+    { status: failure.status },
+  );
+}
+
+// --- authentication -------------------------------------------------------------------------
+
+const encoder = new TextEncoder();
+let macKeyPromise;
+
+function macKey() {
+  // A per-isolate random key: both sides are hashed with it, so the comparison runs on two
+  // equal-length digests and says nothing about the token's length or prefix.
+  macKeyPromise ||= crypto.subtle.generateKey({ name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+  return macKeyPromise;
+}
+
+async function authorise(request, env) {
+  const expected = env.R2_FETCH_TOKEN;
+  if (!expected) {
+    throw new TransferError(500, "R2_FETCH_TOKEN is not configured", false, "misconfigured");
+  }
+  const given = request.headers.get("X-R2-FETCH-TOKEN");
+  if (!given || !(await tokensMatch(given, expected))) {
+    throw new TransferError(401, "unauthorised", false, "unauthorised");
+  }
+}
+
+async function tokensMatch(given, expected) {
+  const key = await macKey();
+  const [a, b] = await Promise.all([
+    crypto.subtle.sign("HMAC", key, encoder.encode(given)),
+    crypto.subtle.sign("HMAC", key, encoder.encode(expected)),
+  ]);
+  if (typeof crypto.subtle.timingSafeEqual === "function") {
+    return crypto.subtle.timingSafeEqual(a, b);
+  }
+  const x = new Uint8Array(a);
+  const y = new Uint8Array(b);
+  let diff = x.length ^ y.length;
+  for (let i = 0; i < x.length; i++) diff |= x[i] ^ y[i % y.length];
+  return diff === 0;
+}
+
+// --- the transfer ---------------------------------------------------------------------------
+
+async function transfer(request, env, selfUrl, log) {
+  const started = Date.now();
+  const job = await readJob(request);
+  log.provider = job.provider;
+  log.email_id = job.email_id;
+  log.source = maskUrl(job.source_url);
+
+  const policy = sourcePolicy(env);
+  const maxBytes = positiveInt(env.MAX_BYTES, DEFAULT_MAX_BYTES);
+  const timeoutMs = positiveInt(env.UPSTREAM_TIMEOUT_MS, DEFAULT_UPSTREAM_TIMEOUT_MS);
+  const watchdog = new Watchdog(timeoutMs);
+  try {
+    const { response, finalUrl, redirects } = await fetchSource(job.source_url, policy, watchdog);
+    log.redirects = redirects;
+    const declared = declaredLength(response);
+    if (declared !== null && declared > maxBytes) {
+      await cancelBody(response);
+      throw new TransferError(413, `source is ${declared} bytes, above the ${maxBytes} byte limit`, false, "too_large");
+    }
+    const contentType = response.headers.get("Content-Type") || "application/octet-stream";
+    const originalFilename =
+      cleanOriginal(job.filename) ||
+      cleanOriginal(filenameFromDisposition(response.headers.get("Content-Disposition"))) ||
+      cleanOriginal(filenameFromPath(finalUrl)) ||
+      FALLBACK_FILENAME;
+    const key = objectKey(new Date(), job.email_id, originalFilename);
+    log.key = key;
+    const options = {
+      httpMetadata: { contentType },
+      customMetadata: {
+        original_filename: originalFilename,
+        source_provider: job.provider,
+        email_id: job.email_id,
+      },
+    };
+    const size = await store(env.BUCKET, key, response, declared, maxBytes, watchdog, options, started);
+    log.size = size;
+    return {
+      success: true,
+      key,
+      r2_url: objectUrl(env, selfUrl, key),
+      size,
+      content_type: contentType,
+      original_filename: originalFilename,
+      duration_ms: Date.now() - started,
+    };
+  } finally {
+    watchdog.stop();
+  }
+}
+
+async function readJob(request) {
+  const declared = Number(request.headers.get("Content-Length") || "0");
+  if (declared > MAX_REQUEST_BYTES) throw badRequest("request body too large");
+  let job;
+  try {
+    const text = await request.text();
+    if (text.length > MAX_REQUEST_BYTES) throw new Error("too large");
+    job = JSON.parse(text);
+  } catch {
+    throw badRequest("body must be a JSON object");
+  }
+  if (!job || typeof job !== "object" || Array.isArray(job)) throw badRequest("body must be a JSON object");
+  for (const field of ["source_url", "provider", "email_id"]) {
+    if (typeof job[field] !== "string" || job[field].trim() === "") {
+      throw badRequest(`${field} is required and must be a non-empty string`);
+    }
+  }
+  if (job.filename !== undefined && job.filename !== null && typeof job.filename !== "string") {
+    throw badRequest("filename must be a string");
+  }
+  if (job.provider.length > 64) throw badRequest("provider is too long");
+  if (job.email_id.length > 512) throw badRequest("email_id is too long");
+  if (job.source_url.length > 8192) throw badRequest("source_url is too long");
+  return {
+    source_url: job.source_url.trim(),
+    provider: job.provider.trim(),
+    email_id: job.email_id.trim(),
+    filename: job.filename || null,
+  };
+}
+
+// Aborts the upstream fetch when no progress is seen for timeoutMs: the wait for headers and
+// every gap between body chunks count, so a slow but moving 5 GB copy is never cut.
+class Watchdog {
+  constructor(timeoutMs) {
+    this.timeoutMs = timeoutMs;
+    this.controller = new AbortController();
+    this.fired = false;
+    this.timer = null;
+    this.kick();
+  }
+  get signal() {
+    return this.controller.signal;
+  }
+  kick() {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.fired = true;
+      this.controller.abort(new Error("upstream timed out"));
+    }, this.timeoutMs);
+  }
+  stop() {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+  }
+  error() {
+    return new TransferError(504, `source did not answer within ${this.timeoutMs} ms`, true, "timeout");
+  }
+}
+
+async function fetchSource(sourceUrl, policy, watchdog) {
+  let current = checkSource(sourceUrl, policy);
+  for (let hop = 0; ; hop++) {
+    let response;
+    try {
+      response = await fetch(current.href, {
+        method: "GET",
+        redirect: "manual",
+        signal: watchdog.signal,
+        headers: { "User-Agent": USER_AGENT, Accept: "*/*" },
+      });
+    } catch (err) {
+      if (watchdog.fired) throw watchdog.error();
+      throw new TransferError(502, `source unreachable: ${errorText(err)}`, true, "upstream_error");
+    }
+    watchdog.kick();
+    if (response.status >= 300 && response.status < 400 && response.headers.has("Location")) {
+      await cancelBody(response);
+      if (hop >= MAX_REDIRECTS) {
+        throw new TransferError(502, `more than ${MAX_REDIRECTS} redirects`, false, "too_many_redirects");
+      }
+      let next;
+      try {
+        next = new URL(response.headers.get("Location"), current);
+      } catch {
+        throw new TransferError(502, "redirect to an invalid URL", false, "upstream_error");
+      }
+      current = checkSource(next.href, policy, "redirect target");
+      continue;
+    }
+    if (!response.ok) {
+      await cancelBody(response);
+      const retryable = response.status >= 500 || response.status === 408 || response.status === 429;
+      throw new TransferError(502, `source answered HTTP ${response.status}`, retryable, "upstream_status");
+    }
+    if (response.body === null) {
+      throw new TransferError(502, "source answered without a body", false, "upstream_error");
+    }
+    return { response, finalUrl: current, redirects: hop };
+  }
+}
+
+async function store(bucket, key, response, declared, maxBytes, watchdog, options, started) {
+  const counter = new ByteCounter(maxBytes, watchdog);
+  const counted = response.body.pipeThrough(counter.stream());
+  try {
+    if (declared !== null) {
+      // A known length lets R2 take the stream in one put; FixedLengthStream also refuses a
+      // source that sends more or fewer bytes than it announced.
+      const fixed = new FixedLengthStream(declared);
+      const piping = counted.pipeTo(fixed.writable);
+      const [put] = await Promise.allSettled([bucket.put(key, fixed.readable, options), piping]);
+      await piping;
+      if (put.status === "rejected") throw put.reason;
+    } else {
+      await putUnknownLength(bucket, key, counted, options);
+    }
+  } catch (err) {
+    await removePartial(bucket, key, started);
+    throw counter.explain(err, watchdog);
+  }
+  return counter.bytes;
+}
+
+// Unknown length (chunked source): at most one part is held in memory. A body that fits in one
+// part becomes a single put; a longer one a multipart upload, aborted on any failure.
+async function putUnknownLength(bucket, key, stream, options) {
+  const reader = stream.getReader();
+  let part = new Uint8Array(PART_SIZE);
+  let filled = 0;
+  let upload = null;
+  const parts = [];
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      let offset = 0;
+      while (offset < value.byteLength) {
+        const take = Math.min(PART_SIZE - filled, value.byteLength - offset);
+        part.set(value.subarray(offset, offset + take), filled);
+        filled += take;
+        offset += take;
+        if (filled === PART_SIZE) {
+          upload ||= await bucket.createMultipartUpload(key, options);
+          parts.push(await upload.uploadPart(parts.length + 1, part));
+          part = new Uint8Array(PART_SIZE);
+          filled = 0;
+        }
+      }
+    }
+    if (upload === null) {
+      await bucket.put(key, part.subarray(0, filled), options);
+      return;
+    }
+    if (filled > 0) parts.push(await upload.uploadPart(parts.length + 1, part.subarray(0, filled)));
+    await upload.complete(parts);
+  } catch (err) {
+    reader.cancel(err).catch(() => {});
+    if (upload !== null) await upload.abort().catch(() => {});
+    throw err;
+  }
+}
+
+class ByteCounter {
+  constructor(maxBytes, watchdog) {
+    this.maxBytes = maxBytes;
+    this.watchdog = watchdog;
+    this.bytes = 0;
+    this.overflow = false;
+  }
+  stream() {
+    return new TransformStream({
+      transform: (chunk, controller) => {
+        this.bytes += chunk.byteLength;
+        if (this.bytes > this.maxBytes) {
+          this.overflow = true;
+          controller.error(new Error("size limit exceeded"));
+          return;
+        }
+        this.watchdog.kick();
+        controller.enqueue(chunk);
+      },
+    });
+  }
+  explain(err, watchdog) {
+    if (err instanceof TransferError) return err;
+    if (this.overflow) {
+      return new TransferError(413, `source sent more than the ${this.maxBytes} byte limit`, false, "too_large");
+    }
+    if (watchdog.fired) return watchdog.error();
+    return new TransferError(502, `transfer failed: ${errorText(err)}`, true, "upstream_error");
+  }
+}
+
+// R2 puts are atomic, so a failed put normally leaves nothing; this removes an object that did
+// land in this attempt anyway (never an older object with the same key).
+async function removePartial(bucket, key, started) {
+  try {
+    const head = await bucket.head(key);
+    if (head && head.uploaded.getTime() >= started - 1000) await bucket.delete(key);
+  } catch {
+    // Best effort: the original failure is what the caller must see.
+  }
+}
+
+async function cancelBody(response) {
+  if (response.body) await response.body.cancel().catch(() => {});
+}
+
+function declaredLength(response) {
+  const raw = response.headers.get("Content-Length");
+  if (raw === null || !/^\d+$/.test(raw.trim())) return null;
+  const value = Number(raw.trim());
+  return Number.isSafeInteger(value) ? value : null;
+}
+
+async function readObject(env, url, log) {
+  let key;
+  try {
+    key = decodeURIComponent(url.pathname.slice("/object/".length));
+  } catch {
+    throw badRequest("invalid object key");
+  }
+  log.key = key;
+  const object = key ? await env.BUCKET.get(key) : null;
+  if (object === null) {
+    log.outcome = "not_found";
+    return Response.json({ success: false, error: "no such object", retryable: false }, { status: 404 });
+  }
+  const headers = new Headers();
+  object.writeHttpMetadata(headers);
+  headers.set("ETag", object.httpEtag);
+  headers.set("Content-Length", String(object.size));
+  if (!headers.has("Content-Type")) headers.set("Content-Type", "application/octet-stream");
+  const original = object.customMetadata && object.customMetadata.original_filename;
+  if (original) headers.set("Content-Disposition", `attachment; filename*=UTF-8''${encodeURIComponent(original)}`);
+  return new Response(object.body, { headers });
+}
+
+function objectUrl(env, selfUrl, key) {
+  const encoded = key.split("/").map(encodeURIComponent).join("/");
+  const base = (env.R2_PUBLIC_URL || "").replace(/\/+$/, "");
+  return base ? `${base}/${encoded}` : `${selfUrl.origin}/object/${encoded}`;
+}
+
+// --- source URL policy ----------------------------------------------------------------------
+
+function sourcePolicy(env) {
+  const origins = new Set();
+  for (const raw of String(env.R2_ALLOWED_HOSTS || "").split(",")) {
+    const entry = raw.trim();
+    if (!entry) continue;
+    try {
+      const parsed = new URL(entry.includes("://") ? entry : `https://${entry}`);
+      if (parsed.protocol === "http:" || parsed.protocol === "https:") origins.add(parsed.origin);
+    } catch {
+      // An unparsable entry allows nothing; the rest of the list still applies.
+    }
+  }
+  return { origins };
+}
+
+function checkSource(raw, policy, what = "source_url") {
+  let url;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw badRequest(`${what} is not a valid URL`);
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") {
+    throw refuse(`${what} scheme ${url.protocol} is not allowed`);
+  }
+  if (url.username || url.password) throw refuse(`${what} must not contain credentials`);
+  const listed = policy.origins.has(url.origin);
+  if (listed) return url;
+  if (url.protocol !== "https:") throw refuse(`${what} must use https (origin not in R2_ALLOWED_HOSTS)`);
+  const host = url.hostname.toLowerCase();
+  if (host === "localhost" || host.endsWith(".localhost") || host.endsWith(".local") || host.endsWith(".internal")) {
+    throw refuse(`${what} host ${host} is not public`);
+  }
+  const v4 = parseIPv4(host);
+  if (v4 !== null && !isPublicIPv4(v4)) throw refuse(`${what} address ${host} is not public`);
+  if (host.startsWith("[")) {
+    const v6 = parseIPv6(host.slice(1, -1));
+    if (v6 === null || !isPublicIPv6(v6)) throw refuse(`${what} address ${host} is not public`);
+  }
+  return url;
+}
+
+// The URL parser already normalised decimal, octal and hex IPv4 forms to dotted quads.
+function parseIPv4(host) {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(host);
+  if (!m) return null;
+  const octets = m.slice(1).map(Number);
+  return octets.every((o) => o <= 255) ? octets : null;
+}
+
+function isPublicIPv4([a, b, c]) {
+  if (a === 0 || a === 10 || a === 127) return false; // unspecified/this network, private, loopback
+  if (a === 100 && b >= 64 && b <= 127) return false; // CGNAT 100.64/10
+  if (a === 169 && b === 254) return false; // link-local, cloud metadata
+  if (a === 172 && b >= 16 && b <= 31) return false; // private
+  if (a === 192 && b === 168) return false; // private
+  if (a === 192 && b === 0 && c === 0) return false; // IETF protocol assignments
+  if (a === 198 && (b === 18 || b === 19)) return false; // benchmarking
+  if (a >= 224) return false; // multicast, reserved, broadcast
+  return true;
+}
+
+// The URL parser serialises IPv6 hosts in canonical hex form (no embedded dotted quad).
+function parseIPv6(text) {
+  const halves = text.split("::");
+  if (halves.length > 2) return null;
+  const parse = (s) => (s ? s.split(":").map((g) => (/^[0-9a-f]{1,4}$/i.test(g) ? parseInt(g, 16) : NaN)) : []);
+  const left = parse(halves[0]);
+  const right = halves.length === 2 ? parse(halves[1]) : [];
+  const fill = halves.length === 2 ? 8 - left.length - right.length : 0;
+  if (fill < 0) return null;
+  const groups = [...left, ...new Array(fill).fill(0), ...right];
+  return groups.length === 8 && groups.every((g) => Number.isInteger(g)) ? groups : null;
+}
+
+function isPublicIPv6(g) {
+  if (g.every((x) => x === 0)) return false; // ::
+  if (g.slice(0, 7).every((x) => x === 0) && g[7] === 1) return false; // ::1
+  const embedded = [g[6] >> 8, g[6] & 0xff, g[7] >> 8, g[7] & 0xff];
+  if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) return isPublicIPv4(embedded); // ::ffff:a.b.c.d
+  if (g.slice(0, 6).every((x) => x === 0)) return false; // deprecated IPv4-compatible
+  if (g[0] === 0x64 && g[1] === 0xff9b) return isPublicIPv4(embedded); // NAT64
+  if ((g[0] & 0xffc0) === 0xfe80) return false; // link-local fe80::/10
+  if ((g[0] & 0xfe00) === 0xfc00) return false; // unique-local fc00::/7
+  if ((g[0] & 0xff00) === 0xff00) return false; // multicast
+  if (g[0] === 0x2001 && g[1] === 0x0db8) return false; // documentation
+  return true;
+}
+
+// --- names and keys -------------------------------------------------------------------------
+
+function filenameFromDisposition(header) {
+  if (!header) return null;
+  const star = /filename\*\s*=\s*([^']*)'[^']*'([^;]+)/i.exec(header);
+  if (star) {
+    try {
+      return decodeURIComponent(star[2].trim().replace(/^"|"$/g, ""));
+    } catch {
+      // Fall through to the plain parameter.
+    }
+  }
+  const quoted = /filename\s*=\s*"((?:[^"\\]|\\.)*)"/i.exec(header);
+  if (quoted) return quoted[1].replace(/\\(.)/g, "$1");
+  const bare = /filename\s*=\s*([^;\s]+)/i.exec(header);
+  return bare ? bare[1] : null;
+}
+
+function filenameFromPath(url) {
+  const last = url.pathname.split("/").filter(Boolean).pop();
+  if (!last) return null;
+  try {
+    return decodeURIComponent(last);
+  } catch {
+    return last;
+  }
+}
+
+// The name as the sender meant it (kept in metadata and the answer), minus any directory part
+// and control characters.
+function cleanOriginal(name) {
+  if (typeof name !== "string") return null;
+  const base = name.split(/[\\/]/).pop().replace(/[\u0000-\u001f\u007f]/g, "").trim();
+  if (!base || base === "." || base === "..") return null;
+  return base.slice(0, 255);
+}
+
+function safeSegment(value, fallback) {
+  let s = String(value || "")
+    .normalize("NFKD")
+    .replace(/[\u0300-\u036f]/g, "")
+    .replace(/[^A-Za-z0-9._-]+/g, "_")
+    .replace(/\.{2,}/g, ".")
+    .replace(/^[._]+/, "")
+    .replace(/_+$/, "");
+  if (s.length > MAX_NAME_LENGTH) {
+    const dot = s.lastIndexOf(".");
+    const ext = dot > 0 && s.length - dot <= 16 ? s.slice(dot) : "";
+    s = s.slice(0, MAX_NAME_LENGTH - ext.length) + ext;
+  }
+  return s || fallback;
+}
+
+function objectKey(now, emailId, filename) {
+  const yyyy = String(now.getUTCFullYear());
+  const mm = String(now.getUTCMonth() + 1).padStart(2, "0");
+  const dd = String(now.getUTCDate()).padStart(2, "0");
+  return `${yyyy}/${mm}/${dd}/${safeSegment(emailId, "email")}/${safeSegment(filename, FALLBACK_FILENAME)}`;
+}
+
+// --- logging helpers ------------------------------------------------------------------------
+
+function maskUrl(raw) {
+  try {
+    const url = new URL(raw);
+    url.username = "";
+    url.password = "";
+    const masked = [...url.searchParams.keys()].map((k) => `${encodeURIComponent(k)}=***`).join("&");
+    return `${url.origin}${url.pathname}${masked ? `?${masked}` : ""}`;
+  } catch {
+    return "<invalid url>";
+  }
+}
+
+function maskPath(pathname) {
+  return pathname.length > 300 ? `${pathname.slice(0, 300)}...` : pathname;
+}
+
+function errorText(err) {
+  const text = err && err.message ? err.message : String(err);
+  return text.slice(0, 200);
+}
+
+function positiveInt(raw, fallback) {
+  const value = Number(raw);
+  return Number.isFinite(value) && value > 0 ? Math.floor(value) : fallback;
+}

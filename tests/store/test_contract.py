@@ -1,0 +1,424 @@
+"""One contract suite run against both store backends, so they behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.store.base import DeliveryRecord, Lease, Store, Watermark
+from agent.store.local import LocalStore
+from agent.store.redis import RedisStore
+
+OpenStore = Callable[..., Awaitable[Store]]
+
+SHORT_TTL = 0.3
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Store]:
+    """Builds an unstarted store of the backend under test (all share one file or server)."""
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        return lambda **kwargs: RedisStore(server.url, timeout=1.0, **kwargs)
+    return lambda **kwargs: LocalStore(tmp_path / "data" / "state.sqlite3", **kwargs)
+
+
+@pytest.fixture
+async def open_store(make_store: Callable[..., Store]) -> AsyncIterator[OpenStore]:
+    """Starts stores on demand and closes them all at teardown."""
+    opened: list[Store] = []
+
+    async def _open(**kwargs: Any) -> Store:
+        store = make_store(**kwargs)
+        await store.start()
+        opened.append(store)
+        return store
+
+    yield _open
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(open_store: OpenStore) -> Store:
+    """A started store of the backend under test."""
+    return await open_store()
+
+
+def _record(at: float, outcome: str = "delivered", **extra: Any) -> DeliveryRecord:
+    return DeliveryRecord(at=at, outcome=outcome, mailbox="box", email_id=f"e{at}", **extra)  # type: ignore[arg-type]
+
+
+# Lifecycle.
+
+
+async def test_store_satisfies_the_store_protocol(store: Store) -> None:
+    assert isinstance(store, Store)
+
+
+async def test_ping_returns_round_trip_seconds(store: Store) -> None:
+    seconds = await store.ping()
+    assert 0 <= seconds < 1
+
+
+async def test_methods_before_start_raise_runtime_error(make_store: Callable[..., Store]) -> None:
+    store = make_store()
+    with pytest.raises(RuntimeError, match="start"):
+        await store.get_watermark("box")
+
+
+async def test_methods_after_close_raise_runtime_error(open_store: OpenStore) -> None:
+    store = await open_store()
+    await store.close()
+    with pytest.raises(RuntimeError, match="close"):
+        await store.kv_get("k")
+
+
+# Leases.
+
+
+async def test_acquire_gives_a_free_lease_to_the_holder(store: Store) -> None:
+    lease = await store.acquire_lease("mailbox:a", "r1", 5)
+    assert lease is not None
+    assert (lease.name, lease.holder) == ("mailbox:a", "r1")
+    assert lease.token >= 1
+    assert lease.expires_at == pytest.approx(time.time() + 5, abs=1)
+
+
+async def test_acquire_is_refused_while_another_holder_has_the_lease(store: Store) -> None:
+    assert await store.acquire_lease("mailbox:a", "r1", 5) is not None
+    assert await store.acquire_lease("mailbox:a", "r2", 5) is None
+
+
+async def test_acquire_by_the_holder_renews_with_the_same_token(store: Store) -> None:
+    first = await store.acquire_lease("mailbox:a", "r1", 5)
+    again = await store.acquire_lease("mailbox:a", "r1", 10)
+    assert first is not None
+    assert again is not None
+    assert again.token == first.token
+    assert again.expires_at > first.expires_at
+
+
+async def test_renew_extends_the_expiry_and_keeps_the_token(store: Store) -> None:
+    lease = await store.acquire_lease("mailbox:a", "r1", 1)
+    assert lease is not None
+    renewed = await store.renew_lease(lease, 10)
+    assert renewed is not None
+    assert renewed.token == lease.token
+    assert renewed.expires_at > lease.expires_at + 5
+    held = await store.lease_holder("mailbox:a")
+    assert held is not None
+    assert held.expires_at == pytest.approx(renewed.expires_at, abs=0.01)
+
+
+async def test_release_frees_the_lease_for_another_holder_with_a_higher_token(
+    store: Store,
+) -> None:
+    lease = await store.acquire_lease("mailbox:a", "r1", 5)
+    assert lease is not None
+    assert await store.release_lease(lease) is True
+    assert await store.lease_holder("mailbox:a") is None
+    taken = await store.acquire_lease("mailbox:a", "r2", 5)
+    assert taken is not None
+    assert taken.token > lease.token
+
+
+async def test_release_with_a_wrong_token_is_refused(store: Store) -> None:
+    lease = await store.acquire_lease("mailbox:a", "r1", 5)
+    assert lease is not None
+    forged = Lease(lease.name, lease.holder, lease.token + 7, lease.expires_at)
+    assert await store.release_lease(forged) is False
+    assert await store.lease_holder("mailbox:a") is not None
+
+
+async def test_renew_after_release_is_refused(store: Store) -> None:
+    lease = await store.acquire_lease("mailbox:a", "r1", 5)
+    assert lease is not None
+    assert await store.release_lease(lease)
+    assert await store.renew_lease(lease, 5) is None
+
+
+async def test_expired_lease_is_taken_by_another_holder_with_a_higher_token(
+    store: Store,
+) -> None:
+    old = await store.acquire_lease("mailbox:a", "r1", SHORT_TTL)
+    assert old is not None
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    new = await store.acquire_lease("mailbox:a", "r2", 5)
+    assert new is not None
+    assert new.token > old.token
+    holder = await store.lease_holder("mailbox:a")
+    assert holder is not None
+    assert holder.holder == "r2"
+
+
+async def test_expired_lease_nobody_took_can_still_be_renewed(store: Store) -> None:
+    lease = await store.acquire_lease("mailbox:a", "r1", SHORT_TTL)
+    assert lease is not None
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    renewed = await store.renew_lease(lease, 5)
+    assert renewed is not None
+    assert renewed.token == lease.token
+
+
+async def test_stale_holder_cannot_renew_after_takeover(store: Store) -> None:
+    stale = await store.acquire_lease("mailbox:a", "r1", SHORT_TTL)
+    assert stale is not None
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    assert await store.acquire_lease("mailbox:a", "r2", 5) is not None
+    assert await store.renew_lease(stale, 5) is None
+    holder = await store.lease_holder("mailbox:a")
+    assert holder is not None
+    assert holder.holder == "r2"
+
+
+async def test_stale_holder_cannot_set_a_fenced_watermark_after_takeover(store: Store) -> None:
+    stale = await store.acquire_lease("mailbox:a", "r1", SHORT_TTL)
+    assert stale is not None
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    fresh = await store.acquire_lease("mailbox:a", "r2", 5)
+    assert fresh is not None
+    assert await store.set_watermark("a", Watermark(7, 100), fence=fresh) is True
+    assert await store.set_watermark("a", Watermark(7, 50), fence=stale) is False
+    assert await store.get_watermark("a") == Watermark(7, 100)
+
+
+async def test_stale_holder_cannot_release_after_takeover(store: Store) -> None:
+    stale = await store.acquire_lease("mailbox:a", "r1", SHORT_TTL)
+    assert stale is not None
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    assert await store.acquire_lease("mailbox:a", "r2", 5) is not None
+    assert await store.release_lease(stale) is False
+    holder = await store.lease_holder("mailbox:a")
+    assert holder is not None
+    assert holder.holder == "r2"
+
+
+async def test_fenced_watermark_is_refused_once_the_lease_expired(store: Store) -> None:
+    lease = await store.acquire_lease("mailbox:a", "r1", SHORT_TTL)
+    assert lease is not None
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    assert await store.set_watermark("a", Watermark(1, 10), fence=lease) is False
+    assert await store.get_watermark("a") is None
+
+
+async def test_fenced_watermark_is_stored_while_the_lease_is_held(store: Store) -> None:
+    lease = await store.acquire_lease("mailbox:a", "r1", 5)
+    assert lease is not None
+    assert await store.set_watermark("a", Watermark(1, 10), fence=lease) is True
+    assert await store.get_watermark("a") == Watermark(1, 10)
+
+
+async def test_lease_holder_is_none_once_the_lease_expired(store: Store) -> None:
+    assert await store.acquire_lease("mailbox:a", "r1", SHORT_TTL) is not None
+    assert await store.lease_holder("mailbox:a") is not None
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    assert await store.lease_holder("mailbox:a") is None
+
+
+async def test_count_leases_counts_unexpired_leases_of_the_holder_under_the_prefix(
+    store: Store,
+) -> None:
+    await store.acquire_lease("mailbox:a", "r1", 5)
+    await store.acquire_lease("mailbox:b", "r1", 5)
+    await store.acquire_lease("mailbox:c", "r2", 5)
+    await store.acquire_lease("other:x", "r1", 5)
+    await store.acquire_lease("mailbox:short", "r1", SHORT_TTL)
+    assert await store.count_leases("r1", "mailbox:") == 3
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    assert await store.count_leases("r1", "mailbox:") == 2
+    assert await store.count_leases("r2", "mailbox:") == 1
+    assert await store.count_leases("r3", "mailbox:") == 0
+
+
+async def test_concurrent_acquires_from_two_replicas_give_the_lease_to_one(
+    open_store: OpenStore,
+) -> None:
+    first, second = await open_store(), await open_store()
+    results = await asyncio.gather(
+        *((first if i % 2 else second).acquire_lease("mailbox:a", f"r{i}", 5) for i in range(10))
+    )
+    winners = [lease for lease in results if lease is not None]
+    assert len(winners) == 1
+
+
+# Watermarks.
+
+
+async def test_watermark_is_none_before_the_first_cycle(store: Store) -> None:
+    assert await store.get_watermark("a") is None
+
+
+async def test_watermark_round_trips_per_mailbox(store: Store) -> None:
+    assert await store.set_watermark("a", Watermark(uidvalidity=42, uid=9)) is True
+    assert await store.set_watermark("b", Watermark(uidvalidity=1, uid=2)) is True
+    await store.set_watermark("a", Watermark(uidvalidity=42, uid=11))
+    assert await store.get_watermark("a") == Watermark(42, 11)
+    assert await store.get_watermark("b") == Watermark(1, 2)
+
+
+# Processed ids and attempts.
+
+
+async def test_processed_key_is_remembered_until_its_ttl(store: Store) -> None:
+    assert await store.mark_processed("msg-1", SHORT_TTL) is True
+    assert await store.is_processed("msg-1") is True
+    assert await store.is_processed("msg-2") is False
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    assert await store.is_processed("msg-1") is False
+
+
+async def test_marking_a_processed_key_again_returns_false(store: Store) -> None:
+    assert await store.mark_processed("msg-1", 5) is True
+    assert await store.mark_processed("msg-1", 5) is False
+
+
+async def test_an_expired_processed_key_can_be_marked_again(store: Store) -> None:
+    assert await store.mark_processed("msg-1", SHORT_TTL) is True
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    assert await store.mark_processed("msg-1", 5) is True
+
+
+async def test_attempts_count_up_per_key_and_clear(store: Store) -> None:
+    assert [await store.incr_attempts("m", 5) for _ in range(3)] == [1, 2, 3]
+    assert await store.incr_attempts("other", 5) == 1
+    await store.clear_attempts("m")
+    assert await store.incr_attempts("m", 5) == 1
+
+
+async def test_attempts_are_forgotten_after_their_ttl(store: Store) -> None:
+    await store.incr_attempts("m", SHORT_TTL)
+    await store.incr_attempts("m", SHORT_TTL)
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    assert await store.incr_attempts("m", 5) == 1
+
+
+# Delivery log.
+
+
+async def test_delivery_window_counts_by_outcome_inside_the_window(store: Store) -> None:
+    now = time.time()
+    for at, outcome in [
+        (now - 10, "delivered"),
+        (now - 9, "delivered"),
+        (now - 8, "failed"),
+        (now - 7, "dead_lettered"),
+        (now - 500, "failed"),  # outside the 100 s window
+    ]:
+        await store.append_delivery(_record(at, outcome))
+    window = await store.delivery_window(100, now=now)
+    assert window.counts == {"delivered": 2, "failed": 1, "dead_lettered": 1}
+    assert window.total == 4
+    assert window.error_ratio == pytest.approx(0.5)
+
+
+async def test_delivery_window_is_empty_without_records(store: Store) -> None:
+    window = await store.delivery_window(86400)
+    assert window.total == 0
+    assert window.error_ratio is None
+    assert window.last is None
+
+
+async def test_delivery_window_last_is_the_newest_record_with_all_its_fields(
+    store: Store,
+) -> None:
+    now = time.time()
+    await store.append_delivery(_record(now - 5, "delivered"))
+    newest = DeliveryRecord(
+        at=now - 1,
+        outcome="failed",
+        mailbox="box",
+        email_id="e-new",
+        status_code=503,
+        duration=1.25,
+        error="upstream said no",
+        attempts=3,
+        extra={"provider": "dropbox", "links": [1, 2]},
+    )
+    await store.append_delivery(newest)
+    await store.append_delivery(_record(now - 3, "delivered"))
+    window = await store.delivery_window(60, now=now)
+    assert window.last == newest
+
+
+async def test_recent_deliveries_are_newest_first_up_to_the_limit(store: Store) -> None:
+    now = time.time()
+    for offset in (5, 1, 3, 4, 2):
+        await store.append_delivery(_record(now - offset))
+    recent = await store.recent_deliveries(3)
+    assert [r.at for r in recent] == [now - 1, now - 2, now - 3]
+
+
+async def test_delivery_log_drops_records_older_than_the_retention(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store(delivery_retention=60.0)
+    now = time.time()
+    await store.append_delivery(_record(now - 120, "failed"))
+    await store.append_delivery(_record(now - 30, "delivered"))
+    recent = await store.recent_deliveries(10)
+    assert [r.at for r in recent] == [now - 30]
+    window = await store.delivery_window(86400, now=now)
+    assert window.counts == {"delivered": 1}
+
+
+async def test_delivery_log_keeps_at_most_max_records(open_store: OpenStore) -> None:
+    store = await open_store(delivery_max_records=5)
+    now = time.time()
+    for i in range(12):
+        await store.append_delivery(_record(now - 100 + i, "failed" if i < 6 else "delivered"))
+    recent = await store.recent_deliveries(100)
+    assert [r.at for r in recent] == [now - 100 + i for i in range(11, 6, -1)]
+    window = await store.delivery_window(86400, now=now)
+    assert window.counts == {"delivered": 5}
+
+
+# Key-value.
+
+
+async def test_kv_round_trips_json_values(store: Store) -> None:
+    value = {"state": "firing", "since": 12.5, "labels": ["a", "b"], "n": None}
+    await store.kv_set("alert:x", value)
+    assert await store.kv_get("alert:x") == value
+    assert await store.kv_get("missing") is None
+
+
+async def test_kv_delete_removes_the_key(store: Store) -> None:
+    await store.kv_set("k", 1)
+    await store.kv_delete("k")
+    assert await store.kv_get("k") is None
+
+
+async def test_kv_value_expires_after_its_ttl(store: Store) -> None:
+    await store.kv_set("k", "v", ttl=SHORT_TTL)
+    assert await store.kv_get("k") == "v"
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    assert await store.kv_get("k") is None
+
+
+async def test_kv_set_without_ttl_clears_an_earlier_ttl(store: Store) -> None:
+    await store.kv_set("k", "v", ttl=SHORT_TTL)
+    await store.kv_set("k", "w")
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    assert await store.kv_get("k") == "w"
+
+
+# Heartbeats.
+
+
+async def test_heartbeats_are_listed_by_prefix_with_their_time_and_info(store: Store) -> None:
+    await store.heartbeat("poller:a", 100.0, {"replica": "r1"})
+    await store.heartbeat("poller:b", 101.0)
+    await store.heartbeat("health", 102.0)
+    await store.heartbeat("poller:a", 105.0, {"replica": "r1", "cycle": 3})
+    beats = await store.heartbeats("poller:")
+    assert beats == {
+        "poller:a": {"at": 105.0, "replica": "r1", "cycle": 3},
+        "poller:b": {"at": 101.0},
+    }
+    assert set(await store.heartbeats()) == {"poller:a", "poller:b", "health"}
