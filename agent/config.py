@@ -28,7 +28,7 @@ class Duration(float):
 def parse_duration(value: object, *, key: str, source: str) -> Duration:
     """Reads "250ms", "15s", "5m", "24h", "1d" or a number of seconds."""
     if isinstance(value, bool):
-        raise ConfigError(f"{source}: {key}: expected a duration such as \"15s\", got {value!r}")
+        raise ConfigError(f'{source}: {key}: expected a duration such as "15s", got {value!r}')
     if isinstance(value, int | float):
         if value < 0:
             raise ConfigError(f"{source}: {key}: expected a non-negative duration, got {value!r}")
@@ -41,7 +41,7 @@ def parse_duration(value: object, *, key: str, source: str) -> Duration:
         if match:
             return Duration(float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
     raise ConfigError(
-        f"{source}: {key}: expected a duration such as \"15s\", \"5m\" or \"24h\", got {value!r}"
+        f'{source}: {key}: expected a duration such as "15s", "5m" or "24h", got {value!r}'
     )
 
 
@@ -51,9 +51,7 @@ def _meta(
     return {"env": env, "secret": secret, "doc": doc, "required": required}
 
 
-def setting(
-    default: Any, env: str | None = None, *, secret: bool = False, doc: str = ""
-) -> Any:
+def setting(default: Any, env: str | None = None, *, secret: bool = False, doc: str = "") -> Any:
     """A documented setting with its environment variable (the environment wins over the file)."""
     if isinstance(default, list | dict):
         factory = default.copy
@@ -211,11 +209,11 @@ class R2Settings:
     fetch_endpoint: str = setting(
         "", "R2_FETCH_ENDPOINT", doc="The Worker's URL; empty: links are delivered as skipped."
     )
-    fetch_token: str = setting(
-        "", "R2_FETCH_TOKEN", secret=True, doc="Sent as X-R2-FETCH-TOKEN."
-    )
+    fetch_token: str = setting("", "R2_FETCH_TOKEN", secret=True, doc="Sent as X-R2-FETCH-TOKEN.")
     max_attempts: int = setting(3, doc="Attempts per link for retryable failures.")
-    retry_budget: Duration = setting(Duration(300.0), doc="Total time the retries of one link may take.")
+    retry_budget: Duration = setting(
+        Duration(300.0), doc="Total time the retries of one link may take."
+    )
     concurrency: int = setting(4, doc="Transfers at once across all mailboxes.")
 
 
@@ -378,8 +376,16 @@ def _convert(value: object, hint: Any, *, key: str, source: str, from_env: bool)
     raise ConfigError(f"{source}: {key}: unsupported setting type {hint!r}")
 
 
-_BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True,
-               "false": False, "0": False, "no": False, "off": False}
+_BOOL_WORDS = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+}
 
 
 def _build_section(
@@ -403,7 +409,10 @@ def _build_section(
         key = f"{prefix}{f.name}"
         if use_env and env_name and env_name in env:
             values[f.name] = _convert(
-                env[env_name], hints[f.name], key=f"{env_name} ({key})", source="environment",
+                env[env_name],
+                hints[f.name],
+                key=f"{env_name} ({key})",
+                source="environment",
                 from_env=True,
             )
         elif f.name in table:
@@ -462,16 +471,18 @@ def settings_from_mapping(
     return settings
 
 
-def _load_mailboxes(
-    raw: object, *, source: str, env: Mapping[str, str]
-) -> list[MailboxSettings]:
+def _load_mailboxes(raw: object, *, source: str, env: Mapping[str, str]) -> list[MailboxSettings]:
     mailboxes: list[MailboxSettings] = []
     if raw is not None:
         if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
             raise ConfigError(f"{source}: mailboxes: expected [[mailboxes]] tables")
         for index, table in enumerate(raw):
             box = _build_section(
-                MailboxSettings, table, prefix=f"mailboxes[{index}].", source=source, env=env,
+                MailboxSettings,
+                table,
+                prefix=f"mailboxes[{index}].",
+                source=source,
+                env=env,
                 use_env=False,
             )
             if "name" not in table:
@@ -518,17 +529,29 @@ def _check(settings: Settings) -> None:
     source = settings.source
     if not 0 < settings.server.port < 65536:
         raise ConfigError(f"{source}: server.port: expected 1-65535, got {settings.server.port}")
-    _check_url(settings.store.redis_url, "store.redis_url (REDIS_URL)", source,
-               ("redis", "rediss", "unix"))
+    _check_url(
+        settings.store.redis_url, "store.redis_url (REDIS_URL)", source, ("redis", "rediss", "unix")
+    )
     _check_url(settings.webhook.url, "webhook.url (WEBHOOK_URL)", source, ("http", "https"))
-    _check_url(settings.r2.fetch_endpoint, "r2.fetch_endpoint (R2_FETCH_ENDPOINT)", source,
-               ("http", "https"))
-    _check_url(settings.alerting.webhook_url, "alerting.webhook_url (ALERT_WEBHOOK_URL)", source,
-               ("http", "https"))
-    _check_url(settings.alerting.alertmanager_url,
-               "alerting.alertmanager_url (ALERTMANAGER_URL)", source, ("http", "https"))
-    _check_url(settings.health.app_health_url, "health.app_health_url", source,
-               ("http", "https"))
+    _check_url(
+        settings.r2.fetch_endpoint,
+        "r2.fetch_endpoint (R2_FETCH_ENDPOINT)",
+        source,
+        ("http", "https"),
+    )
+    _check_url(
+        settings.alerting.webhook_url,
+        "alerting.webhook_url (ALERT_WEBHOOK_URL)",
+        source,
+        ("http", "https"),
+    )
+    _check_url(
+        settings.alerting.alertmanager_url,
+        "alerting.alertmanager_url (ALERTMANAGER_URL)",
+        source,
+        ("http", "https"),
+    )
+    _check_url(settings.health.app_health_url, "health.app_health_url", source, ("http", "https"))
     for index, box in enumerate(settings.mailboxes):
         if box.poll_interval <= 0:
             raise ConfigError(

@@ -101,7 +101,9 @@ class Store(Protocol):
     async def get_watermark(self, mailbox: str) -> Watermark | None:
         """The mailbox's UIDVALIDITY and UID watermark, or None before the first cycle."""
 
-    async def set_watermark(self, mailbox: str, mark: Watermark, *, fence: Lease | None = None) -> bool:
+    async def set_watermark(
+        self, mailbox: str, mark: Watermark, *, fence: Lease | None = None
+    ) -> bool:
         """Stores the watermark; with a fence, only while that lease is still held (else False)."""
 
     # Processed message ids (dedupe after a crash) and per-message attempts.
