@@ -49,8 +49,9 @@ def _load(path: str | None) -> Settings:
     settings = load_settings(path)
     from agent.alerts.rules import load_alert_config
 
-    load_alert_config(settings.alerts, source=settings.source,
-                      default_interval=settings.telemetry.export_interval)
+    load_alert_config(
+        settings.alerts, source=settings.source, default_interval=settings.telemetry.export_interval
+    )
     return settings
 
 
@@ -122,8 +123,9 @@ def _run(settings: Settings, *, host: str | None, port: int | None) -> int:
     return code
 
 
-async def _serve(settings: Settings, telemetry: object, *, host: str | None,
-                 port: int | None) -> int:
+async def _serve(
+    settings: Settings, telemetry: object, *, host: str | None, port: int | None
+) -> int:
     from agent.components import start_components
     from agent.runtime import Sidecar
     from agent.telemetry.setup import Telemetry
@@ -141,8 +143,9 @@ async def _serve(settings: Settings, telemetry: object, *, host: str | None,
         loop.add_signal_handler(sig, stop.set)
     await site.start()
     await sidecar.start(start_components(settings))
-    sidecar.log.info("http.listening", host=host or settings.server.host,
-                     port=port or settings.server.port)
+    sidecar.log.info(
+        "http.listening", host=host or settings.server.host, port=port or settings.server.port
+    )
     await stop.wait()
     deadline = time.monotonic() + SHUTDOWN_BUDGET - settings.telemetry.shutdown_timeout
     # Readiness fails at once; the listener stays up while in-flight work drains.

@@ -1,4 +1,4 @@
-"""The running sidecar: builds every part from the settings, starts them, and drains them on SIGTERM."""
+"""The running sidecar: builds every part from the settings, starts them, drains on SIGTERM."""
 
 from __future__ import annotations
 
@@ -40,8 +40,9 @@ class Sidecar:
         self.liveness_hooks: dict[str, LivenessHook] = {}
         self.log = get_logger("app")
         self.http: aiohttp.ClientSession | None = None
-        self.probe_context = ProbeContext(settings=settings, store=self.store,
-                                          exports=telemetry.exports)
+        self.probe_context = ProbeContext(
+            settings=settings, store=self.store, exports=telemetry.exports
+        )
         trace_probes = settings.health.trace_probes
         self.registry = HealthRegistry(
             self.probe_context,
@@ -73,22 +74,23 @@ class Sidecar:
         self._register_checks()
 
     def _register_checks(self) -> None:
-        health = self.settings.health
         for name in ("redis", "collector", "http"):
             self.add_check(name, PROBES[name])
 
     def add_check(self, name: str, probe: Any, *, interval: float | None = None) -> None:
         """Registers a check with the configured harness settings."""
         health = self.settings.health
-        self.registry.add(CheckSpec(
-            name=name,
-            probe=probe,
-            interval=interval or health.interval,
-            timeout=health.timeout,
-            required=name in health.required,
-            failures_before_error=health.failures_before_error,
-            successes_before_ok=health.successes_before_ok,
-        ))
+        self.registry.add(
+            CheckSpec(
+                name=name,
+                probe=probe,
+                interval=interval or health.interval,
+                timeout=health.timeout,
+                required=name in health.required,
+                failures_before_error=health.failures_before_error,
+                successes_before_ok=health.successes_before_ok,
+            )
+        )
 
     def _memory(self) -> dict[str, Any] | None:
         latest = self.sampler.latest
@@ -104,13 +106,28 @@ class Sidecar:
 
     def _poller_status(self) -> dict[str, Any]:
         if not self.settings.server.enable_background_tasks:
-            return {"status": "disabled", "lock_acquired": False, "leader": False,
-                    "last_check": None, "last_success": None}
+            return {
+                "status": "disabled",
+                "lock_acquired": False,
+                "leader": False,
+                "last_check": None,
+                "last_success": None,
+            }
         if not self.settings.mailboxes:
-            return {"status": "not_configured", "lock_acquired": False, "leader": False,
-                    "last_check": None, "last_success": None}
-        return {"status": "starting", "lock_acquired": False, "leader": False,
-                "last_check": None, "last_success": None}
+            return {
+                "status": "not_configured",
+                "lock_acquired": False,
+                "leader": False,
+                "last_check": None,
+                "last_success": None,
+            }
+        return {
+            "status": "starting",
+            "lock_acquired": False,
+            "leader": False,
+            "last_check": None,
+            "last_success": None,
+        }
 
     def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
         """Runs a background task that is cancelled when the sidecar stops."""
@@ -156,9 +173,13 @@ class Sidecar:
         for hook in extra or []:
             await hook(self)
         self.lifecycle.startup_done = True
-        self.log.info("sidecar.started", version=__version__, store=self.store.backend,
-                      mailboxes=len(self.settings.mailboxes),
-                      background_tasks=self.settings.server.enable_background_tasks)
+        self.log.info(
+            "sidecar.started",
+            version=__version__,
+            store=self.store.backend,
+            mailboxes=len(self.settings.mailboxes),
+            background_tasks=self.settings.server.enable_background_tasks,
+        )
 
     def begin_drain(self) -> None:
         """Readiness fails from now on; background loops see the stop event."""
@@ -183,7 +204,9 @@ class Sidecar:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.store.close(), timeout=max(0.1, deadline - time.monotonic()))
+            await asyncio.wait_for(
+                self.store.close(), timeout=max(0.1, deadline - time.monotonic())
+            )
         if self.http is not None:
             await self.http.close()
         self.log.info("sidecar.stopped", in_flight=self._in_flight)

@@ -44,15 +44,17 @@ def _fetch(url: str) -> str:
 def test_span_metrics_and_logs_reach_the_collector_without_secrets(
     sidecar_process: Callable[..., SidecarProcess], telemetry_stack: Any
 ) -> None:
-    sidecar = sidecar_process(env={
-        **SECRETS,
-        "ENABLE_BACKGROUND_TASKS": "false",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": telemetry_stack.otlp_http_endpoint,
-        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-        "OTEL_BSP_SCHEDULE_DELAY": "200",
-        "OTEL_BLRP_SCHEDULE_DELAY": "200",
-        "WEBHOOK_URL": "https://app.invalid/hook",
-    })
+    sidecar = sidecar_process(
+        env={
+            **SECRETS,
+            "ENABLE_BACKGROUND_TASKS": "false",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": telemetry_stack.otlp_http_endpoint,
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_BLRP_SCHEDULE_DELAY": "200",
+            "WEBHOOK_URL": "https://app.invalid/hook",
+        }
+    )
     headers = {
         "Authorization": f"Bearer {SECRETS['SIDECAR_API_TOKEN']}",
         "traceparent": f"00-{TRACEPARENT_TRACE}-00f067aa0ba902b7-01",
@@ -60,18 +62,31 @@ def test_span_metrics_and_logs_reach_the_collector_without_secrets(
     status, _ = sidecar.get(f"/api/metrics?token={SECRETS['R2_FETCH_TOKEN']}", headers=headers)
     assert status == 200
 
-    traces = _wait(lambda: [t for t in telemetry_stack.traces("signal-sidecar")
-                            if t["traceID"] == TRACEPARENT_TRACE], 30, "the server span in Jaeger")
+    traces = _wait(
+        lambda: [
+            t for t in telemetry_stack.traces("signal-sidecar") if t["traceID"] == TRACEPARENT_TRACE
+        ],
+        30,
+        "the server span in Jaeger",
+    )
     spans = traces[0]["spans"]
     assert any(s["operationName"] == "GET /api/metrics" for s in spans)
 
     prometheus = _wait(
-        lambda: (lambda text: text if "probe_up" in text and "process_memory_usage" in text
-                 else "")(_fetch(telemetry_stack.prometheus_url)),
-        30, "probe_up and process_memory_usage on the collector's Prometheus endpoint")
+        lambda: (
+            lambda text: text if "probe_up" in text and "process_memory_usage" in text else ""
+        )(_fetch(telemetry_stack.prometheus_url)),
+        30,
+        "probe_up and process_memory_usage on the collector's Prometheus endpoint",
+    )
 
-    debug = _wait(lambda: (lambda out: out if TRACEPARENT_TRACE in out else "")(
-        telemetry_stack.debug_output()), 30, "a log record with the trace id")
+    debug = _wait(
+        lambda: (lambda out: out if TRACEPARENT_TRACE in out else "")(
+            telemetry_stack.debug_output()
+        ),
+        30,
+        "a log record with the trace id",
+    )
     assert "http.request" in debug
 
     everything = json.dumps(traces) + prometheus + debug + sidecar.log_text()
@@ -80,13 +95,15 @@ def test_span_metrics_and_logs_reach_the_collector_without_secrets(
 
 
 def test_sigterm_ends_within_five_seconds_with_a_dead_collector(
-    sidecar_process: Callable[..., SidecarProcess]
+    sidecar_process: Callable[..., SidecarProcess],
 ) -> None:
-    sidecar = sidecar_process(env={
-        "ENABLE_BACKGROUND_TASKS": "false",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
-        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-    })
+    sidecar = sidecar_process(
+        env={
+            "ENABLE_BACKGROUND_TASKS": "false",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        }
+    )
     for _ in range(20):
         sidecar.get("/api/metrics")
     time.sleep(1.5)
@@ -96,11 +113,13 @@ def test_sigterm_ends_within_five_seconds_with_a_dead_collector(
 def test_sigterm_ends_within_five_seconds_with_a_black_hole_collector(
     sidecar_process: Callable[..., SidecarProcess], blackhole: Any
 ) -> None:
-    sidecar = sidecar_process(env={
-        "ENABLE_BACKGROUND_TASKS": "false",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": blackhole.url,
-        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-    })
+    sidecar = sidecar_process(
+        env={
+            "ENABLE_BACKGROUND_TASKS": "false",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": blackhole.url,
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        }
+    )
     for _ in range(20):
         sidecar.get("/api/metrics")
     time.sleep(1.5)
@@ -112,29 +131,43 @@ def test_sigterm_flushes_queued_spans_when_the_collector_is_up(
     sidecar_process: Callable[..., SidecarProcess], telemetry_stack: Any
 ) -> None:
     trace_id = "5bf92f3577b34da6a3ce929d0e0e4737"
-    sidecar = sidecar_process(env={
-        "ENABLE_BACKGROUND_TASKS": "false",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": telemetry_stack.otlp_http_endpoint,
-        "OTEL_BSP_SCHEDULE_DELAY": "60000",
-        "OTEL_SERVICE_NAME": "signal-sidecar-flush",
-    })
+    sidecar = sidecar_process(
+        env={
+            "ENABLE_BACKGROUND_TASKS": "false",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": telemetry_stack.otlp_http_endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "60000",
+            "OTEL_SERVICE_NAME": "signal-sidecar-flush",
+        }
+    )
     sidecar.get("/api/metrics", headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
     assert sidecar.terminate() <= 5.0
-    _wait(lambda: [t for t in telemetry_stack.traces("signal-sidecar-flush")
-                   if t["traceID"] == trace_id], 20, "the flushed span")
+    _wait(
+        lambda: [
+            t for t in telemetry_stack.traces("signal-sidecar-flush") if t["traceID"] == trace_id
+        ],
+        20,
+        "the flushed span",
+    )
 
 
 def test_check_exits_zero_when_ready_and_one_when_not(
-    sidecar_process: Callable[..., SidecarProcess]
+    sidecar_process: Callable[..., SidecarProcess],
 ) -> None:
-    sidecar = sidecar_process(env={"ENABLE_BACKGROUND_TASKS": "false",
-                                   "OTEL_SDK_DISABLED": "true"})
+    sidecar = sidecar_process(env={"ENABLE_BACKGROUND_TASKS": "false", "OTEL_SDK_DISABLED": "true"})
     _wait(lambda: sidecar.get("/readyz")[0] == 200, 15, "readiness")
-    ready = subprocess.run([sys.executable, "-m", "agent", "check", "--url",
-                            f"{sidecar.url}/readyz?verbose"], capture_output=True, text=True,
-                           timeout=30, check=False)
+    ready = subprocess.run(
+        [sys.executable, "-m", "agent", "check", "--url", f"{sidecar.url}/readyz?verbose"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert ready.returncode == 0, ready.stdout + ready.stderr
-    closed = subprocess.run([sys.executable, "-m", "agent", "check", "--url",
-                             f"http://127.0.0.1:{free_port()}/readyz"], capture_output=True,
-                            text=True, timeout=30, check=False)
+    closed = subprocess.run(
+        [sys.executable, "-m", "agent", "check", "--url", f"http://127.0.0.1:{free_port()}/readyz"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert closed.returncode == 1

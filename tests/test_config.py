@@ -1,4 +1,4 @@
-"""Configuration: the file, the environment, and errors that name the key, the file and the expectation."""
+"""Configuration: file and environment, with errors naming key, file and expectation."""
 
 from __future__ import annotations
 
@@ -11,28 +11,46 @@ import pytest
 from agent.config import ConfigError, load_settings, parse_duration
 
 INVALID = [
-    ("[server]\nport = \"eighty\"\n", "server.port: expected an integer, got 'eighty'"),
+    ('[server]\nport = "eighty"\n', "server.port: expected an integer, got 'eighty'"),
     ("[server]\nport = 70000\n", "server.port: expected 1-65535, got 70000"),
     ("[server]\nprot = 8080\n", "server.prot: unknown key (expected one of:"),
     ("[srever]\nport = 8080\n", "srever: unknown section"),
-    ("[imap]\ntimeout = \"ten seconds\"\n",
-     "imap.timeout: expected a duration such as \"15s\", \"5m\" or \"24h\""),
-    ("[[mailboxes]]\nhost = \"imap.example.com\"\ntls = \"tls1.3\"\nusername = \"a\"\n",
-     "mailboxes[0].tls: expected one of ssl, starttls, none, got 'tls1.3'"),
-    ("[[mailboxes]]\nhost = \"imap.example.com\"\n",
-     "mailboxes[0].username (IMAP_USERNAME): required"),
-    ("[[mailboxes]]\nhost = \"a\"\nusername = \"u\"\nflder = \"INBOX\"\n",
-     "mailboxes[0].flder: unknown key"),
-    ("[webhook]\nurl = \"ftp://app/hook\"\n",
-     "webhook.url (WEBHOOK_URL): expected a URL starting with http:// or https://"),
-    ("[store]\nredis_url = \"localhost:6379\"\n",
-     "store.redis_url (REDIS_URL): expected a URL starting with redis://"),
-    ("[links]\nallowed_hosts = \"files.example.com\"\n",
-     "links.allowed_hosts: expected a list of strings"),
-    ("[links]\nallowed_hosts = [\"https://files example.com\"]\n",
-     "is not host[:port] or scheme://host:port"),
-    ("[server]\nenable_background_tasks = \"yes\"\n",
-     "server.enable_background_tasks: expected true or false, got 'yes'"),
+    (
+        '[imap]\ntimeout = "ten seconds"\n',
+        'imap.timeout: expected a duration such as "15s", "5m" or "24h"',
+    ),
+    (
+        '[[mailboxes]]\nhost = "imap.example.com"\ntls = "tls1.3"\nusername = "a"\n',
+        "mailboxes[0].tls: expected one of ssl, starttls, none, got 'tls1.3'",
+    ),
+    (
+        '[[mailboxes]]\nhost = "imap.example.com"\n',
+        "mailboxes[0].username (IMAP_USERNAME): required",
+    ),
+    (
+        '[[mailboxes]]\nhost = "a"\nusername = "u"\nflder = "INBOX"\n',
+        "mailboxes[0].flder: unknown key",
+    ),
+    (
+        '[webhook]\nurl = "ftp://app/hook"\n',
+        "webhook.url (WEBHOOK_URL): expected a URL starting with http:// or https://",
+    ),
+    (
+        '[store]\nredis_url = "localhost:6379"\n',
+        "store.redis_url (REDIS_URL): expected a URL starting with redis://",
+    ),
+    (
+        '[links]\nallowed_hosts = "files.example.com"\n',
+        "links.allowed_hosts: expected a list of strings",
+    ),
+    (
+        '[links]\nallowed_hosts = ["https://files example.com"]\n',
+        "is not host[:port] or scheme://host:port",
+    ),
+    (
+        '[server]\nenable_background_tasks = "yes"\n',
+        "server.enable_background_tasks: expected true or false, got 'yes'",
+    ),
     ("[imap]\nbatch_size = 0\n", "imap.batch_size: expected at least 1, got 0"),
     ("server = 3\n", "server: expected a table, got 3"),
     ("[server\nport = 1\n", "not valid TOML"),
@@ -53,13 +71,13 @@ def test_invalid_file_names_key_file_and_expectation(
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nope.toml: file not found"):
+    with pytest.raises(ConfigError, match=r"nope\.toml: file not found"):
         load_settings(tmp_path / "nope.toml", env={})
 
 
 def test_environment_wins_over_file(tmp_path: Path) -> None:
     path = tmp_path / "sidecar.toml"
-    path.write_text("[server]\nport = 9000\nhost = \"127.0.0.1\"\n")
+    path.write_text('[server]\nport = 9000\nhost = "127.0.0.1"\n')
     settings = load_settings(path, env={"SIDECAR_PORT": "9100"})
     assert settings.server.port == 9100
     assert settings.server.host == "127.0.0.1"
@@ -67,8 +85,9 @@ def test_environment_wins_over_file(tmp_path: Path) -> None:
 
 def test_bad_environment_value_names_the_variable() -> None:
     with pytest.raises(ConfigError, match=r"environment: IMAP_POLL_INTERVAL \(poll_interval\)"):
-        load_settings(None, env={"IMAP_HOST": "h", "IMAP_USERNAME": "u",
-                                 "IMAP_POLL_INTERVAL": "often"})
+        load_settings(
+            None, env={"IMAP_HOST": "h", "IMAP_USERNAME": "u", "IMAP_POLL_INTERVAL": "often"}
+        )
 
 
 def test_sidecar_config_variable_names_the_file(tmp_path: Path) -> None:
@@ -86,21 +105,31 @@ def test_durations_are_read_in_seconds(text: str | int, seconds: float) -> None:
 
 
 def test_imap_variables_describe_one_mailbox() -> None:
-    settings = load_settings(None, env={
-        "IMAP_HOST": "imap.example.com", "IMAP_USERNAME": "ops", "IMAP_PASSWORD": "pw-1234",
-        "IMAP_TLS": "starttls", "IMAP_POLL_INTERVAL": "45",
-    })
+    settings = load_settings(
+        None,
+        env={
+            "IMAP_HOST": "imap.example.com",
+            "IMAP_USERNAME": "ops",
+            "IMAP_PASSWORD": "pw-1234",
+            "IMAP_TLS": "starttls",
+            "IMAP_POLL_INTERVAL": "45",
+        },
+    )
     (box,) = settings.mailboxes
     assert (box.host, box.username, box.tls, box.poll_interval) == (
-        "imap.example.com", "ops", "starttls", 45.0)
+        "imap.example.com",
+        "ops",
+        "starttls",
+        45.0,
+    )
     assert box.effective_port == 143
 
 
 def test_several_mailboxes_from_tables(tmp_path: Path) -> None:
     path = tmp_path / "sidecar.toml"
     path.write_text(
-        "[[mailboxes]]\nname = \"sales\"\nhost = \"a\"\nusername = \"s\"\n"
-        "[[mailboxes]]\nname = \"ops\"\nhost = \"b\"\nusername = \"o\"\ntls = \"none\"\n"
+        '[[mailboxes]]\nname = "sales"\nhost = "a"\nusername = "s"\n'
+        '[[mailboxes]]\nname = "ops"\nhost = "b"\nusername = "o"\ntls = "none"\n'
     )
     settings = load_settings(path, env={})
     assert [b.name for b in settings.mailboxes] == ["sales", "ops"]
@@ -110,38 +139,57 @@ def test_several_mailboxes_from_tables(tmp_path: Path) -> None:
 def test_duplicate_mailbox_names_are_an_error(tmp_path: Path) -> None:
     path = tmp_path / "sidecar.toml"
     path.write_text(
-        "[[mailboxes]]\nname = \"x\"\nhost = \"a\"\nusername = \"s\"\n"
-        "[[mailboxes]]\nname = \"x\"\nhost = \"b\"\nusername = \"o\"\n"
+        '[[mailboxes]]\nname = "x"\nhost = "a"\nusername = "s"\n'
+        '[[mailboxes]]\nname = "x"\nhost = "b"\nusername = "o"\n'
     )
     with pytest.raises(ConfigError, match=r"mailboxes\[1\].name: duplicate name 'x'"):
         load_settings(path, env={})
 
 
 def test_secrets_lists_every_configured_secret() -> None:
-    settings = load_settings(None, env={
-        "IMAP_HOST": "h", "IMAP_USERNAME": "u", "IMAP_PASSWORD": "imap-secret",
-        "WEBHOOK_SECRET": "hook-secret", "R2_FETCH_TOKEN": "r2-token-value",
-        "SIDECAR_API_TOKEN": "api-token-value", "REDIS_URL": "redis://:pw@127.0.0.1:1/0",
-    })
+    settings = load_settings(
+        None,
+        env={
+            "IMAP_HOST": "h",
+            "IMAP_USERNAME": "u",
+            "IMAP_PASSWORD": "imap-secret",
+            "WEBHOOK_SECRET": "hook-secret",
+            "R2_FETCH_TOKEN": "r2-token-value",
+            "SIDECAR_API_TOKEN": "api-token-value",
+            "REDIS_URL": "redis://:pw@127.0.0.1:1/0",
+        },
+    )
     assert set(settings.secrets()) == {
-        "imap-secret", "hook-secret", "r2-token-value", "api-token-value",
+        "imap-secret",
+        "hook-secret",
+        "r2-token-value",
+        "api-token-value",
         "redis://:pw@127.0.0.1:1/0",
     }
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, env=env,
-        timeout=60, check=False,
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
 
 
 def test_config_check_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
     path = tmp_path / "sidecar.toml"
-    path.write_text("[webhook]\nurl = \"https://app.example/hook\"\n")
-    env = {"PATH": "/usr/bin:/bin", "WEBHOOK_SECRET": "s3cr3t-hook", "IMAP_HOST": "imap.example",
-           "IMAP_USERNAME": "ops", "IMAP_PASSWORD": "pa55-imap",
-           "REDIS_URL": "redis://:redispw@127.0.0.1:6379/0"}
+    path.write_text('[webhook]\nurl = "https://app.example/hook"\n')
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "WEBHOOK_SECRET": "s3cr3t-hook",
+        "IMAP_HOST": "imap.example",
+        "IMAP_USERNAME": "ops",
+        "IMAP_PASSWORD": "pa55-imap",
+        "REDIS_URL": "redis://:redispw@127.0.0.1:6379/0",
+    }
     result = _cli("config", "check", "--config", str(path), env=env)
     assert result.returncode == 0, result.stderr
     for secret in ("s3cr3t-hook", "pa55-imap", "redispw"):

@@ -1,4 +1,4 @@
-"""Liveness and readiness verdicts, rendered the way the Kubernetes API server renders /livez and /readyz."""
+"""Liveness and readiness verdicts, rendered as the Kubernetes API server renders them."""
 
 from __future__ import annotations
 
@@ -77,7 +77,9 @@ class Verdict:
         return "\n".join(lines)
 
 
-def _without(checks: Iterable[tuple[str, bool, str]], exclude: set[str]) -> list[tuple[str, bool, str]]:
+def _without(
+    checks: Iterable[tuple[str, bool, str]], exclude: set[str]
+) -> list[tuple[str, bool, str]]:
     return [c for c in checks if c[0] not in exclude]
 
 

@@ -1,4 +1,4 @@
-"""Runs every health check in the background and keeps its recent results, so probes answer from cache."""
+"""Runs every health check in the background and keeps recent results, so probes read a cache."""
 
 from __future__ import annotations
 
@@ -223,8 +223,11 @@ class HealthRegistry:
         self._tasks.clear()
 
     def _measured(self) -> Iterable[CheckState]:
-        return (s for s in self._states.values() if s.last is not None and s.status != "unknown"
-                and s.last.status in ("ok", "error"))
+        return (
+            s
+            for s in self._states.values()
+            if s.last is not None and s.status != "unknown" and s.last.status in ("ok", "error")
+        )
 
     def _observe_up(self) -> list[Observation]:
         return [

@@ -1,4 +1,4 @@
-"""The /health body: the seed's JSON, and the IETF application/health+json form of the same facts."""
+"""The /health body: the seed's JSON, and the IETF application/health+json form of it."""
 
 from __future__ import annotations
 
@@ -12,13 +12,18 @@ from agent.health.liveness import Lifecycle
 from agent.health.registry import HealthRegistry
 
 SERVICES = ("redis", "imap", "r2", "collector")
-_COMPONENT_TYPES = {"redis": "datastore", "imap": "component", "r2": "component",
-                    "collector": "component", "http": "component"}
+_COMPONENT_TYPES = {
+    "redis": "datastore",
+    "imap": "component",
+    "r2": "component",
+    "collector": "component",
+    "http": "component",
+}
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace(
-        "+00:00", "Z"
+    return (
+        None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
     )
 
 
@@ -106,9 +111,9 @@ def health_json_report(sources: HealthSources, now: float | None = None) -> dict
         entry: dict[str, Any] = {
             "componentId": name,
             "componentType": _COMPONENT_TYPES.get(name, "component"),
-            "status": "pass" if state.status == "ok" else (
-                "warn" if state.status == "unknown" else "fail"
-            ),
+            "status": "pass"
+            if state.status == "ok"
+            else ("warn" if state.status == "unknown" else "fail"),
             "time": _iso(state.last_run_at or now),
         }
         if state.last is not None and state.last.latency is not None:
@@ -119,23 +124,29 @@ def health_json_report(sources: HealthSources, now: float | None = None) -> dict
         checks[key] = [entry]
     memory = sources.memory() or {}
     if memory:
-        checks["memory:utilization"] = [{
-            "componentType": "system",
-            "observedValue": memory.get("percent"),
-            "observedUnit": "percent",
-            "status": "pass",
-            "time": _iso(now),
-        }]
+        checks["memory:utilization"] = [
+            {
+                "componentType": "system",
+                "observedValue": memory.get("percent"),
+                "observedUnit": "percent",
+                "status": "pass",
+                "time": _iso(now),
+            }
+        ]
     poller = sources.poller()
     if poller:
-        checks["imap_poller:status"] = [{
-            "componentType": "component",
-            "status": {"ok": "pass", "disabled": "pass", "idle": "pass"}.get(
-                str(poller.get("status")), "fail"),
-            "time": _iso(now),
-            "output": "" if poller.get("status") in ("ok", "disabled", "idle")
-            else str(poller.get("status")),
-        }]
+        checks["imap_poller:status"] = [
+            {
+                "componentType": "component",
+                "status": {"ok": "pass", "disabled": "pass", "idle": "pass"}.get(
+                    str(poller.get("status")), "fail"
+                ),
+                "time": _iso(now),
+                "output": ""
+                if poller.get("status") in ("ok", "disabled", "idle")
+                else str(poller.get("status")),
+            }
+        ]
     return {
         "status": status,
         "version": sources.version.split(".")[0],

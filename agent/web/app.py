@@ -1,4 +1,4 @@
-"""The aiohttp application factory: probes, APIs and the dashboard, behind tracing and auth middleware."""
+"""The aiohttp application factory: probes, APIs and the dashboard, behind tracing and auth."""
 
 from __future__ import annotations
 

@@ -30,9 +30,13 @@ CHARTED = (
 def _point_value(point: NumberDataPoint | HistogramDataPoint) -> dict[str, Any]:
     if isinstance(point, HistogramDataPoint):
         mean = point.sum / point.count if point.count else None
-        return {"count": point.count, "sum": point.sum, "mean": mean,
-                "min": point.min if point.count else None,
-                "max": point.max if point.count else None}
+        return {
+            "count": point.count,
+            "sum": point.sum,
+            "mean": mean,
+            "min": point.min if point.count else None,
+            "max": point.max if point.count else None,
+        }
     return {"value": point.value}
 
 
@@ -88,6 +92,7 @@ class MetricsView:
             return {
                 "exported_at": self._exported_at,
                 "metrics": dict(self._latest),
-                "history": {name: [[t, v] for t, v in series]
-                            for name, series in self._history.items()},
+                "history": {
+                    name: [[t, v] for t, v in series] for name, series in self._history.items()
+                },
             }

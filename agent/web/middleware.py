@@ -67,8 +67,13 @@ def tracing_middleware(
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     span.set_status(StatusCode.ERROR)
-                log.info("http.request", method=request.method, route=route, status=status,
-                         duration_ms=round((time.perf_counter() - started) * 1000, 2))
+                log.info(
+                    "http.request",
+                    method=request.method,
+                    route=route,
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
                 return response
         finally:
             instruments.http_server_duration.record(

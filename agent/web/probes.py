@@ -1,4 +1,4 @@
-"""/health, /livez and /readyz: answered from cached check results, never waiting on a dependency."""
+"""/health, /livez and /readyz, answered from cached check results without waiting."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ HEALTH_JSON = "application/health+json"
 
 
 def _flags(request: web.Request) -> tuple[bool, set[str]]:
-    verbose = "verbose" in request.query and request.query.get("verbose", "") not in (
-        "0", "false")
-    exclude = {name for value in request.query.getall("exclude", []) for name in value.split(",")
-               if name}
+    verbose = "verbose" in request.query and request.query.get("verbose", "") not in ("0", "false")
+    exclude = {
+        name for value in request.query.getall("exclude", []) for name in value.split(",") if name
+    }
     return verbose, exclude
 
 
@@ -31,11 +31,14 @@ def setup_probe_routes(app: web.Application, sidecar: Sidecar) -> None:
         status = 200 if overall_status(sources) == "ok" else 503
         if HEALTH_JSON in request.headers.get("Accept", ""):
             return web.json_response(
-                health_json_report(sources), status=status, content_type=HEALTH_JSON,
+                health_json_report(sources),
+                status=status,
+                content_type=HEALTH_JSON,
                 headers={"Cache-Control": "no-store"},
             )
-        return web.json_response(seed_report(sources), status=status,
-                                 headers={"Cache-Control": "no-store"})
+        return web.json_response(
+            seed_report(sources), status=status, headers={"Cache-Control": "no-store"}
+        )
 
     async def livez(request: web.Request) -> web.Response:
         verbose, exclude = _flags(request)
@@ -45,9 +48,11 @@ def setup_probe_routes(app: web.Application, sidecar: Sidecar) -> None:
             lag_threshold=sidecar.settings.health.loop_lag_threshold,
             exclude=exclude,
         )
-        return web.Response(text=verdict.render("livez", verbose=verbose),
-                            status=200 if verdict.ok else 500,
-                            headers={"Cache-Control": "no-store"})
+        return web.Response(
+            text=verdict.render("livez", verbose=verbose),
+            status=200 if verdict.ok else 500,
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def readyz(request: web.Request) -> web.Response:
         verbose, exclude = _flags(request)
@@ -57,9 +62,11 @@ def setup_probe_routes(app: web.Application, sidecar: Sidecar) -> None:
             required=sidecar.settings.health.required,
             exclude=exclude,
         )
-        return web.Response(text=verdict.render("readyz", verbose=verbose),
-                            status=200 if verdict.ok else 503,
-                            headers={"Cache-Control": "no-store"})
+        return web.Response(
+            text=verdict.render("readyz", verbose=verbose),
+            status=200 if verdict.ok else 503,
+            headers={"Cache-Control": "no-store"},
+        )
 
     app.router.add_get("/health", health)
     app.router.add_get("/livez", livez)

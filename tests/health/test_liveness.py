@@ -64,5 +64,6 @@ async def test_readiness_fails_while_starting_and_while_draining() -> None:
     registry = await _registry()
     assert not readiness(Lifecycle(), registry, required=["imap"]).ok
     assert readiness(Lifecycle(startup_done=True), registry, required=["imap"]).ok
-    assert not readiness(Lifecycle(startup_done=True, draining=True), registry,
-                         required=["imap"]).ok
+    assert not readiness(
+        Lifecycle(startup_done=True, draining=True), registry, required=["imap"]
+    ).ok

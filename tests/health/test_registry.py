@@ -29,11 +29,25 @@ OK = ProbeResult(status="ok", latency=0.001)
 ERR = ProbeResult(status="error", detail="down")
 
 
-def _registry(probe: Sequenced, *, failures: int = 2, successes: int = 2,
-              timeout: float = 1.0, secrets: tuple[str, ...] = ()) -> HealthRegistry:
+def _registry(
+    probe: Sequenced,
+    *,
+    failures: int = 2,
+    successes: int = 2,
+    timeout: float = 1.0,
+    secrets: tuple[str, ...] = (),
+) -> HealthRegistry:
     registry = HealthRegistry(ProbeContext(settings=Settings()), masker=Masker(secrets), history=3)
-    registry.add(CheckSpec(name="dep", probe=probe, interval=60, timeout=timeout,
-                           failures_before_error=failures, successes_before_ok=successes))
+    registry.add(
+        CheckSpec(
+            name="dep",
+            probe=probe,
+            interval=60,
+            timeout=timeout,
+            failures_before_error=failures,
+            successes_before_ok=successes,
+        )
+    )
     return registry
 
 
@@ -64,12 +78,14 @@ async def test_a_probe_that_hangs_is_an_error_after_its_timeout() -> None:
     registry.add(CheckSpec(name="slow", probe=hang, interval=60, timeout=0.2))
     state = await asyncio.wait_for(registry.run_once("slow"), timeout=2)
     assert state.status == "error"
-    assert state.last is not None and state.last.detail == "timed out after 0.2s"
+    assert state.last is not None
+    assert state.last.detail == "timed out after 0.2s"
 
 
 async def test_an_exception_is_recorded_masked() -> None:
-    registry = _registry(Sequenced(ConnectionError("refused by redis://:hunter22@db:6379")),
-                         secrets=("hunter22",))
+    registry = _registry(
+        Sequenced(ConnectionError("refused by redis://:hunter22@db:6379")), secrets=("hunter22",)
+    )
     state = await registry.run_once("dep")
     assert state.status == "error"
     assert state.last is not None

@@ -1,4 +1,4 @@
-"""Finds the real components tests need; under CI a missing one fails the test instead of skipping."""
+"""Finds the real components tests need; under CI a missing one fails the test, never skips."""
 
 from __future__ import annotations
 

@@ -21,8 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
 class SidecarProcess:
     """One sidecar process on a free loopback port, its output captured to a file."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None,
-                 config: str | None = None, name: str = "sidecar") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        config: str | None = None,
+        name: str = "sidecar",
+    ) -> None:
         self.workdir = workdir
         self.name = name
         self.port = free_port()
@@ -47,13 +52,22 @@ class SidecarProcess:
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> SidecarProcess:
         """Starts the process; by default waits until /livez answers."""
-        args = [sys.executable, "-m", "agent", "run", "--host", "127.0.0.1",
-                "--port", str(self.port)]
+        args = [
+            sys.executable,
+            "-m",
+            "agent",
+            "run",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
         handle = self.log_path.open("ab")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=handle,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            args, cwd=ROOT, env=self.env, stdout=handle, stderr=subprocess.STDOUT
+        )
         handle.close()
         if wait:
             self.wait_live(timeout)
@@ -74,8 +88,9 @@ class SidecarProcess:
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} did not become live:\n{self.log_tail()}")
 
-    def get(self, path: str, headers: dict[str, str] | None = None,
-            timeout: float = 5.0) -> tuple[int, str]:
+    def get(
+        self, path: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, str]:
         """GET path; returns (status, body) for any HTTP status."""
         request = urllib.request.Request(self.url + path, headers=headers or {})
         try:

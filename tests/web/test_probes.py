@@ -1,4 +1,4 @@
-"""/health, /livez and /readyz served by a real app over a real Redis that goes down and comes back."""
+"""/health, /livez and /readyz from a real app over a real Redis that goes down and comes back."""
 
 from __future__ import annotations
 
@@ -22,10 +22,20 @@ Factory = Callable[..., Awaitable[tuple[Sidecar, TestClient[Any, Any]]]]
 
 def _settings(tmp_path: Path, **env: str) -> Settings:
     return settings_from_mapping(
-        {"health": {"interval": "200ms", "timeout": "1s", "failures_before_error": 1,
-                    "successes_before_ok": 1}},
-        env={"SIDECAR_DATA_DIR": str(tmp_path / "data"), "ENABLE_BACKGROUND_TASKS": "false",
-             "OTEL_METRICS_EXPORTER": "none", **env},
+        {
+            "health": {
+                "interval": "200ms",
+                "timeout": "1s",
+                "failures_before_error": 1,
+                "successes_before_ok": 1,
+            }
+        },
+        env={
+            "SIDECAR_DATA_DIR": str(tmp_path / "data"),
+            "ENABLE_BACKGROUND_TASKS": "false",
+            "OTEL_METRICS_EXPORTER": "none",
+            **env,
+        },
     )
 
 
@@ -96,10 +106,19 @@ async def test_health_has_the_seed_format(make_client: Factory) -> None:
     assert set(body["services"]) >= {"redis", "imap", "r2", "collector", "background_tasks"}
     assert body["services"]["redis"]["status"] == "not_configured"
     assert body["services"]["background_tasks"]["imap_poller"]["status"] == "disabled"
-    assert set(body["metrics"]) == {"memory_usage", "active_webhooks", "error_rate_24h",
-                                    "last_webhook"}
-    assert set(body["metrics"]["memory_usage"]) == {"rss_mb", "vms_mb", "percent",
-                                                    "available_mb", "limit_mb"}
+    assert set(body["metrics"]) == {
+        "memory_usage",
+        "active_webhooks",
+        "error_rate_24h",
+        "last_webhook",
+    }
+    assert set(body["metrics"]["memory_usage"]) == {
+        "rss_mb",
+        "vms_mb",
+        "percent",
+        "available_mb",
+        "limit_mb",
+    }
     assert body["metrics"]["memory_usage"]["rss_mb"] > 0
 
 
@@ -109,7 +128,8 @@ async def test_health_json_format_on_request(make_client: Factory) -> None:
     assert response.headers["Content-Type"].startswith("application/health+json")
     body = await response.json(content_type=None)
     assert body["status"] == "pass"
-    assert "checks" in body and "releaseId" in body
+    assert "checks" in body
+    assert "releaseId" in body
 
 
 async def test_readyz_turns_503_at_once_when_draining(make_client: Factory) -> None:

@@ -15,11 +15,7 @@ async def probe(ctx: ProbeContext) -> ProbeResult:
     enabled = {signal: s for signal, s in status.items() if not s.get("disabled")}
     if not enabled:
         return not_configured("every OTLP exporter is disabled")
-    failing = {
-        signal: s
-        for signal, s in enabled.items()
-        if s.get("consecutive_failures", 0) > 0
-    }
+    failing = {signal: s for signal, s in enabled.items() if s.get("consecutive_failures", 0) > 0}
     data = {
         signal: {
             "last_success": s.get("last_success"),
