@@ -74,7 +74,7 @@ class Sidecar:
         self._register_checks()
 
     def _register_checks(self) -> None:
-        for name in ("redis", "collector", "http"):
+        for name in PROBES:
             self.add_check(name, PROBES[name])
 
     def add_check(self, name: str, probe: Any, *, interval: float | None = None) -> None:
@@ -96,13 +96,8 @@ class Sidecar:
         latest = self.sampler.latest
         if latest is None:
             return None
-        return {
-            "rss_mb": round(latest.rss_mb, 2),
-            "vms_mb": round(latest.vms_mb, 2),
-            "percent": round(latest.percent, 2),
-            "available_mb": round(latest.available_mb, 2),
-            "limit_mb": None if latest.limit_mb is None else round(latest.limit_mb, 2),
-        }
+        keys = ("rss_mb", "vms_mb", "percent", "available_mb", "limit_mb")
+        return {key: latest.get(key) for key in keys}
 
     def _poller_status(self) -> dict[str, Any]:
         if not self.settings.server.enable_background_tasks:
@@ -166,12 +161,12 @@ class Sidecar:
         except Exception as exc:  # the store's own errors are already masked StoreErrors
             # A store that is down at start is a health problem, not a crash: checks report it.
             self.log.error("store.start_failed", error=str(exc), backend=self.store.backend)
-        await self.sampler.sample_now()
-        self.spawn(self.sampler.run(self._stop), "sampler")
+        await asyncio.to_thread(self.sampler.sample_once)
+        self.spawn(self.sampler.run(), "sampler")
         self.spawn(self.watchdog.run(self._stop), "loop-watchdog")
-        await self.registry.start()
         for hook in extra or []:
             await hook(self)
+        await self.registry.start()
         self.lifecycle.startup_done = True
         self.log.info(
             "sidecar.started",

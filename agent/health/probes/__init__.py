@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from agent.health.base import Probe
-from agent.health.probes import collector, http, redis
+from agent.health.probes import collector, http, imap, redis
 
 PROBES: dict[str, Probe] = {
     "redis": redis.probe,
     "collector": collector.probe,
     "http": http.probe,
+    "imap": imap.probe,
 }

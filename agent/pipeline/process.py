@@ -1,0 +1,279 @@
+"""One email end to end: parse off the loop, find links, transfer them, deliver one webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from opentelemetry import context as otel_context
+from opentelemetry.trace import Link, SpanContext, StatusCode, Tracer
+
+from agent.config import Settings
+from agent.pipeline.imap import FetchedMessage
+from agent.pipeline.links import DeliveryLink, LinkRegistry
+from agent.pipeline.parse import ParsedEmail, parse_email
+from agent.pipeline.webhook import WebhookClient
+from agent.store.base import DeliveryRecord, Store, StoreError
+from agent.telemetry.catalogue import Instruments
+from agent.telemetry.logs import get_logger
+
+Outcome = Literal["delivered", "dead_lettered", "failed", "skipped", "duplicate"]
+
+DURABLE: frozenset[str] = frozenset({"delivered", "dead_lettered", "skipped", "duplicate"})
+
+
+@dataclass(frozen=True)
+class ProcessOutcome:
+    """What became of one message; durable outcomes let the watermark move past it."""
+
+    uid: int
+    outcome: Outcome
+    reason: str = ""
+
+    @property
+    def durable(self) -> bool:
+        """Whether the outcome is recorded for good (the watermark may pass it)."""
+        return self.outcome in DURABLE
+
+
+class LinkTransfers(Protocol):
+    """Copies delivery links into R2 (the R2 transfer client has this shape)."""
+
+    async def transfer_all(
+        self, links: list[DeliveryLink], *, email_id: str
+    ) -> list[dict[str, Any]]:
+        """One delivery_links entry per link, with status, key, r2_url, size and error."""
+
+
+def email_id_for(mailbox: str, uidvalidity: int, uid: int) -> str:
+    """Stable id of one message in one mailbox: it is also the webhook's Idempotency-Key."""
+    return hashlib.sha256(f"{mailbox}\0{uidvalidity}\0{uid}".encode()).hexdigest()[:32]
+
+
+def content_key(parsed: ParsedEmail) -> str | None:
+    """Identity of a mail independent of UIDs (survives a UIDVALIDITY change), when it has one."""
+    if not parsed.message_id:
+        return None
+    raw = "\0".join((parsed.message_id, parsed.date, parsed.from_, parsed.subject))
+    return "msg:" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def skipped_links(links: list[DeliveryLink]) -> list[dict[str, Any]]:
+    """delivery_links entries when no R2 Worker is configured."""
+    return [
+        {
+            "provider": link.provider,
+            "url": link.url,
+            "status": "skipped",
+            "key": None,
+            "r2_url": None,
+            "size": None,
+            "error": None,
+        }
+        for link in links
+    ]
+
+
+class EmailProcessor:
+    """Turns a fetched message into exactly one recorded outcome."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        tracer: Tracer,
+        instruments: Instruments,
+        webhook: WebhookClient,
+        links: LinkRegistry,
+        transfers: LinkTransfers | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._tracer = tracer
+        self._instruments = instruments
+        self._webhook = webhook
+        self._links = links
+        self._transfers = transfers
+        self._clock = clock
+        self._log = get_logger("imap")
+
+    async def process(
+        self,
+        mailbox: str,
+        uidvalidity: int,
+        message: FetchedMessage,
+        poll: SpanContext | None = None,
+    ) -> ProcessOutcome:
+        """Processes one message in its own trace, linked to the poll cycle that found it."""
+        email_id = email_id_for(mailbox, uidvalidity, message.uid)
+        links = [Link(poll)] if poll is not None and poll.is_valid else []
+        # A new root: one trace per email, so a slow transfer never hides in a cycle's trace.
+        with self._tracer.start_as_current_span(
+            "email.process",
+            context=otel_context.Context(),
+            links=links,
+            attributes={
+                "imap.mailbox": mailbox,
+                "imap.uid": message.uid,
+                "email.id": email_id,
+                "imap.message.size": message.size,
+                "imap.message.partial": message.partial,
+            },
+        ) as span:
+            try:
+                outcome = await self._process(mailbox, email_id, message)
+            except StoreError as exc:
+                outcome = ProcessOutcome(message.uid, "failed", f"store: {exc}")
+            if outcome.outcome == "failed":
+                outcome = await self._count_failure(mailbox, email_id, outcome)
+            span.set_attribute("outcome", outcome.outcome)
+            if outcome.outcome in ("failed", "dead_lettered"):
+                span.set_status(StatusCode.ERROR, outcome.reason)
+            self._instruments.imap_messages.add(
+                1, {"imap.mailbox": mailbox, "outcome": outcome.outcome}
+            )
+            return outcome
+
+    async def _process(
+        self, mailbox: str, email_id: str, message: FetchedMessage
+    ) -> ProcessOutcome:
+        uid = message.uid
+        if await self._store.is_processed(email_id):
+            return ProcessOutcome(uid, "duplicate", "already processed")
+        parsed = await self._parse(message)
+        key = content_key(parsed)
+        if key is not None and await self._store.is_processed(key):
+            await self._store.mark_processed(email_id, self._settings.store.processed_ttl)
+            return ProcessOutcome(uid, "duplicate", "same message already processed")
+        limits = self._settings.parse
+        found = self._links.find_links(
+            [parsed.text, parsed.html_text],
+            parsed.html_links,
+            max_links=limits.max_links,
+            max_url_length=limits.max_url_length,
+        )
+        if not found and self._settings.webhook.only_with_links:
+            await self._done(email_id, key)
+            return ProcessOutcome(uid, "skipped", "no delivery links")
+        if self._transfers is not None and found:
+            delivery_links = await self._transfers.transfer_all(found, email_id=email_id)
+        else:
+            delivery_links = skipped_links(found)
+        if not self._webhook.configured:
+            await self._done(email_id, key)
+            return ProcessOutcome(uid, "skipped", "WEBHOOK_URL is not set")
+        payload = self._payload(mailbox, email_id, parsed, message, delivery_links)
+        result = await self._webhook.deliver(
+            payload, idempotency_key=email_id, mailbox=mailbox, email_id=email_id
+        )
+        if result.outcome == "failed":
+            return ProcessOutcome(uid, "failed", result.error)
+        await self._done(email_id, key)
+        if result.outcome == "dead_lettered":
+            self._log.error(
+                "email.dead_lettered",
+                email_id=email_id,
+                mailbox=mailbox,
+                uid=uid,
+                reason=result.error,
+            )
+            return ProcessOutcome(uid, "dead_lettered", result.error)
+        return ProcessOutcome(uid, "delivered")
+
+    async def _parse(self, message: FetchedMessage) -> ParsedEmail:
+        limits = self._settings.parse
+        started = time.perf_counter()
+        with self._tracer.start_as_current_span("email.parse") as span:
+            parsed = await asyncio.to_thread(
+                parse_email, message.data, limits, partial=message.partial
+            )
+            span.set_attribute("email.parts", parsed.parts_seen)
+            span.set_attribute("email.html.bytes", parsed.html_bytes)
+            span.set_attribute("email.html.truncated", parsed.html_truncated)
+            if parsed.limits_hit:
+                span.set_attribute("email.limits_hit", list(parsed.limits_hit))
+        self._instruments.parse_duration.record(time.perf_counter() - started)
+        if parsed.html_truncated:
+            self._instruments.html_truncations.add(1)
+            self._log.warning(
+                "email.html_truncated",
+                html_bytes=parsed.html_bytes,
+                max_html_bytes=limits.max_html_bytes,
+                uid=message.uid,
+            )
+        if parsed.limits_hit:
+            self._log.warning(
+                "email.limits_hit",
+                limits=list(parsed.limits_hit),
+                uid=message.uid,
+                size=message.size,
+            )
+        return parsed
+
+    async def _done(self, email_id: str, key: str | None) -> None:
+        ttl = self._settings.store.processed_ttl
+        await self._store.mark_processed(email_id, ttl)
+        if key is not None:
+            await self._store.mark_processed(key, ttl)
+        await self._store.clear_attempts(email_id)
+
+    async def _count_failure(
+        self, mailbox: str, email_id: str, outcome: ProcessOutcome
+    ) -> ProcessOutcome:
+        """After imap.max_attempts failed attempts the message is dead-lettered with its reason."""
+        try:
+            attempts = await self._store.incr_attempts(email_id, self._settings.store.processed_ttl)
+            if attempts < self._settings.imap.max_attempts:
+                return outcome
+            reason = f"gave up after {attempts} attempts: {outcome.reason}"
+            await self._store.append_delivery(
+                DeliveryRecord(
+                    at=self._clock(),
+                    outcome="dead_lettered",
+                    mailbox=mailbox,
+                    email_id=email_id,
+                    error=reason,
+                    attempts=attempts,
+                )
+            )
+            await self._done(email_id, None)
+        except StoreError:
+            return outcome
+        self._log.error(
+            "email.dead_lettered",
+            email_id=email_id,
+            mailbox=mailbox,
+            uid=outcome.uid,
+            reason=reason,
+        )
+        return ProcessOutcome(outcome.uid, "dead_lettered", reason)
+
+    def _payload(
+        self,
+        mailbox: str,
+        email_id: str,
+        parsed: ParsedEmail,
+        message: FetchedMessage,
+        delivery_links: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        received = parsed.date or datetime.fromtimestamp(self._clock(), UTC).isoformat()
+        return {
+            "email_id": email_id,
+            "message_id": parsed.message_id,
+            "mailbox": mailbox,
+            "subject": parsed.subject,
+            "from": parsed.from_,
+            "to": list(parsed.to),
+            "received_at": received,
+            "text_excerpt": parsed.excerpt(self._settings.parse.excerpt_chars),
+            "html_truncated": parsed.html_truncated,
+            "message_truncated": message.partial,
+            "delivery_links": delivery_links,
+        }

@@ -1,0 +1,239 @@
+"""Delivers one signed webhook per message to the app, retrying only what a retry can fix."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import aiohttp
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
+
+from agent.config import WebhookSettings
+from agent.retry import Backoff, RetryBudget
+from agent.store.base import DeliveryRecord, Store, StoreError
+from agent.telemetry.catalogue import Instruments
+from agent.telemetry.logs import get_logger
+from agent.telemetry.masking import Masker
+
+Outcome = Literal["delivered", "failed", "dead_lettered"]
+
+_RETRY_AFTER_CAP = 60.0
+
+
+@dataclass(frozen=True)
+class WebhookResult:
+    """The final outcome of one delivery, after every attempt."""
+
+    outcome: Outcome
+    attempts: int
+    status_code: int | None
+    error: str
+    duration: float
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The X-Signature-256 value: sha256=<hex HMAC-SHA256 of the body>."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class WebhookClient:
+    """POSTs the payload with signature, idempotency key and traceparent; records every outcome."""
+
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        *,
+        session: aiohttp.ClientSession,
+        tracer: Tracer,
+        instruments: Instruments,
+        store: Store,
+        masker: Masker,
+    ) -> None:
+        self._settings = settings
+        self._session = session
+        self._tracer = tracer
+        self._instruments = instruments
+        self._store = store
+        self._masker = masker
+        self._log = get_logger("webhook")
+        self._backoff = Backoff(initial=settings.backoff_initial, maximum=settings.backoff_max)
+        self.active = 0
+
+    @property
+    def configured(self) -> bool:
+        """Whether WEBHOOK_URL is set."""
+        return bool(self._settings.url)
+
+    def encode(self, payload: dict[str, Any]) -> bytes:
+        """The exact body bytes that are signed and sent."""
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+    async def deliver(
+        self, payload: dict[str, Any], *, idempotency_key: str, mailbox: str, email_id: str
+    ) -> WebhookResult:
+        """Delivers with retries inside the budget, records the outcome, and returns it."""
+        started = time.monotonic()
+        self.active += 1
+        try:
+            with self._tracer.start_as_current_span(
+                "webhook.deliver",
+                attributes={
+                    "webhook.idempotency_key": idempotency_key,
+                    "email.id": email_id,
+                    "imap.mailbox": mailbox,
+                },
+            ) as span:
+                result = await self._attempts(self.encode(payload), idempotency_key)
+                span.set_attribute("webhook.attempts", result.attempts)
+                span.set_attribute("outcome", result.outcome)
+                if result.status_code is not None:
+                    span.set_attribute("http.response.status_code", result.status_code)
+                if result.outcome != "delivered":
+                    span.set_status(StatusCode.ERROR, result.error)
+                    span.set_attribute("error.type", _error_type(result))
+        finally:
+            self.active -= 1
+        duration = time.monotonic() - started
+        result = WebhookResult(
+            result.outcome, result.attempts, result.status_code, result.error, duration
+        )
+        self._instruments.webhook_deliveries.add(1, {"outcome": result.outcome})
+        self._instruments.webhook_delivery_duration.record(duration, {"outcome": result.outcome})
+        await self._record(result, mailbox=mailbox, email_id=email_id)
+        log = self._log.info if result.outcome == "delivered" else self._log.warning
+        log(
+            "webhook.delivery",
+            outcome=result.outcome,
+            attempts=result.attempts,
+            status_code=result.status_code,
+            error=result.error,
+            email_id=email_id,
+            mailbox=mailbox,
+            duration_ms=round(duration * 1000, 1),
+        )
+        return result
+
+    async def _record(self, result: WebhookResult, *, mailbox: str, email_id: str) -> None:
+        record = DeliveryRecord(
+            at=time.time(),
+            outcome=result.outcome,
+            mailbox=mailbox,
+            email_id=email_id,
+            status_code=result.status_code,
+            duration=result.duration,
+            error=result.error,
+            attempts=result.attempts,
+        )
+        try:
+            await self._store.append_delivery(record)
+        except StoreError as exc:
+            # The outcome still counts in metrics; the log keeps the record the store missed.
+            self._log.error("webhook.delivery_log_failed", error=str(exc), email_id=email_id)
+
+    async def _attempts(self, body: bytes, key: str) -> WebhookResult:
+        settings = self._settings
+        budget = RetryBudget(seconds=settings.retry_budget, max_attempts=settings.max_attempts)
+        last_status: int | None = None
+        last_error = ""
+        while True:
+            budget.attempts += 1
+            retry_after: float | None = None
+            try:
+                status, retry_after = await self._post(body, key)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last_status = None
+                last_error = self._masker.mask(_describe(exc))
+                retryable = True
+            else:
+                last_status = status
+                if 200 <= status < 300:
+                    return WebhookResult("delivered", budget.attempts, status, "", 0.0)
+                last_error = f"HTTP {status}"
+                retryable = status >= 500 or status == 429
+                if not retryable:
+                    return WebhookResult(
+                        "dead_lettered",
+                        budget.attempts,
+                        status,
+                        f"{last_error}: permanent failure",
+                        0.0,
+                    )
+            delay = self._backoff.delay(budget.attempts)
+            if retry_after is not None:
+                delay = min(max(delay, retry_after), _RETRY_AFTER_CAP)
+            if not budget.allows(delay):
+                return WebhookResult(
+                    "failed",
+                    budget.attempts,
+                    last_status,
+                    f"{last_error} after {budget.attempts} attempts",
+                    0.0,
+                )
+            await asyncio.sleep(delay)
+
+    async def _post(self, body: bytes, key: str) -> tuple[int, float | None]:
+        settings = self._settings
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": key,
+            "User-Agent": "signal-sidecar",
+        }
+        if settings.secret:
+            headers["X-Signature-256"] = sign(body, settings.secret)
+        with self._tracer.start_as_current_span(
+            "POST",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "http.request.method": "POST",
+                "url.full": self._masker.mask_url(settings.url),
+            },
+        ) as span:
+            propagate.inject(headers)
+            timeout = aiohttp.ClientTimeout(total=settings.timeout)
+            try:
+                async with self._session.post(
+                    settings.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                ) as response:
+                    await response.read()
+                    span.set_attribute("http.response.status_code", response.status)
+                    if response.status >= 400:
+                        span.set_status(StatusCode.ERROR)
+                        span.set_attribute("error.type", str(response.status))
+                    return response.status, _retry_after(response.headers.get("Retry-After"))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                span.set_status(StatusCode.ERROR)
+                span.set_attribute("error.type", type(exc).__name__)
+                raise
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _error_type(result: WebhookResult) -> str:
+    if result.status_code is not None:
+        return str(result.status_code)
+    return "timeout" if "timed out" in result.error else "connection"
