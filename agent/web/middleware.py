@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -27,7 +28,7 @@ def _route_of(request: web.Request) -> str:
 
 def tracing_middleware(
     tracer: trace.Tracer, instruments: Instruments, *, trace_probes: bool
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """A SERVER span per request (probes only when asked) and http.server.request.duration."""
 
     log = get_logger("http")
@@ -100,7 +101,7 @@ def is_loopback(remote: str | None) -> bool:
 
 def auth_middleware(
     token: str,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """/api/* needs the bearer token when one is set, and a loopback client otherwise."""
 
     expected = f"Bearer {token}".encode() if token else b""

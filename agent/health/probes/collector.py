@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from agent.health.base import ProbeContext, ProbeResult, not_configured
 
@@ -16,7 +17,7 @@ async def probe(ctx: ProbeContext) -> ProbeResult:
     if not enabled:
         return not_configured("every OTLP exporter is disabled")
     failing = {signal: s for signal, s in enabled.items() if s.get("consecutive_failures", 0) > 0}
-    data = {
+    data: dict[str, Any] = {
         signal: {
             "last_success": s.get("last_success"),
             "last_failure": s.get("last_failure"),

@@ -21,8 +21,12 @@ async def probe(ctx: ProbeContext) -> ProbeResult:
     instruments = Instruments(NoOpMeter("probe"))
     latencies: dict[str, float] = {}
     for mailbox in mailboxes:
-        client = ImapClient(mailbox, timeout=ctx.settings.health.timeout, tracer=NoOpTracer(),
-                            instruments=instruments)
+        client = ImapClient(
+            mailbox,
+            timeout=ctx.settings.health.timeout,
+            tracer=NoOpTracer(),
+            instruments=instruments,
+        )
         started = time.perf_counter()
         try:
             await client.connect()
@@ -30,10 +34,16 @@ async def probe(ctx: ProbeContext) -> ProbeResult:
             await client.noop()
             await client.logout()
         except ImapError as exc:
-            return ProbeResult(status="error", detail=f"{mailbox.name}: {exc.error_type}: {exc}",
-                               data={"mailbox": mailbox.name, "error.type": exc.error_type})
+            return ProbeResult(
+                status="error",
+                detail=f"{mailbox.name}: {exc.error_type}: {exc}",
+                data={"mailbox": mailbox.name, "error.type": exc.error_type},
+            )
         finally:
             await client.close()
         latencies[mailbox.name] = time.perf_counter() - started
-    return ProbeResult(status="ok", latency=max(latencies.values()),
-                       data={"latency_ms": {k: round(v * 1000, 2) for k, v in latencies.items()}})
+    return ProbeResult(
+        status="ok",
+        latency=max(latencies.values()),
+        data={"latency_ms": {k: round(v * 1000, 2) for k, v in latencies.items()}},
+    )
