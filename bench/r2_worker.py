@@ -1,4 +1,4 @@
-"""Measures the R2 Worker's copy throughput against a direct download, and that its memory is flat."""
+"""Measures the R2 Worker's copy speed against a direct download, and that its memory stays flat."""
 
 from __future__ import annotations
 
@@ -102,9 +102,7 @@ def main() -> dict[str, float]:
         idle = _PeakRss(worker.process.pid)._workerd_rss()
         small_speed, small_peak = _through_worker(worker, f"{origin}/bytes/{SMALL}", SMALL, "s")
         via_worker, large_peak = _through_worker(worker, f"{origin}/bytes/{LARGE}", LARGE, "l")
-        chunked, chunked_peak = _through_worker(
-            worker, f"{origin}/chunked/{LARGE}", LARGE, "c"
-        )
+        chunked, chunked_peak = _through_worker(worker, f"{origin}/chunked/{LARGE}", LARGE, "c")
     finally:
         worker.stop()
         workdir.cleanup()

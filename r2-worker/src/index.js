@@ -6,6 +6,10 @@ const DEFAULT_MAX_BYTES = 5 * 1024 * 1024 * 1024;
 const DEFAULT_UPSTREAM_TIMEOUT_MS = 30_000;
 // R2 multipart parts must all share one size (except the last) and be at least 5 MiB.
 const PART_SIZE = 8 * 1024 * 1024;
+// Body reads: wait for at least READ_MIN bytes, take at most READ_MAX, per JS round trip.
+const READ_MIN = 256 * 1024;
+const READ_MAX = 1024 * 1024;
+const POOL_SIZE = 4;
 const MAX_REQUEST_BYTES = 16 * 1024;
 const MAX_NAME_LENGTH = 128;
 const FALLBACK_FILENAME = "file";
@@ -279,43 +283,63 @@ async function fetchSource(sourceUrl, policy, watchdog) {
 }
 
 async function store(bucket, key, response, declared, maxBytes, watchdog, options, started) {
-  const counter = new ByteCounter(maxBytes, watchdog);
-  const counted = response.body.pipeThrough(counter.stream());
+  const source = new CappedSource(response.body, maxBytes, watchdog);
   try {
     if (declared !== null) {
-      // A known length lets R2 take the stream in one put; FixedLengthStream also refuses a
-      // source that sends more or fewer bytes than it announced.
-      const fixed = new FixedLengthStream(declared);
-      const piping = counted.pipeTo(fixed.writable);
-      const [put] = await Promise.allSettled([bucket.put(key, fixed.readable, options), piping]);
-      await piping;
-      if (put.status === "rejected") throw put.reason;
+      await putKnownLength(bucket, key, source, declared, options);
     } else {
-      await putUnknownLength(bucket, key, counted, options);
+      await putUnknownLength(bucket, key, source, options);
     }
   } catch (err) {
+    source.cancel(err);
     await removePartial(bucket, key, started);
-    throw counter.explain(err, watchdog);
+    throw source.explain(err);
   }
-  return counter.bytes;
+  return source.bytes;
+}
+
+// A known length lets R2 take the stream in one put. FixedLengthStream carries that length to
+// R2 and refuses a source that sends more or fewer bytes than it announced.
+async function putKnownLength(bucket, key, source, declared, options) {
+  const fixed = new FixedLengthStream(declared);
+  const writer = fixed.writable.getWriter();
+  const put = bucket.put(key, fixed.readable, options);
+  put.catch(() => {}); // observed below; a pump failure must not leave it unhandled
+  try {
+    for (;;) {
+      const chunk = await source.next();
+      if (chunk === null) break;
+      // Backpressure: the write settles once R2 has read the chunk, and only then is its buffer
+      // handed back to the source for reuse.
+      const written = writer.write(chunk);
+      written.catch(() => {});
+      source.recycle(chunk, written);
+      await writer.ready;
+    }
+    await writer.close();
+  } catch (err) {
+    await writer.abort(err).catch(() => {});
+    throw err;
+  }
+  await put;
 }
 
 // Unknown length (chunked source): at most one part is held in memory. A body that fits in one
 // part becomes a single put; a longer one a multipart upload, aborted on any failure.
-async function putUnknownLength(bucket, key, stream, options) {
-  const reader = stream.getReader();
+async function putUnknownLength(bucket, key, source, options) {
   let part = new Uint8Array(PART_SIZE);
   let filled = 0;
   let upload = null;
   const parts = [];
   try {
     for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
+      const chunk = await source.next();
+      if (chunk === null) break;
       let offset = 0;
-      while (offset < value.byteLength) {
-        const take = Math.min(PART_SIZE - filled, value.byteLength - offset);
-        part.set(value.subarray(offset, offset + take), filled);
+      source.recycle(chunk, Promise.resolve());
+      while (offset < chunk.byteLength) {
+        const take = Math.min(PART_SIZE - filled, chunk.byteLength - offset);
+        part.set(chunk.subarray(offset, offset + take), filled);
         filled += take;
         offset += take;
         if (filled === PART_SIZE) {
@@ -333,39 +357,77 @@ async function putUnknownLength(bucket, key, stream, options) {
     if (filled > 0) parts.push(await upload.uploadPart(parts.length + 1, part.subarray(0, filled)));
     await upload.complete(parts);
   } catch (err) {
-    reader.cancel(err).catch(() => {});
     if (upload !== null) await upload.abort().catch(() => {});
     throw err;
   }
 }
 
-class ByteCounter {
-  constructor(maxBytes, watchdog) {
+// Reads the source body in large pieces, counting bytes against the cap and telling the
+// watchdog about progress. A JS TransformStream would do the same at a third of the speed:
+// fetch bodies arrive in ~4 KiB chunks, and readAtLeast (workerd's BYOB extension) batches them.
+class CappedSource {
+  constructor(body, maxBytes, watchdog) {
     this.maxBytes = maxBytes;
     this.watchdog = watchdog;
     this.bytes = 0;
     this.overflow = false;
+    this.done = false;
+    // A few buffers in rotation: a fresh 1 MiB array per read would leave V8 with garbage that
+    // it collects lazily, so RSS would grow with the file size.
+    this.pool = [];
+    this.allocated = 0;
+    try {
+      this.reader = body.getReader({ mode: "byob" });
+      this.byob = typeof this.reader.readAtLeast === "function";
+    } catch {
+      this.reader = body.getReader();
+      this.byob = false;
+    }
   }
-  stream() {
-    return new TransformStream({
-      transform: (chunk, controller) => {
-        this.bytes += chunk.byteLength;
-        if (this.bytes > this.maxBytes) {
-          this.overflow = true;
-          controller.error(new Error("size limit exceeded"));
-          return;
-        }
-        this.watchdog.kick();
-        controller.enqueue(chunk);
-      },
-    });
+  async next() {
+    if (this.done) return null;
+    const { done, value } = this.byob
+      ? await this.reader.readAtLeast(READ_MIN, await this.buffer())
+      : await this.reader.read();
+    if (value && value.byteLength > 0) {
+      this.bytes += value.byteLength;
+      if (this.bytes > this.maxBytes) {
+        this.overflow = true;
+        throw new Error("size limit exceeded");
+      }
+      this.watchdog.kick();
+      if (done) this.done = true;
+      return value;
+    }
+    if (done) {
+      this.done = true;
+      return null;
+    }
+    return this.next();
   }
-  explain(err, watchdog) {
+  async buffer() {
+    if (this.allocated < POOL_SIZE || this.pool.length === 0) {
+      this.allocated++;
+      return new Uint8Array(READ_MAX);
+    }
+    const { view, released } = this.pool.shift();
+    await released.catch(() => {});
+    // A sink that took ownership leaves a detached (empty) buffer behind: allocate instead.
+    return view.buffer.byteLength === READ_MAX ? new Uint8Array(view.buffer) : new Uint8Array(READ_MAX);
+  }
+  recycle(view, released) {
+    this.pool.push({ view, released });
+  }
+  cancel(reason) {
+    this.done = true;
+    this.reader.cancel(reason).catch(() => {});
+  }
+  explain(err) {
     if (err instanceof TransferError) return err;
     if (this.overflow) {
       return new TransferError(413, `source sent more than the ${this.maxBytes} byte limit`, false, "too_large");
     }
-    if (watchdog.fired) return watchdog.error();
+    if (this.watchdog.fired) return this.watchdog.error();
     return new TransferError(502, `transfer failed: ${errorText(err)}`, true, "upstream_error");
   }
 }
