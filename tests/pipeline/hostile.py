@@ -1,4 +1,4 @@
-"""Builders of ordinary and hostile mail as raw bytes, shared by parse, link and end-to-end tests."""
+"""Builders of ordinary and hostile mail as raw bytes, for parse, link and end-to-end tests."""
 
 from __future__ import annotations
 
@@ -156,7 +156,9 @@ def many_links(count: int = 10000) -> bytes:
     text = "Links:\r\n" + "\r\n".join(urls)
     html = "<html><body>" + "".join(f'<a href="{url}">{url}</a><br>' for url in urls)
     return make_message(
-        subject="many links", text=text, html=html + "</body></html>",
+        subject="many links",
+        text=text,
+        html=html + "</body></html>",
         message_id=_message_id("many-links"),
     )
 

@@ -1,0 +1,425 @@
+"""Decides which URLs are delivery links, which provider serves each, and which origins are safe."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+
+from agent.config import LinkSettings
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Characters that end a URL in running text (RFC 3986 excludes them, mail clients stop there).
+_URL_CHARS = r"[^\s<>\"'`{}|\\^\x00-\x1f\x7f]"
+_URL_RUN = re.compile(_URL_CHARS + "*")
+_TRAILING = ".,;:!?'\"*"
+_CLOSING = {")": "(", "]": "["}
+_HOST_CHARS = re.compile(r"[a-z0-9.\-_]+")
+_NUMERIC_LABEL = re.compile(r"(0x[0-9a-f]*|[0-9]+)")
+_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+
+
+@dataclass(frozen=True)
+class DeliveryLink:
+    """A URL a provider serves files from."""
+
+    provider: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Origin:
+    """A (scheme, host, port) triple with the host normalised."""
+
+    scheme: str
+    host: str
+    port: int
+
+
+class Provider(Protocol):
+    """One file-delivery service: which URLs it serves and how long a transfer may take."""
+
+    id: str
+
+    def match(self, url: SplitResult | str) -> bool:
+        """True when the URL is one of this provider's delivery links."""
+        ...
+
+    def timeout_for(self, url: str) -> float:
+        """Seconds a transfer of this URL may take."""
+        ...
+
+    def direct_url(self, url: str) -> str:
+        """The URL that downloads the file itself rather than a landing page."""
+        ...
+
+
+class AllowedOrigins:
+    """Origins named in an allowlist; everything else, IP literals included, is refused."""
+
+    def __init__(self, origins: Iterable[Origin] = ()) -> None:
+        self._origins = frozenset(origins)
+
+    @property
+    def origins(self) -> frozenset[Origin]:
+        """The allowed origins."""
+        return self._origins
+
+    def allows(self, url: str) -> bool:
+        """True when url is http(s), has no userinfo, and its origin is exactly one listed."""
+        origin = url_origin(url)
+        return origin is not None and origin in self._origins
+
+    def __bool__(self) -> bool:
+        return bool(self._origins)
+
+
+def parse_allowed_origins(entries: Iterable[str]) -> AllowedOrigins:
+    """Reads `host`, `host:port` (HTTPS) and `scheme://host:port` entries; raises ValueError."""
+    origins: list[Origin] = []
+    for entry in entries:
+        text = entry.strip()
+        if not text:
+            continue
+        url = text if "://" in text else f"https://{text}"
+        origin = url_origin(url)
+        if origin is None or _has_path(url):
+            raise ValueError(f"{entry!r} is not host[:port] or scheme://host:port")
+        origins.append(origin)
+    return AllowedOrigins(origins)
+
+
+def url_origin(url: str) -> Origin | None:
+    """The normalised origin of an http(s) URL without userinfo, or None."""
+    parts = _split(url)
+    if parts is None or parts.scheme not in _DEFAULT_PORTS or "@" in parts.netloc:
+        return None
+    host = normalize_host(parts.hostname or "")
+    if host is None:
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    return Origin(parts.scheme, host, port if port is not None else _DEFAULT_PORTS[parts.scheme])
+
+
+def normalize_host(host: str) -> str | None:
+    """Lower case, no trailing dot, IDNA to ASCII, IPv6 compressed; None when unusable."""
+    host = host.strip().lower()
+    if host.endswith("."):
+        host = host[:-1]
+    if not host:
+        return None
+    if ":" in host:
+        try:
+            return ipaddress.IPv6Address(host.split("%", 1)[0]).compressed
+        except ValueError:
+            return None
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii").lower()
+        except (UnicodeError, ValueError):
+            return None
+    if not _HOST_CHARS.fullmatch(host) or ".." in host or len(host) > 253:
+        return None
+    return host
+
+
+def is_ip_literal(host: str) -> bool:
+    """True for IPv6 and for any host a browser reads as IPv4 (127.1, 2130706433, 0x7f.1)."""
+    if ":" in host:
+        return True
+    last = host.rstrip(".").rsplit(".", 1)[-1]
+    return bool(_NUMERIC_LABEL.fullmatch(last))
+
+
+def _split(url: str) -> SplitResult | None:
+    try:
+        parts = urlsplit(url.strip())
+        # urlsplit validates ports and brackets lazily; touch them here.
+        _ = parts.port
+        _ = parts.hostname
+    except ValueError:
+        return None
+    return parts
+
+
+def _has_path(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.path not in ("", "/") or bool(parts.query) or bool(parts.fragment)
+
+
+def _as_parts(url: SplitResult | str) -> SplitResult | None:
+    return url if isinstance(url, SplitResult) else _split(url)
+
+
+def _provider_host(url: SplitResult | str) -> tuple[str, str] | None:
+    """(host, path) of an https URL on the default port without userinfo, else None."""
+    parts = _as_parts(url)
+    if parts is None or parts.scheme != "https" or "@" in parts.netloc:
+        return None
+    try:
+        if parts.port not in (None, 443):
+            return None
+    except ValueError:
+        return None
+    host = normalize_host(parts.hostname or "")
+    if host is None:
+        return None
+    return host, parts.path
+
+
+def _under(host: str, domain: str) -> bool:
+    return host == domain or host.endswith("." + domain)
+
+
+def _has_id(path: str) -> bool:
+    return path.strip("/") != ""
+
+
+class Dropbox:
+    """Dropbox shared files and folders; folders are zipped on the fly and take longer."""
+
+    id = "dropbox"
+    _HOSTS = frozenset({"www.dropbox.com", "dropbox.com"})
+    _PREFIXES = ("/s/", "/scl/fi/", "/scl/fo/", "/sh/")
+
+    def __init__(self, settings: LinkSettings) -> None:
+        self._folder_timeout = float(settings.timeout_dropbox_folder)
+        self._timeout = float(settings.timeout_default)
+
+    def match(self, url: SplitResult | str) -> bool:
+        """Shared links on dropbox.com and direct links on dl.dropboxusercontent.com."""
+        found = _provider_host(url)
+        if found is None:
+            return False
+        host, path = found
+        if host in self._HOSTS:
+            return any(path.startswith(p) and len(path) > len(p) for p in self._PREFIXES)
+        return host == "dl.dropboxusercontent.com" and _has_id(path)
+
+    def timeout_for(self, url: str) -> float:
+        """The folder timeout for /scl/fo/ links, the default otherwise."""
+        parts = _split(url)
+        if parts is not None and parts.path.startswith("/scl/fo/"):
+            return self._folder_timeout
+        return self._timeout
+
+    def direct_url(self, url: str) -> str:
+        """The same link with dl=1, which serves the file instead of the preview page."""
+        parts = _split(url)
+        if parts is None or normalize_host(parts.hostname or "") not in self._HOSTS:
+            return url
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "dl"]
+        query.append(("dl", "1"))
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+class _SimpleProvider:
+    """A provider known by its domain, with one timeout and no direct-URL rewrite."""
+
+    id = ""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = float(timeout)
+
+    def match(self, url: SplitResult | str) -> bool:
+        """True for https links with a path on this provider's hosts."""
+        found = _provider_host(url)
+        return found is not None and self._host_matches(found[0]) and _has_id(found[1])
+
+    def _host_matches(self, host: str) -> bool:
+        raise NotImplementedError
+
+    def timeout_for(self, url: str) -> float:
+        """This provider's timeout."""
+        return self._timeout
+
+    def direct_url(self, url: str) -> str:
+        """The URL unchanged: the R2 Worker resolves the landing page."""
+        return url
+
+
+class FromSmash(_SimpleProvider):
+    """FromSmash transfers (fromsmash.com and its subdomains)."""
+
+    id = "fromsmash"
+
+    def __init__(self, settings: LinkSettings) -> None:
+        super().__init__(settings.timeout_fromsmash)
+
+    def _host_matches(self, host: str) -> bool:
+        return _under(host, "fromsmash.com")
+
+
+class SwissTransfer(_SimpleProvider):
+    """SwissTransfer transfers (swisstransfer.com and www.swisstransfer.com)."""
+
+    id = "swisstransfer"
+
+    def __init__(self, settings: LinkSettings) -> None:
+        super().__init__(settings.timeout_swisstransfer)
+
+    def _host_matches(self, host: str) -> bool:
+        return host in ("swisstransfer.com", "www.swisstransfer.com")
+
+
+class WeTransfer(_SimpleProvider):
+    """WeTransfer transfers (wetransfer.com, its subdomains, and we.tl short links)."""
+
+    id = "wetransfer"
+
+    def __init__(self, settings: LinkSettings) -> None:
+        super().__init__(settings.timeout_default)
+
+    def _host_matches(self, host: str) -> bool:
+        return _under(host, "wetransfer.com") or host == "we.tl"
+
+
+class Generic:
+    """Any URL whose origin is exactly one listed in LINK_ALLOWED_HOSTS."""
+
+    id = "generic"
+
+    def __init__(self, settings: LinkSettings, origins: AllowedOrigins) -> None:
+        self._origins = origins
+        self._timeout = float(settings.timeout_default)
+
+    def match(self, url: SplitResult | str) -> bool:
+        """True when the URL's origin is allowed."""
+        text = url.geturl() if isinstance(url, SplitResult) else url
+        return self._origins.allows(text)
+
+    def timeout_for(self, url: str) -> float:
+        """The default timeout."""
+        return self._timeout
+
+    def direct_url(self, url: str) -> str:
+        """The URL unchanged."""
+        return url
+
+
+class LinkRegistry:
+    """The providers in matching order, built from LinkSettings."""
+
+    def __init__(self, settings: LinkSettings, *, max_url_length: int = 2048) -> None:
+        self.origins = parse_allowed_origins(settings.allowed_hosts)
+        self.max_url_length = max_url_length
+        self.providers: tuple[Provider, ...] = (
+            Dropbox(settings),
+            FromSmash(settings),
+            SwissTransfer(settings),
+            WeTransfer(settings),
+            Generic(settings, self.origins),
+        )
+        self._by_id = {provider.id: provider for provider in self.providers}
+
+    def provider(self, provider_id: str) -> Provider:
+        """The provider with this id; KeyError when unknown."""
+        return self._by_id[provider_id]
+
+    def classify(self, url: str, *, max_url_length: int | None = None) -> DeliveryLink | None:
+        """The delivery link for url, or None when no provider may fetch it."""
+        limit = self.max_url_length if max_url_length is None else max_url_length
+        url = url.strip()
+        if not url or len(url) > limit or not url[:8].lower().startswith(("http://", "https://")):
+            return None
+        if _UNSAFE.search(url):
+            # urlsplit silently drops tabs and newlines; a URL carrying them is not taken.
+            return None
+        parts = _split(url)
+        if parts is None or "@" in parts.netloc:
+            return None
+        host = normalize_host(parts.hostname or "")
+        if host is None:
+            return None
+        if is_ip_literal(host):
+            # Never a provider; only an exactly listed origin may be an IP literal.
+            return DeliveryLink("generic", url) if self.origins.allows(url) else None
+        for provider in self.providers:
+            if provider.match(parts):
+                return DeliveryLink(provider.id, url)
+        return None
+
+    def find_links(
+        self,
+        texts: Iterable[str],
+        hrefs: Iterable[str],
+        *,
+        max_links: int,
+        max_url_length: int,
+    ) -> list[DeliveryLink]:
+        """Delivery links in running text, then in hrefs: deduplicated, in order, capped."""
+        found: list[DeliveryLink] = []
+        seen: set[str] = set()
+        if max_links <= 0:
+            return found
+        for candidate in _candidates(texts, hrefs, max_url_length):
+            if candidate in seen:
+                continue
+            seen.add(candidate)
+            link = self.classify(candidate, max_url_length=max_url_length)
+            if link is not None:
+                found.append(link)
+                if len(found) >= max_links:
+                    break
+        return found
+
+    def timeout_for(self, link: DeliveryLink) -> float:
+        """Seconds the transfer of this link may take."""
+        return self.provider(link.provider).timeout_for(link.url)
+
+    def direct_url(self, link: DeliveryLink) -> str:
+        """The URL to fetch for this link."""
+        return self.provider(link.provider).direct_url(link.url)
+
+
+def _candidates(texts: Iterable[str], hrefs: Iterable[str], max_url_length: int) -> Iterable[str]:
+    for text in texts:
+        yield from _urls_in_text(text, max_url_length)
+    for href in hrefs:
+        href = href.strip()
+        if 0 < len(href) <= max_url_length:
+            yield href
+
+
+def _urls_in_text(text: str, max_url_length: int) -> Iterable[str]:
+    """http(s) URLs in running text; longer ones are skipped whole, never cut to size."""
+    pattern = _url_pattern(max_url_length)
+    position = 0
+    while True:
+        match = pattern.search(text, position)
+        if match is None:
+            return
+        position = match.end()
+        run = _URL_RUN.match(text, position)
+        if run is not None and run.end() > position:
+            # The URL goes on past the limit: skip the rest of it.
+            position = run.end()
+            continue
+        url = _strip_trailing(match.group())
+        if len(url) > len("https://"):
+            yield url
+
+
+@functools.lru_cache(maxsize=8)
+def _url_pattern(max_url_length: int) -> re.Pattern[str]:
+    rest = max(max_url_length - len("http://"), 1)
+    return re.compile(rf"(?i:https?://){_URL_CHARS}{{1,{rest}}}")
+
+
+def _strip_trailing(url: str) -> str:
+    """Drops sentence punctuation after a URL; a closing bracket stays when it is balanced."""
+    while url and (url[-1] in _TRAILING or _unbalanced(url)):
+        url = url[:-1]
+    return url
+
+
+def _unbalanced(url: str) -> bool:
+    opening = _CLOSING.get(url[-1])
+    return opening is not None and url.count(opening) < url.count(url[-1])
