@@ -64,6 +64,13 @@ class _Retryable(Exception):
         self.wait = wait
 
 
+class _Final(Exception):
+    def __init__(self, error: str, status: int | None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.status = status
+
+
 def _retry_after(header: str | None, cap: float) -> float | None:
     if not header:
         return None
@@ -82,7 +89,12 @@ class _HttpPoster:
     """POSTs JSON with bounded retries: connection errors, 5xx and 429 only."""
 
     def __init__(
-        self, name: str, *, timeout: float, max_attempts: int, backoff: Backoff,
+        self,
+        name: str,
+        *,
+        timeout: float,
+        max_attempts: int,
+        backoff: Backoff,
         retry_after_cap: float,
     ) -> None:
         self.name = name
@@ -103,17 +115,31 @@ class _HttpPoster:
                 wait: float | None = None
                 try:
                     status = await self._once(session, url, body)
-                    return Delivery(self.name, True, attempts, alerts, status,
-                                    duration=time.monotonic() - started)
+                    return Delivery(
+                        self.name,
+                        True,
+                        attempts,
+                        alerts,
+                        status,
+                        duration=time.monotonic() - started,
+                    )
                 except _Retryable as exc:
                     status, error, wait = exc.status, exc.error, exc.wait
                 except _Final as exc:
-                    return Delivery(self.name, False, attempts, alerts, exc.status, exc.error,
-                                    time.monotonic() - started)
+                    return Delivery(
+                        self.name,
+                        False,
+                        attempts,
+                        alerts,
+                        exc.status,
+                        exc.error,
+                        time.monotonic() - started,
+                    )
                 if attempts < self._max_attempts:
                     await asyncio.sleep(wait if wait is not None else self._backoff.delay(attempts))
-        return Delivery(self.name, False, attempts, alerts, status, error,
-                        time.monotonic() - started)
+        return Delivery(
+            self.name, False, attempts, alerts, status, error, time.monotonic() - started
+        )
 
     async def _once(self, session: aiohttp.ClientSession, url: str, body: Any) -> int:
         try:
@@ -129,13 +155,6 @@ class _HttpPoster:
             raise _Retryable("timeout") from exc
         except aiohttp.ClientError as exc:
             raise _Retryable(type(exc).__name__) from exc
-
-
-class _Final(Exception):
-    def __init__(self, error: str, status: int | None) -> None:
-        super().__init__(error)
-        self.error = error
-        self.status = status
 
 
 class WebhookNotifier:
@@ -161,8 +180,11 @@ class WebhookNotifier:
         self.receiver = receiver
         self.external_url = external_url
         self._poster = _HttpPoster(
-            name, timeout=timeout, max_attempts=max_attempts,
-            backoff=backoff or Backoff(initial=1.0, maximum=30.0), retry_after_cap=retry_after_cap,
+            name,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            backoff=backoff or Backoff(initial=1.0, maximum=30.0),
+            retry_after_cap=retry_after_cap,
         )
 
     async def send(self, batch: Sequence[AlertInstance], *, now: float) -> Delivery:
@@ -173,7 +195,9 @@ class WebhookNotifier:
         results = []
         for alertname, alerts in groups.items():
             body = webhook_payload(
-                alerts, receiver=self.receiver, external_url=self.external_url,
+                alerts,
+                receiver=self.receiver,
+                external_url=self.external_url,
                 group_labels={"alertname": alertname},
             )
             results.append(await self._poster.post(self.url, body, len(alerts)))
@@ -202,8 +226,11 @@ class AlertmanagerNotifier:
         self.resolved_retention = resolved_retention
         self._valid_for = 4 * max(resend_interval, evaluation_interval)
         self._poster = _HttpPoster(
-            name, timeout=timeout, max_attempts=max_attempts,
-            backoff=backoff or Backoff(initial=1.0, maximum=10.0), retry_after_cap=retry_after_cap,
+            name,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            backoff=backoff or Backoff(initial=1.0, maximum=10.0),
+            retry_after_cap=retry_after_cap,
         )
 
     async def send(self, batch: Sequence[AlertInstance], *, now: float) -> Delivery:
@@ -218,7 +245,12 @@ def _merge(name: str, results: Sequence[Delivery], alerts: int) -> Delivery:
     failed = [r for r in results if not r.ok]
     last = failed[-1] if failed else results[-1]
     return Delivery(
-        name, not failed, sum(r.attempts for r in results), alerts, last.status, last.error,
+        name,
+        not failed,
+        sum(r.attempts for r in results),
+        alerts,
+        last.status,
+        last.error,
         sum(r.duration for r in results),
     )
 

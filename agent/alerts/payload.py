@@ -156,7 +156,9 @@ def webhook_payload(
     }
 
 
-def alertmanager_alerts(batch: Sequence[AlertInstance], *, valid_until: float) -> list[dict[str, Any]]:
+def alertmanager_alerts(
+    batch: Sequence[AlertInstance], *, valid_until: float
+) -> list[dict[str, Any]]:
     """The body of POST /api/v2/alerts: firing alerts end at valid_until unless re-sent."""
     return [
         {

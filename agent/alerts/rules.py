@@ -35,8 +35,20 @@ _TOP_KEYS = frozenset(
 )
 _RULE_KEYS = frozenset(
     {
-        "alert", "metric", "match", "function", "window", "numerator", "denominator", "op",
-        "threshold", "resolve_threshold", "for", "keep_firing_for", "no_data", "labels",
+        "alert",
+        "metric",
+        "match",
+        "function",
+        "window",
+        "numerator",
+        "denominator",
+        "op",
+        "threshold",
+        "resolve_threshold",
+        "for",
+        "keep_firing_for",
+        "no_data",
+        "labels",
         "annotations",
     }
 )
@@ -145,48 +157,79 @@ def _rule(alert: str, metric: str, op: str, threshold: float, **kw: Any) -> Aler
 
 DEFAULT_RULES: tuple[AlertRule, ...] = (
     _rule(
-        "HighWebhookErrorRate", "webhook.error_ratio", ">", 0.10,
+        "HighWebhookErrorRate",
+        "webhook.error_ratio",
+        ">",
+        0.10,
         labels={"severity": "warning"},
         annotations={"summary": "Webhook error rate {{ value }} over 24h (above 10%)"},
     ),
     _rule(
-        "HighMemoryUsage", "process.memory.utilization", ">", 0.80,
+        "HighMemoryUsage",
+        "process.memory.utilization",
+        ">",
+        0.80,
         labels={"severity": "warning"},
         annotations={"summary": "Memory at {{ value }} of the limit (above 80%)"},
     ),
     _rule(
-        "CriticalMemoryUsage", "process.memory.utilization", ">", 0.90,
+        "CriticalMemoryUsage",
+        "process.memory.utilization",
+        ">",
+        0.90,
         labels={"severity": "critical"},
         annotations={"summary": "Memory at {{ value }} of the limit (above 90%)"},
     ),
     _rule(
-        "HighDiskUsage", "system.filesystem.utilization", ">", 0.85,
+        "HighDiskUsage",
+        "system.filesystem.utilization",
+        ">",
+        0.85,
         labels={"severity": "warning"},
         annotations={
             "summary": "Disk {{ labels.system_filesystem_mountpoint }} at {{ value }} (above 85%)"
         },
     ),
     _rule(
-        "HighCpuUsage", "system.cpu.utilization", ">", 0.90, for_=300.0,
+        "HighCpuUsage",
+        "system.cpu.utilization",
+        ">",
+        0.90,
+        for_=300.0,
         labels={"severity": "warning"},
         annotations={"summary": "CPU at {{ value }} for 5m (above 90%)"},
     ),
     # age = now - value: the gauge holds the Unix time of the last successful cycle.
     _rule(
-        "PollerStalled", "poller.last_success.time", ">", 600.0, function="age",
+        "PollerStalled",
+        "poller.last_success.time",
+        ">",
+        600.0,
+        function="age",
         labels={"severity": "critical"},
         annotations={
             "summary": "Mailbox {{ labels.imap_mailbox }} has not been polled for {{ value }}s"
         },
     ),
     _rule(
-        "CollectorExportsFailing", "telemetry.export.failures", ">", 0.0, function="increase",
-        window=600.0, labels={"severity": "warning"},
+        "CollectorExportsFailing",
+        "telemetry.export.failures",
+        ">",
+        0.0,
+        function="increase",
+        window=600.0,
+        labels={"severity": "warning"},
         annotations={"summary": "{{ value }} failed {{ labels.signal }} exports in 10m"},
     ),
     _rule(
-        "R2TransfersTimingOut", "r2.transfers", ">", 3.0, function="increase", window=900.0,
-        match={"outcome": "timeout"}, labels={"severity": "warning"},
+        "R2TransfersTimingOut",
+        "r2.transfers",
+        ">",
+        3.0,
+        function="increase",
+        window=900.0,
+        match={"outcome": "timeout"},
+        labels={"severity": "warning"},
         annotations={
             "summary": "{{ value }} R2 transfers from {{ labels.r2_provider }} timed out in 15m"
         },
@@ -329,7 +372,9 @@ def _parse_rule(item: object, key: str, source: str) -> AlertRule:
         )
     op = item.get("op", ">")
     if op not in OPERATORS:
-        raise ConfigError(f"{source}: {key}.op: unknown operator {op!r} (one of {' '.join(OPERATORS)})")
+        raise ConfigError(
+            f"{source}: {key}.op: unknown operator {op!r} (one of {' '.join(OPERATORS)})"
+        )
     no_data = item.get("no_data", "keep_last")
     if no_data not in NO_DATA:
         raise ConfigError(
@@ -370,8 +415,10 @@ def _parse_rule(item: object, key: str, source: str) -> AlertRule:
     resolve: float | None = None
     if "resolve_threshold" in item:
         resolve = _number(item, "resolve_threshold", key, source)
-        if op in ("==", "!=") or (op in (">", ">=") and resolve > threshold) or (
-            op in ("<", "<=") and resolve < threshold
+        if (
+            op in ("==", "!=")
+            or (op in (">", ">=") and resolve > threshold)
+            or (op in ("<", "<=") and resolve < threshold)
         ):
             raise ConfigError(
                 f"{source}: {key}.resolve_threshold: must lie on the resolved side of threshold "
@@ -396,8 +443,9 @@ def _parse_rule(item: object, key: str, source: str) -> AlertRule:
         resolve_threshold=resolve,
         for_=float(parse_duration(item.get("for", 0), key=f"{key}.for", source=source)),
         keep_firing_for=float(
-            parse_duration(item.get("keep_firing_for", 0), key=f"{key}.keep_firing_for",
-                           source=source)
+            parse_duration(
+                item.get("keep_firing_for", 0), key=f"{key}.keep_firing_for", source=source
+            )
         ),
         no_data=no_data,
         labels=labels,

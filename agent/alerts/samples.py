@@ -60,8 +60,12 @@ def to_samples(data: MetricsData, *, at: float | None = None) -> list[Sample]:
                         delta = body.aggregation_temporality == AggregationTemporality.DELTA
                         out.append(
                             Sample(
-                                metric.name, attrs, float(point.value),  # type: ignore[union-attr]
-                                when, counter=body.is_monotonic, delta=delta,
+                                metric.name,
+                                attrs,
+                                float(point.value),  # type: ignore[union-attr]
+                                when,
+                                counter=body.is_monotonic,
+                                delta=delta,
                             )
                         )
                     elif isinstance(body, Histogram | ExponentialHistogram):
@@ -149,7 +153,8 @@ class SeriesStore:
             return
         if window <= 0:
             points.clear()
-        spacing = (window + self._staleness) / self._max_points
+        # Kept points end up at least spacing/2 apart, so max_points always cover the window.
+        spacing = 2 * (window + self._staleness) / self._max_points
         if (
             window > 0
             and len(points) >= 2
@@ -164,11 +169,17 @@ class SeriesStore:
             points.popleft()
 
     def _expire(self, now: float) -> None:
-        for ident in [i for i, p in self._series.items() if not p or p[-1][0] < now - max(
-            self._windows.get(i[0], 0.0), 0.0) - self._staleness]:
+        gone = [
+            ident
+            for ident, points in self._series.items()
+            if not points or points[-1][0] < now - self._windows[ident[0]] - self._staleness
+        ]
+        for ident in gone:
             del self._series[ident]
 
-    def _select(self, metric: str, match: Mapping[str, str]) -> list[tuple[SeriesKey, list[tuple[float, float]]]]:
+    def _select(
+        self, metric: str, match: Mapping[str, str]
+    ) -> list[tuple[SeriesKey, list[tuple[float, float]]]]:
         with self._lock:
             return [
                 (key, list(points))

@@ -1,0 +1,206 @@
+"""The [alerts] table is validated into rules; every mistake names its key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agent.alerts.rules import DEFAULT_RULES, load_alert_config, render
+from agent.config import ConfigError
+
+GOOD = {"alert": "A", "metric": "system.cpu.utilization", "op": ">", "threshold": 0.5}
+
+
+def load(raw: dict[str, Any]) -> Any:
+    """Loads with the export interval of 15 s."""
+    return load_alert_config(raw, source="sidecar.toml", default_interval=15.0)
+
+
+def test_absent_rules_give_the_defaults() -> None:
+    cfg = load({})
+    names = [r.alert for r in cfg.rules]
+    assert names == [r.alert for r in DEFAULT_RULES]
+    assert {
+        "HighWebhookErrorRate",
+        "HighMemoryUsage",
+        "CriticalMemoryUsage",
+        "HighDiskUsage",
+        "HighCpuUsage",
+        "PollerStalled",
+        "CollectorExportsFailing",
+        "R2TransfersTimingOut",
+    } == set(names)
+
+
+def test_default_rules_reproduce_the_seed_thresholds() -> None:
+    rules = {r.alert: r for r in load({}).rules}
+    assert (rules["HighWebhookErrorRate"].metric, rules["HighWebhookErrorRate"].threshold) == (
+        "webhook.error_ratio",
+        0.10,
+    )
+    assert rules["HighMemoryUsage"].threshold == 0.80
+    assert rules["CriticalMemoryUsage"].labels["severity"] == "critical"
+    assert rules["HighDiskUsage"].threshold == 0.85
+    assert (rules["HighCpuUsage"].threshold, rules["HighCpuUsage"].for_) == (0.90, 300.0)
+    timeouts = rules["R2TransfersTimingOut"]
+    assert (timeouts.function, timeouts.window, timeouts.match) == (
+        "increase",
+        900.0,
+        {"outcome": "timeout"},
+    )
+
+
+def test_evaluation_interval_defaults_to_the_export_interval() -> None:
+    assert load({}).evaluation_interval == 15.0
+    assert load({"evaluation_interval": "30s"}).evaluation_interval == 30.0
+
+
+def test_use_defaults_false_drops_them() -> None:
+    cfg = load({"use_defaults": False, "rules": [GOOD]})
+    assert [r.alert for r in cfg.rules] == ["A"]
+
+
+def test_user_rule_with_a_default_name_replaces_it() -> None:
+    cfg = load({"rules": [GOOD | {"alert": "HighCpuUsage", "threshold": 0.5}]})
+    cpu = [r for r in cfg.rules if r.alert == "HighCpuUsage"]
+    assert [(r.threshold, r.for_) for r in cpu] == [(0.5, 0.0)]
+    assert len(cfg.rules) == len(DEFAULT_RULES)
+
+
+def test_full_rule_schema_is_read() -> None:
+    raw = {
+        "evaluation_interval": "15s",
+        "repeat_interval": "4h",
+        "send_resolved": True,
+        "rules": [
+            {
+                "alert": "HighWebhookErrorRate",
+                "metric": "webhook.error_ratio",
+                "match": {},
+                "function": "value",
+                "op": ">",
+                "threshold": 0.10,
+                "resolve_threshold": 0.08,
+                "for": "5m",
+                "keep_firing_for": "0s",
+                "no_data": "keep_last",
+                "labels": {"severity": "warning"},
+                "annotations": {"summary": "Webhook error rate {{ value }} over 24h"},
+            }
+        ],
+    }
+    cfg = load(raw)
+    rule = next(r for r in cfg.rules if r.alert == "HighWebhookErrorRate")
+    assert (rule.resolve_threshold, rule.for_, cfg.repeat_interval) == (0.08, 300.0, 14400.0)
+
+
+def test_a_histogram_is_read_through_its_count_and_sum() -> None:
+    rule = GOOD | {"metric": "imap.poll.duration.count", "function": "increase", "window": "5m"}
+    assert load({"rules": [rule]}).rules[-1].metric == "imap.poll.duration.count"
+
+
+BAD = [
+    ({"colour": "red"}, "sidecar.toml: alerts.colour: unknown key"),
+    ({"evaluation_interval": "soon"}, "alerts.evaluation_interval: expected a duration"),
+    ({"send_resolved": "yes"}, "alerts.send_resolved: expected true or false"),
+    ({"rules": {"alert": "A"}}, "alerts.rules: expected an array of tables"),
+    (
+        {"rules": [GOOD, GOOD | {"metric": "foo.bar"}]},
+        "alerts.rules[1].metric: unknown metric 'foo.bar'",
+    ),
+    ({"rules": [GOOD | {"shape": 1}]}, "alerts.rules[0].shape: unknown key"),
+    ({"rules": [GOOD | {"function": "avg"}]}, "alerts.rules[0].function: unknown function 'avg'"),
+    ({"rules": [GOOD | {"op": "=>"}]}, "alerts.rules[0].op: unknown operator '=>'"),
+    ({"rules": [GOOD | {"no_data": "panic"}]}, "alerts.rules[0].no_data: unknown policy 'panic'"),
+    (
+        {"rules": [{k: v for k, v in GOOD.items() if k != "alert"}]},
+        "alerts.rules[0].alert: expected a non-empty string",
+    ),
+    (
+        {"rules": [{k: v for k, v in GOOD.items() if k != "threshold"}]},
+        "alerts.rules[0].threshold: required",
+    ),
+    ({"rules": [GOOD | {"threshold": "high"}]}, "alerts.rules[0].threshold: expected a number"),
+    (
+        {"rules": [GOOD | {"function": "increase"}]},
+        "alerts.rules[0].metric: 'system.cpu.utilization' is a gauge, not a counter",
+    ),
+    (
+        {"rules": [GOOD | {"metric": "r2.transfers", "function": "rate"}]},
+        "alerts.rules[0].window: required by function 'rate'",
+    ),
+    ({"rules": [GOOD | {"window": "5m"}]}, "alerts.rules[0].window: function 'value' takes no"),
+    (
+        {"rules": [GOOD | {"metric": "imap.poll.duration"}]},
+        "alerts.rules[0].metric: 'imap.poll.duration' is a histogram; use",
+    ),
+    (
+        {
+            "rules": [
+                {
+                    "alert": "R",
+                    "function": "ratio",
+                    "window": "1h",
+                    "op": ">",
+                    "threshold": 1,
+                    "numerator": {"metric": "r2.transfers"},
+                }
+            ]
+        },
+        "alerts.rules[0].denominator: required by function 'ratio'",
+    ),
+    (
+        {
+            "rules": [
+                {
+                    "alert": "R",
+                    "function": "ratio",
+                    "window": "1h",
+                    "op": ">",
+                    "threshold": 1,
+                    "numerator": {"metric": "r2.transfers", "labels": {}},
+                    "denominator": {"metric": "r2.transfers"},
+                }
+            ]
+        },
+        "alerts.rules[0].numerator.labels: unknown key",
+    ),
+    (
+        {"rules": [GOOD | {"resolve_threshold": 0.9}]},
+        "alerts.rules[0].resolve_threshold: must lie on the resolved side",
+    ),
+    ({"rules": [GOOD | {"for": "later"}]}, "alerts.rules[0].for: expected a duration"),
+    (
+        {"rules": [GOOD | {"labels": {"team-name": "x"}}]},
+        "alerts.rules[0].labels.team-name: invalid label name",
+    ),
+    (
+        {"rules": [GOOD | {"labels": {"severity": 3}}]},
+        "alerts.rules[0].labels.severity: expected a string",
+    ),
+    (
+        {"rules": [GOOD | {"annotations": {"summary": "{{ $value }}"}}]},
+        "alerts.rules[0].annotations.summary: unknown template '{{ $value }}'",
+    ),
+    ({"rules": [GOOD, GOOD]}, "alerts.rules[1].alert: duplicate alert name 'A'"),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), BAD, ids=[m for _, m in BAD])
+def test_bad_config_is_an_error_naming_the_key(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(raw)
+    assert message in str(caught.value)
+    assert str(caught.value).startswith("sidecar.toml: ")
+
+
+def test_annotations_substitute_value_and_labels() -> None:
+    text = render(
+        "{{ value }} on {{ labels.mount }} ({{labels.missing}})", 0.912345, {"mount": "/"}
+    )
+    assert text == "0.9123 on / ()"
+
+
+def test_annotations_find_labels_by_their_attribute_name() -> None:
+    assert render("{{ labels.imap.mailbox }}", None, {"imap_mailbox": "INBOX"}) == "INBOX"
