@@ -1,17 +1,17 @@
-"""Async IMAP client with hard timeouts, one span and one duration per command, and reconnects.
+"""Async IMAP client with hard timeouts, one span and one duration per command, and reconnects."""
 
-Library choice: stdlib imaplib run in one dedicated worker thread per connection (imaplib is not
-thread-safe, so every command of a connection goes through the same single-thread executor).
-imaplib ships with Python, is maintained with it, speaks every TLS mode we need (IMAP4_SSL,
-STARTTLS, plain) and takes a socket timeout that bounds connect, the banner read and every read
-of every command. aioimaplib would add a dependency for no behaviour we need: the agent runs a
-handful of mailboxes, so one thread each costs nothing, and the thread keeps the event loop free.
-An asyncio-level backstop (the timeout plus a little slack) still bounds each call in case a
-server drips bytes slowly enough to defeat the per-read socket timeout.
-
-Folders are opened read-only (EXAMINE): the sidecar never changes mail, and BODY.PEEK keeps the
-\\Seen flag untouched as well, so the user's mail client sees the mailbox as it was.
-"""
+# Library choice: stdlib imaplib run in one dedicated worker thread per connection (imaplib is
+# not thread-safe, so every command of a connection goes through the same single-thread
+# executor). imaplib ships with Python, speaks every TLS mode we need (IMAP4_SSL, STARTTLS,
+# plain) and takes a socket timeout that bounds connect, the banner read and every read of every
+# command. aioimaplib would add a dependency for no behaviour we need: the agent watches a
+# handful of mailboxes, so one thread each costs nothing and keeps the event loop free. An
+# asyncio-level backstop (the timeout plus a little slack) still bounds each call, in case a
+# server drips bytes slowly enough to defeat the per-read socket timeout.
+#
+# Folders are opened read-only (EXAMINE): the sidecar never changes mail, and BODY.PEEK leaves
+# the \Seen flag alone too, so the user's mail client sees the mailbox as it was. Flags can
+# still be read in a read-only folder, should the poller need them later.
 
 from __future__ import annotations
 
@@ -439,6 +439,7 @@ class ReconnectingSession:
         self._last_failure = 0.0
         self._last_delay = 0.0
         self._status: MailboxStatus | None = None
+        self._ensuring = asyncio.Lock()
 
     @property
     def failures(self) -> int:
@@ -457,6 +458,10 @@ class ReconnectingSession:
 
     async def ensure(self) -> ImapClient:
         """A ready client; after failures, waits out the backoff first. Raises ImapError."""
+        async with self._ensuring:
+            return await self._ensure()
+
+    async def _ensure(self) -> ImapClient:
         if self._closed:
             raise RuntimeError("ReconnectingSession.ensure() called after close()")
         client = self._client
