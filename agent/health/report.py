@@ -64,15 +64,19 @@ def _service(sources: HealthSources, name: str) -> dict[str, Any]:
     state = sources.registry.states().get(name)
     if state is None:
         return {"status": "not_configured"}
-    view = state.as_dict()
-    return {
-        "status": view["status"],
-        "latency_ms": view["latency_ms"],
-        "error": view["error"],
-        "last_check": _iso(view["last_check"]),
-        "last_ok": _iso(view["last_ok"]),
-        **({"details": view["data"]} if view["data"] else {}),
+    last = state.last
+    service: dict[str, Any] = {
+        "status": state.status,
+        "latency_ms": None
+        if last is None or last.latency is None
+        else round(last.latency * 1000, 2),
+        "error": last.detail if last is not None and last.status == "error" else None,
+        "last_check": _iso(state.last_run_at),
+        "last_ok": _iso(state.last_ok_at),
     }
+    if last is not None and last.data:
+        service["details"] = dict(last.data)
+    return service
 
 
 def seed_report(sources: HealthSources, now: float | None = None) -> dict[str, Any]:

@@ -26,24 +26,31 @@ def _route_of(request: web.Request) -> str:
     return canonical or "unmatched"
 
 
-def tracing_middleware(
-    tracer: trace.Tracer, instruments: Instruments, *, trace_probes: bool
+def request_middleware(
+    tracer: trace.Tracer, instruments: Instruments, *, token: str, trace_probes: bool
 ) -> Middleware:
-    """A SERVER span per request (probes only when asked) and http.server.request.duration."""
-
+    """One middleware for every request: probes take a fast path; /api/* is authorised; the
+    rest gets a SERVER span, an access log event and http.server.request.duration."""
     log = get_logger("http")
+    authorise = _authoriser(token)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        is_probe = request.path in PROBE_PATHS
+        path = request.path
+        if path in PROBE_PATHS and not trace_probes:
+            # Probes are polled often and must stay as cheap as a bare handler.
+            return await handler(request)
+        if path.startswith("/api/"):
+            refusal = authorise(request)
+            if refusal is not None:
+                return refusal
+        return await _traced(request, handler)
+
+    async def _traced(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         route = _route_of(request)
         status = 500
         try:
-            if is_probe and not trace_probes:
-                response = await handler(request)
-                status = response.status
-                return response
             ctx = propagate.extract(dict(request.headers))
             with tracer.start_as_current_span(
                 f"{request.method} {route}",
@@ -99,17 +106,11 @@ def is_loopback(remote: str | None) -> bool:
         return False
 
 
-def auth_middleware(
-    token: str,
-) -> Middleware:
+def _authoriser(token: str) -> Callable[[web.Request], web.Response | None]:
     """/api/* needs the bearer token when one is set, and a loopback client otherwise."""
-
     expected = f"Bearer {token}".encode() if token else b""
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.startswith("/api/"):
-            return await handler(request)
+    def authorise(request: web.Request) -> web.Response | None:
         if token:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
@@ -123,6 +124,6 @@ def auth_middleware(
                 {"error": "forbidden: without SIDECAR_API_TOKEN the API answers loopback only"},
                 status=403,
             )
-        return await handler(request)
+        return None
 
-    return middleware
+    return authorise

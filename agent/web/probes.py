@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -23,21 +25,39 @@ def _flags(request: web.Request) -> tuple[bool, set[str]]:
     return verbose, exclude
 
 
+class _Rendered:
+    """/health bodies rendered at most every `ttl` seconds: every fact in them is cached anyway."""
+
+    def __init__(self, sidecar: Sidecar, ttl: float = 0.5) -> None:
+        self._sidecar = sidecar
+        self._ttl = ttl
+        self._cache: dict[bool, tuple[float, int, bytes]] = {}
+
+    def get(self, health_json: bool) -> tuple[int, bytes]:
+        now = time.monotonic()
+        hit = self._cache.get(health_json)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1], hit[2]
+        sources = self._sidecar.health_sources
+        status = 200 if overall_status(sources) == "ok" else 503
+        report = health_json_report(sources) if health_json else seed_report(sources)
+        body = json.dumps(report, default=str).encode()
+        self._cache[health_json] = (now, status, body)
+        return status, body
+
+
 def setup_probe_routes(app: web.Application, sidecar: Sidecar) -> None:
     """Adds the three probe routes."""
+    rendered = _Rendered(sidecar)
 
     async def health(request: web.Request) -> web.Response:
-        sources = sidecar.health_sources
-        status = 200 if overall_status(sources) == "ok" else 503
-        if HEALTH_JSON in request.headers.get("Accept", ""):
-            return web.json_response(
-                health_json_report(sources),
-                status=status,
-                content_type=HEALTH_JSON,
-                headers={"Cache-Control": "no-store"},
-            )
-        return web.json_response(
-            seed_report(sources), status=status, headers={"Cache-Control": "no-store"}
+        health_json = HEALTH_JSON in request.headers.get("Accept", "")
+        status, body = rendered.get(health_json)
+        return web.Response(
+            body=body,
+            status=status,
+            content_type=HEALTH_JSON if health_json else "application/json",
+            headers={"Cache-Control": "no-store"},
         )
 
     async def livez(request: web.Request) -> web.Response:

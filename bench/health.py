@@ -1,0 +1,70 @@
+"""Load on /health, /livez and /readyz against a bare aiohttp handler measured in the same run (wrk)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support.net import free_port, wait_for_port
+from tests.support.sidecar import SidecarProcess
+
+DURATION = "5s"
+CONNECTIONS = "32"
+THREADS = "2"
+
+
+def _wrk(url: str) -> tuple[float, float]:
+    """Requests per second and p99 latency in milliseconds."""
+    out = subprocess.run(
+        ["wrk", "-t", THREADS, "-c", CONNECTIONS, "-d", DURATION, "--latency", url],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    match = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    assert match is not None, out
+    value, unit = float(match.group(1)), match.group(2)
+    p99 = value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    return rps, p99
+
+
+def main() -> dict[str, float]:
+    """Runs the comparison and prints ratios; returns the figures."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (make deps installs it)")
+    port = free_port()
+    bare = subprocess.Popen([sys.executable, "-m", "bench.bare_server", str(port)])
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        sidecar = SidecarProcess(Path(tmp), env={"ENABLE_BACKGROUND_TASKS": "false",
+                                                 "OTEL_SDK_DISABLED": "true"})
+        try:
+            wait_for_port(port)
+            sidecar.start()
+            time.sleep(1.0)
+            _wrk(f"http://127.0.0.1:{port}/")  # warm-up
+            base_rps, base_p99 = _wrk(f"http://127.0.0.1:{port}/")
+            results |= {"bare_rps": base_rps, "bare_p99_ms": base_p99}
+            print(f"bare handler     {base_rps:9.0f} req/s  p99 {base_p99:7.2f} ms")
+            for path in ("/health", "/livez", "/readyz"):
+                _wrk(sidecar.url + path)
+                rps, p99 = _wrk(sidecar.url + path)
+                name = path.strip("/")
+                results |= {f"{name}_rps": rps, f"{name}_p99_ms": p99,
+                            f"{name}_rps_ratio": rps / base_rps, f"{name}_p99_ratio": p99 / base_p99}
+                print(f"{path:<16} {rps:9.0f} req/s  p99 {p99:7.2f} ms   "
+                      f"rps {rps / base_rps:5.0%} of bare (goal >= 70%)   "
+                      f"p99 {p99 / base_p99:4.2f}x bare (goal <= 2x)")
+        finally:
+            sidecar.stop()
+            bare.terminate()
+            bare.wait(timeout=10)
+    return results
+
+
+if __name__ == "__main__":
+    main()
