@@ -8,7 +8,7 @@ from aiohttp import web
 
 from agent.web.api import setup_api_routes
 from agent.web.metrics_view import MetricsView
-from agent.web.middleware import auth_middleware, tracing_middleware
+from agent.web.middleware import request_middleware
 from agent.web.probes import setup_probe_routes
 
 if TYPE_CHECKING:
@@ -22,12 +22,12 @@ def create_app(sidecar: Sidecar) -> web.Application:
     telemetry = sidecar.telemetry
     app = web.Application(
         middlewares=[
-            tracing_middleware(
+            request_middleware(
                 telemetry.tracer("agent.web"),
                 telemetry.instruments,
+                token=sidecar.settings.server.api_token,
                 trace_probes=sidecar.settings.health.trace_probes,
             ),
-            auth_middleware(sidecar.settings.server.api_token),
         ],
         client_max_size=256 * 1024,
     )
