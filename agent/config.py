@@ -276,6 +276,12 @@ class AlertingSettings:
     alertmanager_url: str = setting(
         "", "ALERTMANAGER_URL", doc="An Alertmanager; alerts are pushed to /api/v2/alerts."
     )
+    external_url: str = setting(
+        "",
+        "SIDECAR_EXTERNAL_URL",
+        doc="How operators reach this sidecar (externalURL and generatorURL in alerts); "
+        "empty: http://<hostname>:<port>.",
+    )
 
 
 @dataclass(frozen=True)
@@ -552,6 +558,12 @@ def _check(settings: Settings) -> None:
         ("http", "https"),
     )
     _check_url(settings.health.app_health_url, "health.app_health_url", source, ("http", "https"))
+    _check_url(
+        settings.alerting.external_url,
+        "alerting.external_url (SIDECAR_EXTERNAL_URL)",
+        source,
+        ("http", "https"),
+    )
     for index, box in enumerate(settings.mailboxes):
         if box.poll_interval <= 0:
             raise ConfigError(
