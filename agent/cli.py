@@ -12,12 +12,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from agent import __version__
 from agent.config import ConfigError, Settings, effective_config, load_settings
 from agent.telemetry.masking import Masker
+
+if TYPE_CHECKING:
+    from agent.telemetry.setup import Telemetry
 
 SHUTDOWN_BUDGET = 4.5  # seconds from SIGTERM to exit; Kubernetes' grace period is longer
 
@@ -118,23 +122,24 @@ def _run(settings: Settings, *, host: str | None, port: int | None) -> int:
 
     telemetry = setup_telemetry(settings, install_global=True)
     configure_logging(telemetry, level=settings.telemetry.log_level)
-    code = asyncio.run(_serve(settings, telemetry, host=host, port=port))
-    telemetry.shutdown(timeout=max(0.5, settings.telemetry.shutdown_timeout))
-    return code
+    exit_by = asyncio.run(_serve(settings, telemetry, host=host, port=port))
+    # Telemetry gets what is left of the budget: a dead or black-hole collector cannot hold us.
+    left = exit_by - time.monotonic()
+    telemetry.shutdown(timeout=max(0.3, min(settings.telemetry.shutdown_timeout, left)))
+    return 0
 
 
 async def _serve(
-    settings: Settings, telemetry: object, *, host: str | None, port: int | None
-) -> int:
+    settings: Settings, telemetry: Telemetry, *, host: str | None, port: int | None
+) -> float:
+    """Serves until SIGTERM/SIGINT, drains, and returns the monotonic time to exit by."""
     from agent.components import start_components
     from agent.runtime import Sidecar
-    from agent.telemetry.setup import Telemetry
     from agent.web.app import create_app
 
-    assert isinstance(telemetry, Telemetry)
     sidecar = Sidecar(settings, telemetry)
     app = create_app(sidecar)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host or settings.server.host, port or settings.server.port)
     stop = asyncio.Event()
@@ -147,9 +152,11 @@ async def _serve(
         "http.listening", host=host or settings.server.host, port=port or settings.server.port
     )
     await stop.wait()
-    deadline = time.monotonic() + SHUTDOWN_BUDGET - settings.telemetry.shutdown_timeout
+    exit_by = time.monotonic() + SHUTDOWN_BUDGET
+    flush_reserve = min(settings.telemetry.shutdown_timeout, 2.0)
+    deadline = exit_by - flush_reserve - 0.5
     # Readiness fails at once; the listener stays up while in-flight work drains.
     sidecar.begin_drain()
     await sidecar.stop(deadline=min(deadline, time.monotonic() + settings.server.drain_timeout))
     await runner.cleanup()
-    return 0
+    return exit_by

@@ -82,7 +82,9 @@ async def start_pipeline(sidecar: Sidecar) -> None:
 
     for poller in pollers:
         sidecar.liveness_hooks[f"poller:{poller.mailbox.name}"] = poller.liveness
-        sidecar.spawn(poller.run(sidecar.stopping, share), f"poller:{poller.mailbox.name}")
+        sidecar.spawn(
+            poller.run(sidecar.stopping, share), f"poller:{poller.mailbox.name}", drain=True
+        )
     sidecar.poller_status = lambda: _poller_status(pollers)
 
 

@@ -68,9 +68,7 @@ class Sidecar:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stop_hooks: list[StopHook] = []
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._draining: list[asyncio.Task[None]] = []
         self._register_checks()
 
     def _register_checks(self) -> None:
@@ -124,28 +122,17 @@ class Sidecar:
             "last_success": None,
         }
 
-    def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
-        """Runs a background task that is cancelled when the sidecar stops."""
+    def spawn(self, coro: Awaitable[None], name: str, *, drain: bool = False) -> asyncio.Task[None]:
+        """Runs a background task; on stop a `drain` task may finish its work (it watches
+        `stopping`) until the drain deadline, the others are cancelled at once."""
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         task.set_name(name)
-        self._tasks.append(task)
+        (self._draining if drain else self._tasks).append(task)
         return task
 
     def on_stop(self, hook: StopHook) -> None:
         """Registers a coroutine run while draining (last registered runs first)."""
         self._stop_hooks.append(hook)
-
-    @contextlib.asynccontextmanager
-    async def work(self) -> Any:
-        """Marks in-flight work, so draining waits for it."""
-        self._in_flight += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
 
     @property
     def stopping(self) -> asyncio.Event:
@@ -186,8 +173,12 @@ class Sidecar:
     async def stop(self, deadline: float) -> None:
         """Drains in-flight work until the monotonic deadline, then stops everything."""
         self.begin_drain()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout=max(0.0, deadline - time.monotonic()))
+        if self._draining:
+            # Pollers finish the batch in hand (its outcomes and watermark are recorded).
+            _done, pending = await asyncio.wait(
+                self._draining, timeout=max(0.0, deadline - time.monotonic())
+            )
+            self._tasks.extend(pending)
         for hook in reversed(self._stop_hooks):
             remaining = max(0.1, deadline - time.monotonic())
             with contextlib.suppress(Exception, TimeoutError):
@@ -204,4 +195,4 @@ class Sidecar:
             )
         if self.http is not None:
             await self.http.close()
-        self.log.info("sidecar.stopped", in_flight=self._in_flight)
+        self.log.info("sidecar.stopped", cancelled=sum(1 for t in self._tasks if t.cancelled()))
