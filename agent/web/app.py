@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from agent.web.api import setup_api_routes
+from agent.web.dashboard import setup_dashboard_routes
 from agent.web.metrics_view import MetricsView
 from agent.web.middleware import request_middleware
 from agent.web.probes import setup_probe_routes
@@ -36,4 +37,5 @@ def create_app(sidecar: Sidecar) -> web.Application:
     metrics = MetricsView()
     telemetry.add_metric_listener(metrics)
     setup_api_routes(app, sidecar, metrics)
+    setup_dashboard_routes(app, sidecar)
     return app

@@ -48,7 +48,7 @@ class MetricsView:
         self._latest: dict[str, dict[str, Any]] = {}
         self._exported_at: float | None = None
         self._history_seconds = history_seconds
-        self._history: dict[str, deque[tuple[float, float]]] = {}
+        self._history: dict[str, deque[tuple[float, ...]]] = {}
         self._max_points = max_points
 
     def __call__(self, data: MetricsData) -> None:
@@ -79,10 +79,13 @@ class MetricsView:
 
     def _record(self, name: str, now: float, metric: dict[str, Any]) -> None:
         total = 0.0
+        count = 0.0
         for point in metric["points"]:
             total += float(point.get("value", point.get("sum", 0.0)) or 0.0)
+            count += float(point.get("count", 0) or 0)
         series = self._history.setdefault(name, deque(maxlen=self._max_points))
-        series.append((now, total))
+        # Histograms also keep their count, so a chart can show the mean per interval.
+        series.append((now, total, count) if metric["kind"] == "histogram" else (now, total))
         while series and series[0][0] < now - self._history_seconds:
             series.popleft()
 
@@ -93,6 +96,6 @@ class MetricsView:
                 "exported_at": self._exported_at,
                 "metrics": dict(self._latest),
                 "history": {
-                    name: [[t, v] for t, v in series] for name, series in self._history.items()
+                    name: [list(p) for p in points] for name, points in self._history.items()
                 },
             }
