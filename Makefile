@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint deps system jaeger worker-deps r2-worker clean
+.PHONY: demo test bench lint docs deps system jaeger worker-deps r2-worker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ lint: $(STAMP)
 
 bench: deps
 	$(PY) -m bench
+
+docs: $(STAMP)
+	$(PY) scripts/gen_docs.py
 
 r2-worker: worker-deps
 	bash scripts/r2-worker.sh
