@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from agent.alerts.engine import AlertEngine
@@ -15,10 +17,25 @@ if TYPE_CHECKING:
     from agent.runtime import Sidecar
 
 
-def alert_config(settings: Settings) -> AlertConfig:
+def alert_config(settings: Settings, env: Mapping[str, str] | None = None) -> AlertConfig:
     """The validated [alerts] table (defaults when absent)."""
-    return load_alert_config(settings.alerts, source=settings.source,
-                             default_interval=settings.telemetry.export_interval)
+    return load_alert_config(
+        settings.alerts, source=settings.source, default_interval=export_interval(settings, env)
+    )
+
+
+def export_interval(settings: Settings, env: Mapping[str, str] | None = None) -> float:
+    """The metric export interval the reader really uses: OTEL_METRIC_EXPORT_INTERVAL (ms) wins.
+
+    The engine's default evaluation interval and its staleness follow the exports, so they must
+    read the same source as agent.telemetry.setup, not only [telemetry] export_interval.
+    """
+    env = os.environ if env is None else env
+    try:
+        millis = float(env.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip() or 0)
+    except ValueError:
+        millis = 0.0
+    return millis / 1000.0 if millis > 0 else float(settings.telemetry.export_interval)
 
 
 def notifiers_for(settings: Settings, *, evaluation_interval: float = 0.0) -> list[Notifier]:
@@ -28,8 +45,11 @@ def notifiers_for(settings: Settings, *, evaluation_interval: float = 0.0) -> li
     if settings.alerting.webhook_url:
         notifiers.append(WebhookNotifier(settings.alerting.webhook_url, external_url=external))
     if settings.alerting.alertmanager_url:
-        notifiers.append(AlertmanagerNotifier(settings.alerting.alertmanager_url,
-                                              evaluation_interval=evaluation_interval))
+        notifiers.append(
+            AlertmanagerNotifier(
+                settings.alerting.alertmanager_url, evaluation_interval=evaluation_interval
+            )
+        )
     return notifiers
 
 
@@ -68,6 +88,8 @@ async def send_test_notifications(settings: Settings) -> int:
     deliveries = await asyncio.wait_for(send_test(notifiers), timeout=120)
     for delivery in deliveries:
         verdict = "ok" if delivery.ok else f"failed: {delivery.error}"
-        print(f"{delivery.notifier}: {verdict} (attempts {delivery.attempts}, "
-              f"status {delivery.status})")
+        print(
+            f"{delivery.notifier}: {verdict} (attempts {delivery.attempts}, "
+            f"status {delivery.status})"
+        )
     return 0 if all(d.ok for d in deliveries) else 1
