@@ -192,7 +192,10 @@ class ResourceSampler:
             ),
             host_memory_total=int(memory.total),
             host_memory_available=int(memory.available),
-            process_cpu_utilization=self._process.cpu_percent(None) / (100.0 * self._cpus),
+            # Over a very short window the 10 ms CPU-time tick can overshoot; clamp to 0..1.
+            process_cpu_utilization=min(
+                1.0, self._process.cpu_percent(None) / (100.0 * self._cpus)
+            ),
         )
         self._sample = sample
         return sample

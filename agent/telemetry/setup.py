@@ -29,7 +29,7 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
@@ -45,7 +45,8 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Tracer, TracerProvider
+from opentelemetry.trace import Link, Tracer, TracerProvider
+from opentelemetry.trace.status import Status
 from opentelemetry.util.re import parse_env_headers
 
 from agent import __version__
@@ -179,10 +180,6 @@ class _MaskingSpanExporter(SpanExporter):
         return bool(self._inner.force_flush(timeout_millis))
 
     def _mask(self, span: ReadableSpan) -> ReadableSpan:
-        from opentelemetry.sdk.trace import Event
-        from opentelemetry.trace import Link
-        from opentelemetry.trace.status import Status
-
         mask = self._masker
         status = span.status
         if status.description:

@@ -1,0 +1,99 @@
+"""Secret masking: literal secrets, URL credentials, token parameters, auth headers, spans."""
+
+from __future__ import annotations
+
+from agent.config import settings_from_mapping
+from agent.telemetry.masking import Masker
+from agent.telemetry.setup import telemetry_for_tests
+
+
+def test_configured_secret_is_replaced_wherever_it_appears() -> None:
+    masker = Masker(["s3cr3t-value"])
+    assert (
+        masker.mask("login failed for s3cr3t-value (s3cr3t-value)") == "login failed for *** (***)"
+    )
+
+
+def test_secrets_shorter_than_four_characters_are_left_alone() -> None:
+    masker = Masker(["abc"])
+    assert masker.mask("abc abcd") == "abc abcd"
+
+
+def test_longer_secret_containing_a_shorter_one_is_masked_whole() -> None:
+    masker = Masker(["pass", "password-long"])
+    assert masker.mask("x password-long y") == "x *** y"
+
+
+def test_url_userinfo_is_masked() -> None:
+    masker = Masker()
+    assert masker.mask_url("redis://user:pw@redis:6379/0") == "redis://***@redis:6379/0"
+    assert masker.mask("see https://:tok@example.com/x") == "see https://***@example.com/x"
+
+
+def test_token_query_parameters_are_masked_case_insensitively() -> None:
+    masker = Masker()
+    url = (
+        "https://r2.example/f?X-Amz-Signature=abc&X-Amz-Credential=cred&name=report.pdf"
+        "&Token=t1&access_token=t2&API_KEY=k&sig=s&dl_token=d&code=c"
+    )
+    assert masker.mask_url(url) == (
+        "https://r2.example/f?X-Amz-Signature=***&X-Amz-Credential=***&name=report.pdf"
+        "&Token=***&access_token=***&API_KEY=***&sig=***&dl_token=***&code=***"
+    )
+
+
+def test_ordinary_query_parameters_are_kept() -> None:
+    masker = Masker()
+    assert (
+        masker.mask_url("https://x.example/?page=2&keyword=a")
+        == "https://x.example/?page=2&keyword=a"
+    )
+
+
+def test_authorization_header_values_are_masked() -> None:
+    masker = Masker()
+    assert masker.mask("Authorization: Bearer eyJhbGciOi.x.y") == "Authorization: Bearer ***"
+    assert (
+        masker.mask('{"authorization": "Basic dXNlcjpwYXNz"}') == '{"authorization": "Basic ***"}'
+    )
+    assert masker.mask("sent Bearer abcdefgh12345") == "sent Bearer ***"
+
+
+def test_prose_after_basic_is_not_mistaken_for_a_credential() -> None:
+    assert Masker().mask("Basic auth failed") == "Basic auth failed"
+
+
+def test_mask_value_walks_dicts_lists_and_tuples() -> None:
+    masker = Masker(["hunter2hunter2"])
+    value = {"a": ["hunter2hunter2", ("x", "https://u:p@h/")], "n": 3, "b": {"c": "hunter2hunter2"}}
+    assert masker.mask_value(value) == {
+        "a": ["***", ("x", "https://***@h/")],
+        "n": 3,
+        "b": {"c": "***"},
+    }
+
+
+def test_mask_attributes_returns_a_masked_copy() -> None:
+    masker = Masker(["tok-123456"])
+    attributes = {"url.full": "https://h/?token=tok-123456", "count": 2}
+    assert masker.mask_attributes(attributes) == {"url.full": "https://h/?token=***", "count": 2}
+    assert attributes["url.full"] == "https://h/?token=tok-123456"
+
+
+def test_secret_in_a_span_attribute_and_exception_message_is_masked_before_export() -> None:
+    settings = settings_from_mapping({"webhook": {"secret": "whsec-0123456789"}})
+    telemetry, spans, _reader, _logs = telemetry_for_tests(settings)
+    with telemetry.tracer("test").start_as_current_span("webhook.deliver") as span:
+        span.set_attribute("webhook.note", "signed with whsec-0123456789")
+        try:
+            raise RuntimeError("bad key whsec-0123456789 at https://u:pw@app/hook")
+        except RuntimeError as exc:
+            span.record_exception(exc)
+    telemetry.shutdown(2.0)
+    (finished,) = spans.get_finished_spans()
+    assert finished.attributes is not None
+    assert finished.attributes["webhook.note"] == "signed with ***"
+    event = finished.events[0]
+    assert event.attributes is not None
+    assert event.attributes["exception.message"] == "bad key *** at https://***@app/hook"
+    assert "whsec-0123456789" not in str(event.attributes["exception.stacktrace"])
