@@ -181,13 +181,18 @@ class TrackedLogExporter(LogRecordExporter):
 
 
 class TrackedMetricExporter(MetricExporter):
-    """Feeds metric listeners (the tee) with every export, then exports when an exporter is set.
+    """Feeds metric listeners (the tee) with every export, then hands the data to a sender thread.
 
-    With `inner=None` (OTEL_METRICS_EXPORTER=none or OTEL_SDK_DISABLED) only the listeners run,
-    so the alert engine keeps evaluating without a collector.
+    The reader's thread only runs the listeners: a dead collector (whose exporter retries for
+    seconds) never delays what the alert engine sees. The sender keeps at most `backlog`
+    batches; with cumulative temporality (the OTLP default) the newest batch supersedes older
+    ones, so dropping the oldest loses no totals. With `inner=None` (OTEL_METRICS_EXPORTER=none
+    or OTEL_SDK_DISABLED) only the listeners run.
     """
 
-    def __init__(self, inner: MetricExporter | None, tracker: ExportTracker) -> None:
+    def __init__(
+        self, inner: MetricExporter | None, tracker: ExportTracker, *, backlog: int = 2
+    ) -> None:
         super().__init__(
             preferred_temporality=getattr(inner, "_preferred_temporality", None),
             preferred_aggregation=getattr(inner, "_preferred_aggregation", None),
@@ -196,6 +201,12 @@ class TrackedMetricExporter(MetricExporter):
         self._tracker = tracker
         self._listeners: list[MetricListener] = []
         self._listeners_lock = threading.Lock()
+        self._backlog = backlog
+        self._queue: list[tuple[MetricsData, float]] = []
+        self._cond = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self._sender: threading.Thread | None = None
 
     def add_listener(self, listener: MetricListener) -> None:
         """Calls listener(metrics_data) at every export, before the data leaves the process."""
@@ -211,7 +222,7 @@ class TrackedMetricExporter(MetricExporter):
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
-        """Tees to the listeners, then exports (when an exporter is set) and records the outcome."""
+        """Tees to the listeners, then queues the data for the sender thread."""
         with self._listeners_lock:
             listeners = list(self._listeners)
         for listener in listeners:
@@ -219,24 +230,69 @@ class TrackedMetricExporter(MetricExporter):
                 listener(metrics_data)
             except Exception:  # a broken listener must never stop the export
                 _logger.exception("metric listener %r failed", listener)
-        inner = self._inner
-        if inner is None:
+        if self._inner is None:
             return MetricExportResult.SUCCESS
-        ok = _run_export(
-            self._tracker,
-            "metrics",
-            lambda: (
-                inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-                == MetricExportResult.SUCCESS
-            ),
-        )
-        return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
+        with self._cond:
+            if self._closed:
+                return MetricExportResult.FAILURE
+            if len(self._queue) >= self._backlog:
+                self._queue.pop(0)
+                self._tracker.failure("metrics", "export backlog full: oldest batch dropped")
+            self._queue.append((metrics_data, timeout_millis))
+            if self._sender is None:
+                self._sender = threading.Thread(
+                    target=self._send_loop, name="metric-sender", daemon=True
+                )
+                self._sender.start()
+            self._cond.notify_all()
+        return MetricExportResult.SUCCESS
+
+    def _send_loop(self) -> None:
+        inner = self._inner
+        assert inner is not None
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                data, timeout_millis = self._queue.pop(0)
+                self._busy = True
+            try:
+                _run_export(
+                    self._tracker,
+                    "metrics",
+                    lambda d=data, t=timeout_millis: (  # type: ignore[misc]
+                        inner.export(d, timeout_millis=t) == MetricExportResult.SUCCESS
+                    ),
+                )
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _drain(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        """Flushes the wrapped exporter."""
-        return True if self._inner is None else bool(self._inner.force_flush(timeout_millis))
+        """Waits (bounded) until queued batches are sent, then flushes the wrapped exporter."""
+        if self._inner is None:
+            return True
+        return self._drain(timeout_millis / 1000) and bool(self._inner.force_flush(timeout_millis))
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        """Shuts the wrapped exporter down."""
-        if self._inner is not None:
-            self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+        """Sends what is queued within the timeout, then shuts the wrapped exporter down."""
+        if self._inner is None:
+            return
+        self._drain(timeout_millis / 1000)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)

@@ -393,11 +393,6 @@ labels = { severity = "info" }
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the tee feeds the engine from the exporter thread, so a down collector's retries "
-    "(~8 s per export) starve it: series go stale and a steady alert flaps",
-)
 async def test_a_steady_alert_does_not_flap_while_the_collector_is_down(
     receiver: Receiver, sidecar_process: Callable[..., SidecarProcess]
 ) -> None:
