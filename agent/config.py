@@ -243,7 +243,7 @@ class TelemetrySettings:
     """Export to the OpenTelemetry collector (standard OTEL_* variables are read by the SDK)."""
 
     export_interval: Duration = setting(
-        Duration(15.0), "OTEL_METRIC_EXPORT_INTERVAL_SECONDS", doc="Metric export interval."
+        Duration(15.0), doc="Metric export interval (OTEL_METRIC_EXPORT_INTERVAL, in ms, wins)."
     )
     shutdown_timeout: Duration = setting(
         Duration(3.0), doc="Upper bound of flushing telemetry at shutdown."

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Mapping
+import socket
 from typing import TYPE_CHECKING
 
 from agent.alerts.engine import AlertEngine
@@ -17,30 +16,30 @@ if TYPE_CHECKING:
     from agent.runtime import Sidecar
 
 
-def alert_config(settings: Settings, env: Mapping[str, str] | None = None) -> AlertConfig:
-    """The validated [alerts] table (defaults when absent)."""
-    return load_alert_config(
-        settings.alerts, source=settings.source, default_interval=export_interval(settings, env)
-    )
+def alert_config(settings: Settings, export_interval: float | None = None) -> AlertConfig:
+    """The validated [alerts] table (defaults when absent).
 
-
-def export_interval(settings: Settings, env: Mapping[str, str] | None = None) -> float:
-    """The metric export interval the reader really uses: OTEL_METRIC_EXPORT_INTERVAL (ms) wins.
-
-    The engine's default evaluation interval and its staleness follow the exports, so they must
-    read the same source as agent.telemetry.setup, not only [telemetry] export_interval.
+    The default evaluation interval and the staleness follow the real metric export interval
+    (OTEL_METRIC_EXPORT_INTERVAL wins over [telemetry] export_interval), which the running
+    telemetry reports.
     """
-    env = os.environ if env is None else env
-    try:
-        millis = float(env.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip() or 0)
-    except ValueError:
-        millis = 0.0
-    return millis / 1000.0 if millis > 0 else float(settings.telemetry.export_interval)
+    interval = settings.telemetry.export_interval if export_interval is None else export_interval
+    return load_alert_config(settings.alerts, source=settings.source, default_interval=interval)
+
+
+def external_url(settings: Settings) -> str:
+    """How operators reach this sidecar, for externalURL and generatorURL."""
+    if settings.alerting.external_url:
+        return settings.alerting.external_url.rstrip("/")
+    host = settings.server.host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"http://{host}:{settings.server.port}"
 
 
 def notifiers_for(settings: Settings, *, evaluation_interval: float = 0.0) -> list[Notifier]:
     """One notifier per configured destination (none: alerts are only logged)."""
-    external = f"http://{settings.server.host}:{settings.server.port}"
+    external = external_url(settings)
     notifiers: list[Notifier] = []
     if settings.alerting.webhook_url:
         notifiers.append(WebhookNotifier(settings.alerting.webhook_url, external_url=external))
@@ -56,7 +55,7 @@ def notifiers_for(settings: Settings, *, evaluation_interval: float = 0.0) -> li
 async def start_alert_engine(sidecar: Sidecar) -> None:
     """Builds the engine, restores its state, tees the metric exporter into it, and runs it."""
     settings = sidecar.settings
-    config = alert_config(settings)
+    config = alert_config(settings, sidecar.telemetry.export_interval)
     telemetry = sidecar.telemetry
     engine = AlertEngine(
         config,
@@ -65,7 +64,7 @@ async def start_alert_engine(sidecar: Sidecar) -> None:
         instruments=telemetry.instruments,
         tracer=telemetry.tracer("agent.alerts"),
         logger=get_logger("alerts"),
-        external_url=f"http://{settings.server.host}:{settings.server.port}",
+        external_url=external_url(settings),
     )
     telemetry.add_metric_listener(engine.on_metrics)
     sidecar.components["alerts"] = engine

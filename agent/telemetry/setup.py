@@ -82,6 +82,7 @@ class Telemetry:
     masker: Masker
     exports: ExportTracker
     _metric_tee: TrackedMetricExporter = field(repr=False)
+    export_interval: float = 15.0
     _closed: bool = field(default=False, repr=False)
 
     def tracer(self, name: str) -> Tracer:
@@ -272,6 +273,7 @@ def setup_telemetry(
         masker=masker,
         exports=exports,
         _metric_tee=tee,
+        export_interval=interval,
     )
 
 
