@@ -31,13 +31,15 @@ def start_components(settings: Settings) -> list[StartHook]:
 
 async def start_delivery_stats(sidecar: Sidecar) -> None:
     """The 24 h webhook window behind /health's metrics block and the webhook gauges."""
-    stats = DeliveryStats(sidecar.store, sidecar.telemetry.instruments,
-                          active=lambda: _active_webhooks(sidecar))
+    stats = DeliveryStats(
+        sidecar.store, sidecar.telemetry.instruments, active=lambda: _active_webhooks(sidecar)
+    )
     await stats.refresh()
     sidecar.components["delivery_stats"] = stats
     sidecar.health_sources.deliveries = stats.health
-    sidecar.spawn(stats.run(sidecar.stopping, min(15.0, sidecar.settings.health.interval)),
-                  "delivery-stats")
+    sidecar.spawn(
+        stats.run(sidecar.stopping, min(15.0, sidecar.settings.health.interval)), "delivery-stats"
+    )
 
 
 def _active_webhooks(sidecar: Sidecar) -> int:
@@ -57,23 +59,42 @@ async def start_pipeline(sidecar: Sidecar) -> None:
     telemetry = sidecar.telemetry
     assert sidecar.http is not None
     tracer = telemetry.tracer("agent.pipeline")
-    webhook = WebhookClient(settings.webhook, session=sidecar.http, tracer=tracer,
-                            instruments=telemetry.instruments, store=sidecar.store,
-                            masker=telemetry.masker)
+    webhook = WebhookClient(
+        settings.webhook,
+        session=sidecar.http,
+        tracer=tracer,
+        instruments=telemetry.instruments,
+        store=sidecar.store,
+        masker=telemetry.masker,
+    )
     sidecar.components["webhook"] = webhook
     transfers = _transfers(sidecar)
-    processor = EmailProcessor(settings, store=sidecar.store, tracer=tracer,
-                               instruments=telemetry.instruments, webhook=webhook,
-                               links=LinkRegistry(settings.links), transfers=transfers)
+    processor = EmailProcessor(
+        settings,
+        store=sidecar.store,
+        tracer=tracer,
+        instruments=telemetry.instruments,
+        webhook=webhook,
+        links=LinkRegistry(settings.links),
+        transfers=transfers,
+    )
     holder = replica_id()
     pollers = [
-        MailboxPoller(box, settings, holder=holder, store=sidecar.store, tracer=tracer,
-                      instruments=telemetry.instruments, processor=processor)
+        MailboxPoller(
+            box,
+            settings,
+            holder=holder,
+            store=sidecar.store,
+            tracer=tracer,
+            instruments=telemetry.instruments,
+            processor=processor,
+        )
         for box in settings.mailboxes
     ]
     sidecar.components["pollers"] = pollers
-    replicas = _Replicas(sidecar, holder,
-                         interval=min(box.poll_interval for box in settings.mailboxes))
+    replicas = _Replicas(
+        sidecar, holder, interval=min(box.poll_interval for box in settings.mailboxes)
+    )
     await replicas.beat()
     sidecar.spawn(replicas.run(), "replica-heartbeat")
 

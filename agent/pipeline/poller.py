@@ -91,7 +91,9 @@ class MailboxPoller:
 
     def liveness(self) -> tuple[bool, str]:
         """A leader with no successful cycle for stall_after seconds is stalled."""
-        if not self.leader:
+        # A cycle that hangs stops renewing, so its lease expires long before stall_after: the
+        # lease still held (even if expired) is what marks this poller as the one that should run.
+        if self._lease is None:
             return True, ""
         since = self.last_success or self.started_at
         idle = self._clock() - since

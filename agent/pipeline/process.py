@@ -103,6 +103,8 @@ class EmailProcessor:
         self._transfers = transfers
         self._clock = clock
         self._log = get_logger("imap")
+        # Emails with an attempt count in the store: only those need it cleared once done.
+        self._counted: set[str] = set()
 
     async def process(
         self,
@@ -149,7 +151,8 @@ class EmailProcessor:
             return ProcessOutcome(uid, "duplicate", "already processed")
         parsed = await self._parse(message)
         key = content_key(parsed)
-        if key is not None and await self._store.is_processed(key):
+        skip_existing = self._settings.imap.uidvalidity_policy == "skip_existing"
+        if key is not None and skip_existing and await self._store.is_processed(key):
             await self._store.mark_processed(email_id, self._settings.store.processed_ttl)
             return ProcessOutcome(uid, "duplicate", "same message already processed")
         limits = self._settings.parse
@@ -222,7 +225,11 @@ class EmailProcessor:
         await self._store.mark_processed(email_id, ttl)
         if key is not None:
             await self._store.mark_processed(key, ttl)
-        await self._store.clear_attempts(email_id)
+        # A count left by an earlier process is harmless (a processed id is never retried) and
+        # expires with processed_ttl; skipping the clear saves a store round trip per message.
+        if email_id in self._counted:
+            await self._store.clear_attempts(email_id)
+            self._counted.discard(email_id)
 
     async def _count_failure(
         self, mailbox: str, email_id: str, outcome: ProcessOutcome
@@ -230,6 +237,7 @@ class EmailProcessor:
         """After imap.max_attempts failed attempts the message is dead-lettered with its reason."""
         try:
             attempts = await self._store.incr_attempts(email_id, self._settings.store.processed_ttl)
+            self._counted.add(email_id)
             if attempts < self._settings.imap.max_attempts:
                 return outcome
             reason = f"gave up after {attempts} attempts: {outcome.reason}"

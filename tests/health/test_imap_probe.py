@@ -1,0 +1,55 @@
+"""The imap probe against real Dovecot and a black hole: ok, auth error, down, timeout."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from agent.config import MailboxSettings, Settings, settings_from_mapping
+from agent.health.base import ProbeContext
+from agent.health.probes.imap import probe
+from tests.fixtures.blackhole import BlackHole
+from tests.fixtures.dovecot import Dovecot
+
+
+def _context(*mailboxes: MailboxSettings, timeout: str = "2s") -> ProbeContext:
+    settings = settings_from_mapping({"health": {"timeout": timeout}})
+    return ProbeContext(settings=dataclasses.replace(settings, mailboxes=list(mailboxes)))
+
+
+async def test_ok_when_every_mailbox_accepts_a_login(dovecot: Dovecot) -> None:
+    result = await probe(_context(dovecot.settings("alice"), dovecot.settings("bob")))
+    assert result.status == "ok"
+    assert set(result.data["latency_ms"]) == {"alice-test", "bob-test"}
+
+
+async def test_a_wrong_password_is_an_auth_error_naming_the_mailbox(dovecot: Dovecot) -> None:
+    wrong = dataclasses.replace(dovecot.settings("alice"), password="wrong")
+    result = await probe(_context(wrong))
+    assert result.status == "error"
+    assert result.data["error.type"] == "auth"
+    assert result.detail.startswith("alice-test:")
+    assert "wrong" not in result.detail
+
+
+async def test_a_stopped_server_is_a_connection_error(dovecot: Dovecot) -> None:
+    mailbox = dovecot.settings("alice")
+    dovecot.stop()
+    result = await probe(_context(mailbox))
+    assert result.status == "error"
+    assert result.data["error.type"] == "connection"
+
+
+async def test_a_silent_server_is_a_timeout_within_the_health_timeout(blackhole: BlackHole) -> None:
+    mailbox = MailboxSettings(name="hole", host="127.0.0.1", port=blackhole.port,
+                              username="u", password="p", tls="none")  # fmt: skip
+    started = time.monotonic()
+    result = await probe(_context(mailbox, timeout="1s"))
+    assert time.monotonic() - started < 1.0 + 3.0
+    assert result.status == "error"
+    assert result.data["error.type"] == "timeout"
+
+
+async def test_no_mailbox_is_not_configured() -> None:
+    result = await probe(ProbeContext(settings=Settings()))
+    assert result.status == "not_configured"

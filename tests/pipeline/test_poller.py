@@ -1,0 +1,332 @@
+"""MailboxPoller against real Dovecot, a real store and receiver: lease, watermark, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from agent.config import Duration, MailboxSettings, Settings, settings_from_mapping
+from agent.pipeline.links import LinkRegistry
+from agent.pipeline.poller import LeaseLost, MailboxPoller, fair_share
+from agent.pipeline.process import EmailProcessor
+from agent.pipeline.webhook import WebhookClient
+from agent.store.base import Store, Watermark
+from agent.store.local import LocalStore
+from agent.telemetry.setup import Telemetry, telemetry_for_tests
+from tests.fixtures.blackhole import BlackHole
+from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.receiver import Receiver
+from tests.pipeline.hostile import DROPBOX_URL, make_message
+
+_SECTIONS: dict[str, Any] = {
+    "imap": {"timeout": "2s", "lease_ttl": "60s", "concurrency": 1, "batch_size": 10},
+    "webhook": {"backoff_initial": "10ms", "retry_budget": "1s", "max_attempts": 1},
+}
+
+
+@dataclass
+class Pipeline:
+    """One mailbox's poller with its processor, webhook client and store, telemetry in memory."""
+
+    settings: Settings
+    store: Store
+    telemetry: Telemetry
+    spans: InMemorySpanExporter
+    session: aiohttp.ClientSession
+
+    def poller(
+        self,
+        mailbox: MailboxSettings,
+        *,
+        holder: str = "replica-a",
+        clock: Callable[[], float] = time.time,
+    ) -> MailboxPoller:
+        tracer = self.telemetry.tracer("test")
+        webhook = WebhookClient(self.settings.webhook, session=self.session, tracer=tracer,
+                                instruments=self.telemetry.instruments, store=self.store,
+                                masker=self.telemetry.masker)  # fmt: skip
+        processor = EmailProcessor(self.settings, store=self.store, tracer=tracer,
+                                   instruments=self.telemetry.instruments, webhook=webhook,
+                                   links=LinkRegistry(self.settings.links))  # fmt: skip
+        return MailboxPoller(mailbox, self.settings, holder=holder, store=self.store,
+                             tracer=tracer, instruments=self.telemetry.instruments,
+                             processor=processor, clock=clock)  # fmt: skip
+
+
+@pytest.fixture
+async def make_pipeline(
+    tmp_path: Path, receiver: Receiver
+) -> AsyncIterator[Callable[..., Awaitable[Pipeline]]]:
+    """make_pipeline(**sections) -> a Pipeline (sections merge over the defaults), closed after."""
+    opened: list[Pipeline] = []
+
+    async def make(**sections: dict[str, Any]) -> Pipeline:
+        merged = {name: {**_SECTIONS.get(name, {}), **sections.get(name, {})}
+                  for name in {*_SECTIONS, *sections}}  # fmt: skip
+        merged["webhook"].setdefault("url", receiver.url + "/hook")
+        settings = settings_from_mapping(merged)
+        telemetry, spans, _reader, _logs = telemetry_for_tests(settings)
+        store = LocalStore(tmp_path / f"state-{len(opened)}.sqlite3")
+        await store.start()
+        built = Pipeline(settings, store, telemetry, spans, aiohttp.ClientSession())
+        opened.append(built)
+        return built
+
+    yield make
+    for built in opened:
+        await built.session.close()
+        await built.store.close()
+        built.telemetry.shutdown(2.0)
+
+
+@pytest.fixture
+async def pipeline(make_pipeline: Callable[..., Awaitable[Pipeline]]) -> Pipeline:
+    return await make_pipeline()
+
+
+def _mails(count: int, start: int = 0) -> list[bytes]:
+    return [make_message(subject=f"mail {i}", message_id=f"<poller-{i}@test.example>",
+                         links=[DROPBOX_URL] if i % 2 else [])
+            for i in range(start, start + count)]  # fmt: skip
+
+
+def _keys(receiver: Receiver) -> list[str]:
+    return [r.headers["Idempotency-Key"] for r in receiver.requests]
+
+
+async def _lead(poller: MailboxPoller) -> None:
+    assert await poller._hold_lease(lambda: 1), "the lease should be free"
+
+
+async def test_one_cycle_delivers_every_new_message_and_moves_the_watermark_to_the_last_uid(
+    pipeline: Pipeline, dovecot: Dovecot, receiver: Receiver
+) -> None:
+    dovecot.append_many("alice", _mails(12))
+    poller = pipeline.poller(dovecot.settings("alice"))
+    await _lead(poller)
+    await poller.cycle()
+    assert len(set(_keys(receiver))) == len(receiver.requests) == 12
+    mark = await pipeline.store.get_watermark(poller.mailbox.name)
+    assert mark == Watermark(dovecot.uidvalidity("alice"), 12)
+
+
+async def test_a_second_cycle_without_new_mail_sends_nothing(
+    pipeline: Pipeline, dovecot: Dovecot, receiver: Receiver
+) -> None:
+    dovecot.append_many("alice", _mails(3))
+    poller = pipeline.poller(dovecot.settings("alice"))
+    await _lead(poller)
+    await poller.cycle()
+    await poller.cycle()
+    assert len(receiver.requests) == 3
+
+
+async def test_watermark_does_not_move_past_a_failed_message(
+    pipeline: Pipeline, dovecot: Dovecot, receiver: Receiver
+) -> None:
+    dovecot.append_many("alice", _mails(5))
+    receiver.answers = [200, 200, 503, 200, 200]
+    poller = pipeline.poller(dovecot.settings("alice"))
+    await _lead(poller)
+    await poller.cycle()
+    mark = await pipeline.store.get_watermark(poller.mailbox.name)
+    assert mark is not None
+    assert mark.uid == 2
+
+
+async def test_the_next_cycle_retries_the_failed_message_only_and_then_passes_it(
+    pipeline: Pipeline, dovecot: Dovecot, receiver: Receiver
+) -> None:
+    dovecot.append_many("alice", _mails(5))
+    receiver.answers = [200, 200, 503, 200, 200]
+    poller = pipeline.poller(dovecot.settings("alice"))
+    await _lead(poller)
+    await poller.cycle()
+    await poller.cycle()
+    keys = _keys(receiver)
+    assert len(keys) == 6
+    assert keys[5] == keys[2]
+    mark = await pipeline.store.get_watermark(poller.mailbox.name)
+    assert mark is not None
+    assert mark.uid == 5
+
+
+async def test_a_message_failing_max_attempts_times_is_dead_lettered_and_passed(
+    make_pipeline: Callable[..., Awaitable[Pipeline]], dovecot: Dovecot, receiver: Receiver
+) -> None:
+    pipeline = await make_pipeline(imap={"max_attempts": 2})
+    dovecot.append_many("alice", _mails(1))
+    receiver.default = 503
+    poller = pipeline.poller(dovecot.settings("alice"))
+    await _lead(poller)
+    await poller.cycle()
+    first = await pipeline.store.get_watermark(poller.mailbox.name)
+    await poller.cycle()
+    second = await pipeline.store.get_watermark(poller.mailbox.name)
+    log = await pipeline.store.recent_deliveries(10)
+    assert (first and first.uid, second and second.uid) == (0, 1)
+    dead = [r for r in log if r.outcome == "dead_lettered"]
+    assert len(dead) == 1
+    assert "gave up after 2 attempts" in dead[0].error
+
+
+async def test_uidvalidity_change_delivers_only_mail_not_delivered_before(
+    pipeline: Pipeline, dovecot: Dovecot, receiver: Receiver
+) -> None:
+    old = _mails(4)
+    dovecot.append_many("alice", old)
+    poller = pipeline.poller(dovecot.settings("alice"))
+    await _lead(poller)
+    await poller.cycle()
+    dovecot.recreate_folder("alice")
+    dovecot.append_many("alice", [*old, *_mails(1, start=100)])
+    await poller.cycle()
+    subjects = [r.json["subject"] for r in receiver.requests]
+    assert sorted(subjects) == ["mail 0", "mail 1", "mail 100", "mail 2", "mail 3"]
+    mark = await pipeline.store.get_watermark(poller.mailbox.name)
+    assert mark is not None
+    assert mark.uidvalidity == dovecot.uidvalidity("alice")
+
+
+async def test_reprocess_policy_delivers_the_folder_again_after_a_uidvalidity_change(
+    make_pipeline: Callable[..., Awaitable[Pipeline]], dovecot: Dovecot, receiver: Receiver
+) -> None:
+    pipeline = await make_pipeline(imap={"uidvalidity_policy": "reprocess"})
+    old = _mails(2)
+    dovecot.append_many("alice", old)
+    poller = pipeline.poller(dovecot.settings("alice"))
+    await _lead(poller)
+    await poller.cycle()
+    dovecot.recreate_folder("alice")
+    dovecot.append_many("alice", old)
+    await poller.cycle()
+    assert [r.json["subject"] for r in receiver.requests] == ["mail 0", "mail 1"] * 2
+    assert len(set(_keys(receiver))) == 4
+
+
+async def test_a_poller_whose_lease_was_taken_cannot_move_the_watermark(
+    make_pipeline: Callable[..., Awaitable[Pipeline]], dovecot: Dovecot, receiver: Receiver
+) -> None:
+    pipeline = await make_pipeline(imap={"lease_ttl": "1s"})
+    dovecot.append_many("alice", _mails(2))
+    old = pipeline.poller(dovecot.settings("alice"), holder="replica-a")
+    await _lead(old)
+    await asyncio.sleep(1.2)
+    new = pipeline.poller(dovecot.settings("alice"), holder="replica-b")
+    await _lead(new)
+    with pytest.raises(LeaseLost):
+        await old.cycle()
+    mark = await pipeline.store.get_watermark(old.mailbox.name)
+    assert mark is None or mark.uid == 0
+
+
+async def test_a_replica_takes_no_more_mailboxes_than_its_fair_share(
+    pipeline: Pipeline, dovecot: Dovecot
+) -> None:
+    alice = pipeline.poller(dovecot.settings("alice"))
+    bob = pipeline.poller(dovecot.settings("bob"))
+    assert await alice._hold_lease(lambda: 1)
+    assert not await bob._hold_lease(lambda: 1)
+    assert await bob._hold_lease(lambda: 2)
+
+
+def test_fair_share_is_the_ceiling_of_mailboxes_over_replicas() -> None:
+    assert [fair_share(3, 2), fair_share(4, 2), fair_share(1, 3), fair_share(2, 0)] == [2, 2, 1, 2]
+
+
+async def test_a_leader_whose_cycle_hangs_past_its_lease_is_reported_stalled(
+    pipeline: Pipeline, dovecot: Dovecot
+) -> None:
+    """A hung cycle stops renewing its lease (60 s) long before stall_after (300 s) is reached."""
+    now = [time.time()]
+    mailbox = dataclasses.replace(dovecot.settings("alice"), poll_interval=Duration(1.0))
+    poller = pipeline.poller(mailbox, clock=lambda: now[0])
+    await _lead(poller)
+    assert poller.liveness()[0]
+    now[0] += poller.stall_after - 1
+    assert poller.liveness()[0]
+    now[0] += 2
+    ok, why = poller.liveness()
+    assert not ok
+    assert "no successful cycle" in why
+    assert poller.status()["status"] == "stalled"
+
+
+async def test_a_silent_imap_server_fails_the_cycle_within_the_imap_timeout(
+    pipeline: Pipeline, blackhole: BlackHole
+) -> None:
+    mailbox = MailboxSettings(name="hole", host="127.0.0.1", port=blackhole.port,
+                              username="u", password="p", tls="none")  # fmt: skip
+    poller = pipeline.poller(mailbox)
+    await _lead(poller)
+    started = time.monotonic()
+    await poller.cycle()
+    elapsed = time.monotonic() - started
+    # The configured timeout is 2 s; the asyncio backstop adds a little slack on top.
+    assert elapsed < 2.0 + 3.0
+    assert "timeout" in poller.last_error
+    assert poller.status()["status"] == "error"
+    assert poller.liveness()[0]
+
+
+async def test_the_poller_keeps_attempting_cycles_against_a_silent_server(
+    pipeline: Pipeline, blackhole: BlackHole
+) -> None:
+    mailbox = MailboxSettings(name="hole", host="127.0.0.1", port=blackhole.port, username="u",
+                              password="p", tls="none", poll_interval=Duration(0.1))  # fmt: skip
+    poller = pipeline.poller(mailbox)
+    stop = asyncio.Event()
+    task = asyncio.create_task(poller.run(stop, lambda: 1))
+    try:
+        async with asyncio.timeout(20):
+            while blackhole.accepted < 2:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await task
+    assert poller.last_success is None
+    assert "timeout" in poller.last_error
+
+
+async def test_a_frozen_dovecot_fails_the_cycle_within_the_imap_timeout(
+    pipeline: Pipeline, dovecot: Dovecot, receiver: Receiver
+) -> None:
+    poller = pipeline.poller(dovecot.settings("alice"))
+    await _lead(poller)
+    await poller.cycle()
+    dovecot.pause()
+    try:
+        started = time.monotonic()
+        await poller.cycle()
+        elapsed = time.monotonic() - started
+    finally:
+        dovecot.resume()
+    assert elapsed < 2.0 + 3.0
+    assert "timeout" in poller.last_error
+    dovecot.append("alice", _mails(1)[0])
+    await poller.cycle()
+    assert poller.last_error == ""
+    assert len(receiver.requests) == 1
+
+
+async def test_each_cycle_is_one_imap_poll_trace(pipeline: Pipeline, dovecot: Dovecot) -> None:
+    dovecot.append_many("alice", _mails(2))
+    poller = pipeline.poller(dovecot.settings("alice"))
+    await _lead(poller)
+    await poller.cycle()
+    await poller.cycle()
+    polls = [s for s in pipeline.spans.get_finished_spans() if s.name == "imap.poll"]
+    assert len(polls) == 2
+    assert all(s.parent is None for s in polls)
+    assert polls[0].attributes is not None
+    assert polls[0].attributes["imap.messages"] == 2

@@ -1,0 +1,235 @@
+"""EmailProcessor with a real store and receiver: one trace per email, dedupe, links, hostile."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext, TraceFlags
+
+from agent.config import Settings, settings_from_mapping
+from agent.pipeline.imap import FetchedMessage
+from agent.pipeline.links import LinkRegistry
+from agent.pipeline.process import EmailProcessor, ProcessOutcome, email_id_for
+from agent.pipeline.webhook import WebhookClient
+from agent.store.local import LocalStore
+from agent.telemetry.logs import configure_logging
+from agent.telemetry.setup import Telemetry, telemetry_for_tests
+from tests.fixtures.receiver import Receiver
+from tests.pipeline import hostile
+
+POLL = SpanContext(trace_id=0xABC, span_id=0xDEF, is_remote=False,
+                   trace_flags=TraceFlags(TraceFlags.SAMPLED))  # fmt: skip
+SWISS_URL = "https://www.swisstransfer.com/d/8a7b6c5d-1234"
+SMASH_URL = "https://fromsmash.com/AbCdEf-ct"
+
+
+@dataclass
+class Processing:
+    """An EmailProcessor over a real store and the receiver, telemetry in memory."""
+
+    processor: EmailProcessor
+    store: LocalStore
+    spans: InMemorySpanExporter
+    settings: Settings
+    telemetry: Telemetry
+
+    async def process(self, raw: bytes, uid: int = 1, uidvalidity: int = 7) -> ProcessOutcome:
+        message = FetchedMessage(uid=uid, size=len(raw), data=raw, partial=False)
+        return await self.processor.process("box", uidvalidity, message, POLL)
+
+
+@pytest.fixture
+async def make_processing(
+    tmp_path: Path, receiver: Receiver
+) -> AsyncIterator[Callable[..., Awaitable[Processing]]]:
+    """make_processing(**sections) -> a Processing whose webhook goes to the receiver."""
+    opened: list[tuple[Telemetry, aiohttp.ClientSession, LocalStore]] = []
+
+    async def make(**sections: dict[str, Any]) -> Processing:
+        webhook = {"url": receiver.url + "/hook", "secret": "s", "max_attempts": 1,
+                   **sections.pop("webhook", {})}  # fmt: skip
+        settings = settings_from_mapping({"webhook": webhook, **sections})
+        telemetry, spans, _reader, _logs = telemetry_for_tests(settings)
+        store = LocalStore(tmp_path / f"state-{len(opened)}.sqlite3")
+        await store.start()
+        session = aiohttp.ClientSession()
+        opened.append((telemetry, session, store))
+        tracer = telemetry.tracer("test")
+        client = WebhookClient(settings.webhook, session=session, tracer=tracer,
+                               instruments=telemetry.instruments, store=store,
+                               masker=telemetry.masker)  # fmt: skip
+        processor = EmailProcessor(settings, store=store, tracer=tracer,
+                                   instruments=telemetry.instruments, webhook=client,
+                                   links=LinkRegistry(settings.links))  # fmt: skip
+        return Processing(processor, store, spans, settings, telemetry)
+
+    yield make
+    for telemetry, session, store in opened:
+        await session.close()
+        await store.close()
+        telemetry.shutdown(2.0)
+
+
+@pytest.fixture
+async def processing(make_processing: Callable[..., Awaitable[Processing]]) -> Processing:
+    return await make_processing()
+
+
+async def test_email_process_is_a_new_trace_linked_to_its_poll_span(
+    processing: Processing, receiver: Receiver
+) -> None:
+    await processing.process(hostile.ordinary())
+    (root,) = [s for s in processing.spans.get_finished_spans() if s.name == "email.process"]
+    assert root.parent is None
+    assert root.context is not None
+    assert root.context.trace_id != POLL.trace_id
+    assert [link.context for link in root.links] == [POLL]
+
+
+async def test_parse_deliver_and_the_http_span_are_children_in_the_email_trace(
+    processing: Processing, receiver: Receiver
+) -> None:
+    await processing.process(hostile.ordinary())
+    spans = {s.name: s for s in processing.spans.get_finished_spans()}
+    root = spans["email.process"]
+    assert root.context is not None
+    for name, parent in (("email.parse", root), ("webhook.deliver", root),
+                         ("POST", spans["webhook.deliver"])):  # fmt: skip
+        assert spans[name].parent is not None
+        assert parent.context is not None
+        assert spans[name].parent.span_id == parent.context.span_id, name
+        assert spans[name].context.trace_id == root.context.trace_id, name  # type: ignore[union-attr]
+    trace_id = receiver.requests[0].headers["traceparent"].split("-")[1]
+    assert trace_id == f"{root.context.trace_id:032x}"
+
+
+async def test_logs_inside_the_email_trace_carry_its_trace_id(
+    make_processing: Callable[..., Awaitable[Processing]], receiver: Receiver
+) -> None:
+    receiver.answers = [400]
+    stream = io.StringIO()
+    # Loggers bind the configuration current when they are created: configure first.
+    configure_logging(None, stream=stream)
+    try:
+        processing = await make_processing()
+        await processing.process(hostile.ordinary())
+    finally:
+        configure_logging(None, stream=io.StringIO())
+    (root,) = [s for s in processing.spans.get_finished_spans() if s.name == "email.process"]
+    assert root.context is not None
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    inside = [e for e in events if e["event"] in ("webhook.delivery", "email.dead_lettered")]
+    assert len(inside) == 2, events
+    assert {e.get("trace_id") for e in inside} == {f"{root.context.trace_id:032x}"}
+
+
+async def test_payload_names_the_providers_and_links_found(
+    processing: Processing, receiver: Receiver
+) -> None:
+    raw = hostile.make_message(
+        links=[hostile.DROPBOX_URL, hostile.WETRANSFER_URL, SWISS_URL, SMASH_URL,
+               "https://example.com/not-a-provider"],
+        html="<html><body><p>files</p></body></html>",
+    )  # fmt: skip
+    outcome = await processing.process(raw)
+    assert outcome.outcome == "delivered"
+    links = receiver.requests[0].json["delivery_links"]
+    assert {(link["provider"], link["url"]) for link in links} == {
+        ("dropbox", hostile.DROPBOX_URL),
+        ("wetransfer", hostile.WETRANSFER_URL),
+        ("swisstransfer", SWISS_URL),
+        ("fromsmash", SMASH_URL),
+    }
+
+
+async def test_mail_without_links_gets_one_webhook_with_an_empty_delivery_links_list(
+    processing: Processing, receiver: Receiver
+) -> None:
+    outcome = await processing.process(hostile.make_message(text="no links here"))
+    assert outcome.outcome == "delivered"
+    assert len(receiver.requests) == 1
+    assert receiver.requests[0].json["delivery_links"] == []
+
+
+async def test_only_with_links_skips_mail_without_links_and_records_it_as_processed(
+    make_processing: Callable[..., Awaitable[Processing]], receiver: Receiver
+) -> None:
+    processing = await make_processing(webhook={"only_with_links": True})
+    skipped = await processing.process(hostile.make_message(text="nothing"), uid=1)
+    sent = await processing.process(
+        hostile.make_message(links=[hostile.DROPBOX_URL], message_id="<b@x>"), uid=2
+    )
+    assert (skipped.outcome, sent.outcome) == ("skipped", "delivered")
+    assert skipped.durable
+    assert len(receiver.requests) == 1
+    assert await processing.store.is_processed(email_id_for("box", 7, 1))
+
+
+async def test_a_processed_email_id_is_not_delivered_again(
+    processing: Processing, receiver: Receiver
+) -> None:
+    await processing.process(hostile.ordinary(), uid=3)
+    again = await processing.process(hostile.ordinary(), uid=3)
+    assert again.outcome == "duplicate"
+    assert len(receiver.requests) == 1
+
+
+async def test_the_same_mail_under_a_new_uidvalidity_is_a_duplicate(
+    processing: Processing, receiver: Receiver
+) -> None:
+    await processing.process(hostile.ordinary(), uid=3, uidvalidity=7)
+    again = await processing.process(hostile.ordinary(), uid=1, uidvalidity=8)
+    assert again.outcome == "duplicate"
+    assert len(receiver.requests) == 1
+
+
+async def test_a_failed_delivery_is_not_durable_and_not_marked_processed(
+    processing: Processing, receiver: Receiver
+) -> None:
+    receiver.answers = [503]
+    outcome = await processing.process(hostile.ordinary(), uid=4)
+    assert outcome.outcome == "failed"
+    assert not outcome.durable
+    assert not await processing.store.is_processed(email_id_for("box", 7, 4))
+
+
+async def test_a_400_dead_letters_the_message_with_the_reason(
+    processing: Processing, receiver: Receiver
+) -> None:
+    receiver.answers = [400]
+    outcome = await processing.process(hostile.ordinary())
+    assert outcome.outcome == "dead_lettered"
+    assert "HTTP 400" in outcome.reason
+    assert outcome.durable
+
+
+@pytest.mark.parametrize(
+    ("build", "check"),
+    [
+        (hostile.html_bomb, lambda body: body["html_truncated"] is True),
+        (hostile.many_parts, lambda body: "part 0" in body["text_excerpt"]),
+        (hostile.invalid_utf8_headers, lambda body: "Mallory" in body["from"]),
+        (hostile.nesting_bomb, lambda body: body["subject"] == "nesting bomb"),
+        (hostile.many_links, lambda body: len(body["delivery_links"]) == 1),
+    ],
+    ids=["html_bomb_10mb", "5000_parts", "invalid_utf8_headers", "nesting_bomb", "10000_links"],
+)
+async def test_hostile_mail_is_delivered_within_its_bounds(
+    processing: Processing,
+    receiver: Receiver,
+    build: Callable[[], bytes],
+    check: Callable[[dict[str, Any]], bool],
+) -> None:
+    outcome = await processing.process(build())
+    assert outcome.outcome == "delivered", outcome.reason
+    body = receiver.requests[0].json
+    assert check(body), {k: str(v)[:200] for k, v in body.items()}
+    assert len(receiver.requests[0].body) < 64 * 1024
