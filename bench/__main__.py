@@ -1,4 +1,4 @@
-"""`python -m bench` (make bench): every benchmark, each printing ratios against its own baseline."""
+"""`python -m bench` (make bench): every benchmark, each with ratios against its own baseline."""
 
 from __future__ import annotations
 

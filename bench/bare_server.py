@@ -1,4 +1,4 @@
-"""A bare aiohttp handler returning a fixed body: the baseline the health endpoints are measured against."""
+"""A bare aiohttp handler with a fixed body: the baseline for the health endpoint benchmark."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Load on /health, /livez and /readyz against a bare aiohttp handler measured in the same run (wrk)."""
+"""Load on /health, /livez and /readyz against a bare aiohttp handler in the same run (wrk)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ def _wrk(url: str) -> tuple[float, float]:
     """Requests per second and p99 latency in milliseconds."""
     out = subprocess.run(
         ["wrk", "-t", THREADS, "-c", CONNECTIONS, "-d", DURATION, "--latency", url],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     match = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
@@ -40,8 +43,9 @@ def main() -> dict[str, float]:
     bare = subprocess.Popen([sys.executable, "-m", "bench.bare_server", str(port)])
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        sidecar = SidecarProcess(Path(tmp), env={"ENABLE_BACKGROUND_TASKS": "false",
-                                                 "OTEL_SDK_DISABLED": "true"})
+        sidecar = SidecarProcess(
+            Path(tmp), env={"ENABLE_BACKGROUND_TASKS": "false", "OTEL_SDK_DISABLED": "true"}
+        )
         try:
             wait_for_port(port)
             sidecar.start()
@@ -54,11 +58,17 @@ def main() -> dict[str, float]:
                 _wrk(sidecar.url + path)
                 rps, p99 = _wrk(sidecar.url + path)
                 name = path.strip("/")
-                results |= {f"{name}_rps": rps, f"{name}_p99_ms": p99,
-                            f"{name}_rps_ratio": rps / base_rps, f"{name}_p99_ratio": p99 / base_p99}
-                print(f"{path:<16} {rps:9.0f} req/s  p99 {p99:7.2f} ms   "
-                      f"rps {rps / base_rps:5.0%} of bare (goal >= 70%)   "
-                      f"p99 {p99 / base_p99:4.2f}x bare (goal <= 2x)")
+                results |= {
+                    f"{name}_rps": rps,
+                    f"{name}_p99_ms": p99,
+                    f"{name}_rps_ratio": rps / base_rps,
+                    f"{name}_p99_ratio": p99 / base_p99,
+                }
+                print(
+                    f"{path:<16} {rps:9.0f} req/s  p99 {p99:7.2f} ms   "
+                    f"rps {rps / base_rps:5.0%} of bare (goal >= 70%)   "
+                    f"p99 {p99 / base_p99:4.2f}x bare (goal <= 2x)"
+                )
         finally:
             sidecar.stop()
             bare.terminate()

@@ -20,8 +20,9 @@ OUTCOMES = ("delivered", "failed", "dead_lettered")
 class DeliveryStats:
     """Refreshes the 24 h window from the store in the background; readers get the cached copy."""
 
-    def __init__(self, store: Store, instruments: Instruments, *,
-                 active: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self, store: Store, instruments: Instruments, *, active: Callable[[], int] = lambda: 0
+    ) -> None:
         self._store = store
         self._active = active
         self.window: DeliveryWindow | None = None
@@ -50,7 +51,9 @@ class DeliveryStats:
             "active_webhooks": self._active(),
             "error_rate_24h": round(ratio, 4) if ratio is not None else 0.0,
             "deliveries_24h": window.total if window is not None else 0,
-            "last_webhook": None if last is None else {
+            "last_webhook": None
+            if last is None
+            else {
                 "at": datetime.fromtimestamp(last.at, UTC).isoformat().replace("+00:00", "Z"),
                 "outcome": last.outcome,
                 "status_code": last.status_code,

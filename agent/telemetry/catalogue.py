@@ -10,10 +10,32 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 # Seconds-based histograms: buckets from 5 ms to 10 min, enough for IMAP, webhooks and transfers.
 DURATION_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
 )
 SIZE_BUCKETS = (
-    1024.0, 16384.0, 131072.0, 1048576.0, 5242880.0, 26214400.0, 104857600.0, 524288000.0,
+    1024.0,
+    16384.0,
+    131072.0,
+    1048576.0,
+    5242880.0,
+    26214400.0,
+    104857600.0,
+    524288000.0,
     2147483648.0,
 )
 
@@ -22,7 +44,7 @@ GaugeSource = Callable[[], Iterable[Observation]]
 
 @dataclass(frozen=True)
 class InstrumentSpec:
-    """Name, kind, unit and description of one instrument (the telemetry reference is built from these)."""
+    """Name, kind, unit and description of one instrument; the telemetry reference reads these."""
 
     name: str
     kind: str
@@ -32,67 +54,171 @@ class InstrumentSpec:
 
 
 CATALOGUE: tuple[InstrumentSpec, ...] = (
-    InstrumentSpec("imap.client.operation.duration", "histogram", "s",
-                   "Duration of one IMAP command.", ("imap.command", "outcome", "error.type")),
-    InstrumentSpec("imap.poll.duration", "histogram", "s", "Duration of one poll cycle.",
-                   ("imap.mailbox", "outcome")),
-    InstrumentSpec("imap.messages", "counter", "{message}", "Messages handled, by outcome.",
-                   ("imap.mailbox", "outcome")),
-    InstrumentSpec("imap.message.size", "histogram", "By", "RFC822.SIZE of fetched messages.",
-                   ("imap.mailbox",)),
-    InstrumentSpec("imap.mailbox.backlog", "gauge", "{message}",
-                   "Messages above the UID watermark.", ("imap.mailbox",)),
-    InstrumentSpec("email.html.truncations", "counter", "{message}",
-                   "HTML parts cut at the size cap before conversion."),
+    InstrumentSpec(
+        "imap.client.operation.duration",
+        "histogram",
+        "s",
+        "Duration of one IMAP command.",
+        ("imap.command", "outcome", "error.type"),
+    ),
+    InstrumentSpec(
+        "imap.poll.duration",
+        "histogram",
+        "s",
+        "Duration of one poll cycle.",
+        ("imap.mailbox", "outcome"),
+    ),
+    InstrumentSpec(
+        "imap.messages",
+        "counter",
+        "{message}",
+        "Messages handled, by outcome.",
+        ("imap.mailbox", "outcome"),
+    ),
+    InstrumentSpec(
+        "imap.message.size",
+        "histogram",
+        "By",
+        "RFC822.SIZE of fetched messages.",
+        ("imap.mailbox",),
+    ),
+    InstrumentSpec(
+        "imap.mailbox.backlog",
+        "gauge",
+        "{message}",
+        "Messages above the UID watermark.",
+        ("imap.mailbox",),
+    ),
+    InstrumentSpec(
+        "email.html.truncations",
+        "counter",
+        "{message}",
+        "HTML parts cut at the size cap before conversion.",
+    ),
     InstrumentSpec("email.parse.duration", "histogram", "s", "MIME parse and HTML-to-text time."),
-    InstrumentSpec("r2.transfer.duration", "histogram", "s", "Duration of one R2 transfer.",
-                   ("r2.provider", "outcome")),
-    InstrumentSpec("r2.transfer.size", "histogram", "By", "Bytes stored by one R2 transfer.",
-                   ("r2.provider",)),
-    InstrumentSpec("r2.transfers", "counter", "{transfer}", "R2 transfers, by outcome.",
-                   ("r2.provider", "outcome")),
-    InstrumentSpec("webhook.delivery.duration", "histogram", "s",
-                   "Duration of one webhook delivery (all attempts).", ("outcome",)),
-    InstrumentSpec("webhook.deliveries", "counter", "{delivery}",
-                   "Webhook deliveries, by final outcome.", ("outcome",)),
-    InstrumentSpec("webhook.error_ratio", "gauge", "1",
-                   "Failed over all webhook deliveries in the last 24 h."),
-    InstrumentSpec("webhook.window.deliveries", "gauge", "{delivery}",
-                   "Webhook deliveries in the last 24 h.", ("outcome",)),
-    InstrumentSpec("webhook.last_delivery.time", "gauge", "s",
-                   "Unix time of the newest webhook delivery."),
-    InstrumentSpec("poller.leader", "gauge", "1",
-                   "1 while this replica holds the mailbox's lease.", ("imap.mailbox",)),
-    InstrumentSpec("poller.last_success.time", "gauge", "s",
-                   "Unix time of the mailbox's last successful cycle.", ("imap.mailbox",)),
+    InstrumentSpec(
+        "r2.transfer.duration",
+        "histogram",
+        "s",
+        "Duration of one R2 transfer.",
+        ("r2.provider", "outcome"),
+    ),
+    InstrumentSpec(
+        "r2.transfer.size", "histogram", "By", "Bytes stored by one R2 transfer.", ("r2.provider",)
+    ),
+    InstrumentSpec(
+        "r2.transfers",
+        "counter",
+        "{transfer}",
+        "R2 transfers, by outcome.",
+        ("r2.provider", "outcome"),
+    ),
+    InstrumentSpec(
+        "webhook.delivery.duration",
+        "histogram",
+        "s",
+        "Duration of one webhook delivery (all attempts).",
+        ("outcome",),
+    ),
+    InstrumentSpec(
+        "webhook.deliveries",
+        "counter",
+        "{delivery}",
+        "Webhook deliveries, by final outcome.",
+        ("outcome",),
+    ),
+    InstrumentSpec(
+        "webhook.error_ratio", "gauge", "1", "Failed over all webhook deliveries in the last 24 h."
+    ),
+    InstrumentSpec(
+        "webhook.window.deliveries",
+        "gauge",
+        "{delivery}",
+        "Webhook deliveries in the last 24 h.",
+        ("outcome",),
+    ),
+    InstrumentSpec(
+        "webhook.last_delivery.time", "gauge", "s", "Unix time of the newest webhook delivery."
+    ),
+    InstrumentSpec(
+        "poller.leader",
+        "gauge",
+        "1",
+        "1 while this replica holds the mailbox's lease.",
+        ("imap.mailbox",),
+    ),
+    InstrumentSpec(
+        "poller.last_success.time",
+        "gauge",
+        "s",
+        "Unix time of the mailbox's last successful cycle.",
+        ("imap.mailbox",),
+    ),
     InstrumentSpec("probe.up", "gauge", "1", "1 when the health check passes.", ("probe",)),
-    InstrumentSpec("probe.duration", "gauge", "s", "Duration of the last health check.",
-                   ("probe",)),
+    InstrumentSpec(
+        "probe.duration", "gauge", "s", "Duration of the last health check.", ("probe",)
+    ),
     InstrumentSpec("system.cpu.utilization", "gauge", "1", "Host CPU busy ratio."),
     InstrumentSpec("system.memory.utilization", "gauge", "1", "Host memory used ratio."),
-    InstrumentSpec("system.filesystem.utilization", "gauge", "1",
-                   "Used ratio of the data directory's filesystem.", ("system.filesystem.mountpoint",)),
-    InstrumentSpec("system.network.io", "counter", "By", "Host network bytes.",
-                   ("network.io.direction",)),
+    InstrumentSpec(
+        "system.filesystem.utilization",
+        "gauge",
+        "1",
+        "Used ratio of the data directory's filesystem.",
+        ("system.filesystem.mountpoint",),
+    ),
+    InstrumentSpec(
+        "system.network.io", "counter", "By", "Host network bytes.", ("network.io.direction",)
+    ),
     InstrumentSpec("system.process.count", "gauge", "{process}", "Processes on the host."),
     InstrumentSpec("process.memory.usage", "gauge", "By", "Resident set size of the sidecar."),
-    InstrumentSpec("process.memory.utilization", "gauge", "1",
-                   "RSS over the cgroup memory limit (or host memory without one)."),
-    InstrumentSpec("process.cpu.utilization", "gauge", "1",
-                   "CPU time of the sidecar over wall time and cores."),
-    InstrumentSpec("alerts.active", "gauge", "{alert}",
-                   "Alert instances by state, as Prometheus' ALERTS.", ("alertname", "alertstate")),
-    InstrumentSpec("alert.notifications", "counter", "{notification}",
-                   "Alert notifications sent, by outcome.", ("notifier", "outcome")),
-    InstrumentSpec("telemetry.export.failures", "counter", "{export}",
-                   "Failed OTLP exports.", ("signal",)),
-    InstrumentSpec("http.server.request.duration", "histogram", "s",
-                   "Duration of HTTP requests served.",
-                   ("http.request.method", "http.route", "http.response.status_code")),
-    InstrumentSpec("browser.page.load.duration", "histogram", "s",
-                   "Dashboard page load time reported by the browser.", ("browser.metric",)),
-    InstrumentSpec("browser.api.request.duration", "histogram", "s",
-                   "Dashboard API call durations reported by the browser.", ("http.route",)),
+    InstrumentSpec(
+        "process.memory.utilization",
+        "gauge",
+        "1",
+        "RSS over the cgroup memory limit (or host memory without one).",
+    ),
+    InstrumentSpec(
+        "process.cpu.utilization", "gauge", "1", "CPU time of the sidecar over wall time and cores."
+    ),
+    InstrumentSpec(
+        "alerts.active",
+        "gauge",
+        "{alert}",
+        "Alert instances by state, as Prometheus' ALERTS.",
+        ("alertname", "alertstate"),
+    ),
+    InstrumentSpec(
+        "alert.notifications",
+        "counter",
+        "{notification}",
+        "Alert notifications sent, by outcome.",
+        ("notifier", "outcome"),
+    ),
+    InstrumentSpec(
+        "telemetry.export.failures", "counter", "{export}", "Failed OTLP exports.", ("signal",)
+    ),
+    InstrumentSpec(
+        "http.server.request.duration",
+        "histogram",
+        "s",
+        "Duration of HTTP requests served.",
+        ("http.request.method", "http.route", "http.response.status_code"),
+    ),
+    InstrumentSpec(
+        "browser.page.load.duration",
+        "histogram",
+        "s",
+        "Dashboard page load time reported by the browser.",
+        ("browser.metric",),
+    ),
+    InstrumentSpec(
+        "browser.api.request.duration",
+        "histogram",
+        "s",
+        "Dashboard API call durations reported by the browser.",
+        ("http.route",),
+    ),
 )
 
 SPECS = {spec.name: spec for spec in CATALOGUE}
@@ -151,12 +277,16 @@ class Instruments:
         for spec in CATALOGUE:
             if spec.kind == "gauge":
                 meter.create_observable_gauge(
-                    spec.name, callbacks=[self._callback(spec.name)], unit=spec.unit,
+                    spec.name,
+                    callbacks=[self._callback(spec.name)],
+                    unit=spec.unit,
                     description=spec.description,
                 )
         meter.create_observable_counter(
-            "system.network.io", callbacks=[self._callback("system.network.io")],
-            unit=SPECS["system.network.io"].unit, description=SPECS["system.network.io"].description,
+            "system.network.io",
+            callbacks=[self._callback("system.network.io")],
+            unit=SPECS["system.network.io"].unit,
+            description=SPECS["system.network.io"].description,
         )
 
     def publish(self, name: str, source: GaugeSource) -> None:

@@ -77,6 +77,16 @@ class Masker:
             return text
         return self._pattern.sub(self._replace, text)
 
+    def finds(self, value: Any) -> bool:
+        """Whether masking would change this value (strings inside containers included)."""
+        if isinstance(value, str):
+            return bool(value) and self._pattern.search(value) is not None
+        if isinstance(value, Mapping):
+            return any(self.finds(item) for item in value.values())
+        if isinstance(value, list | tuple):
+            return any(self.finds(item) for item in value)
+        return False
+
     def mask_url(self, url: str) -> str:
         """A URL with its userinfo, token parameters and secret values masked."""
         return self.mask(url)

@@ -182,6 +182,9 @@ class _MaskingSpanExporter(SpanExporter):
 
     def _mask(self, span: ReadableSpan) -> ReadableSpan:
         mask = self._masker
+        if not self._dirty(span):
+            # Most spans carry nothing to mask: export them as they are, without a copy.
+            return span
         status = span.status
         if status.description:
             status = Status(status.status_code, mask.mask(status.description))
@@ -204,6 +207,16 @@ class _MaskingSpanExporter(SpanExporter):
             start_time=span.start_time,
             end_time=span.end_time,
             instrumentation_scope=span.instrumentation_scope,
+        )
+
+    def _dirty(self, span: ReadableSpan) -> bool:
+        finds = self._masker.finds
+        return (
+            finds(span.name)
+            or finds(span.status.description or "")
+            or finds(dict(span.attributes or {}))
+            or any(finds(dict(e.attributes or {})) or finds(e.name) for e in span.events)
+            or any(finds(dict(link.attributes or {})) for link in span.links)
         )
 
 
