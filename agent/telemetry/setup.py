@@ -210,14 +210,24 @@ class _MaskingSpanExporter(SpanExporter):
         )
 
     def _dirty(self, span: ReadableSpan) -> bool:
-        finds = self._masker.finds
-        return (
-            finds(span.name)
-            or finds(span.status.description or "")
-            or finds(dict(span.attributes or {}))
-            or any(finds(dict(e.attributes or {})) or finds(e.name) for e in span.events)
-            or any(finds(dict(link.attributes or {})) for link in span.links)
-        )
+        # One regex search over every string of the span, joined: a match inside any one string
+        # is still a match in the joined text, so nothing that needs masking is missed.
+        texts: list[str] = [span.name, span.status.description or ""]
+        _strings(texts, span.attributes)
+        for event in span.events:
+            texts.append(event.name)
+            _strings(texts, event.attributes)
+        for link in span.links:
+            _strings(texts, link.attributes)
+        return self._masker.finds("\x00".join(texts))
+
+
+def _strings(out: list[str], attributes: Mapping[str, Any] | None) -> None:
+    for value in (attributes or {}).values():
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, list | tuple):
+            out.extend(item for item in value if isinstance(item, str))
 
 
 def setup_telemetry(

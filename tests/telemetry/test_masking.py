@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from opentelemetry import trace
+
 from agent.config import settings_from_mapping
 from agent.telemetry.masking import Masker
 from agent.telemetry.setup import telemetry_for_tests
@@ -97,3 +99,19 @@ def test_secret_in_a_span_attribute_and_exception_message_is_masked_before_expor
     assert event.attributes is not None
     assert event.attributes["exception.message"] == "bad key *** at https://***@app/hook"
     assert "whsec-0123456789" not in str(event.attributes["exception.stacktrace"])
+
+
+def test_secret_in_a_list_attribute_or_a_link_is_masked_before_export() -> None:
+    settings = settings_from_mapping({"r2": {"fetch_token": "r2tok-abcdef"}})
+    telemetry, spans, _reader, _logs = telemetry_for_tests(settings)
+    tracer = telemetry.tracer("test")
+    with tracer.start_as_current_span("poll") as poll:
+        linked = poll.get_span_context()
+    link = trace.Link(linked, {"note": "token r2tok-abcdef"})
+    with tracer.start_as_current_span("email.process", links=[link]) as span:
+        span.set_attribute("urls", ["https://h/a", "https://h/b?token=r2tok-abcdef"])
+    telemetry.shutdown(2.0)
+    finished = next(s for s in spans.get_finished_spans() if s.name == "email.process")
+    assert finished.attributes is not None
+    assert list(finished.attributes["urls"]) == ["https://h/a", "https://h/b?token=***"]
+    assert finished.links[0].attributes == {"note": "token ***"}
