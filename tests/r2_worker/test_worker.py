@@ -153,8 +153,7 @@ def test_traceparent_is_logged(r2_worker: R2Worker, file_server: FileServer) -> 
         file_server.url("/bytes/10"), email_id="trace", headers={"traceparent": traceparent}
     )
 
-    r2_worker.wait_for_log(traceparent)
-    logged = [r for r in r2_worker.log_records() if r.get("traceparent") == traceparent]
+    logged = r2_worker.wait_for_records(lambda r: r.get("traceparent") == traceparent)
     assert logged
     assert logged[0]["outcome"] == "success"
     assert isinstance(logged[0]["duration_ms"], int)

@@ -231,6 +231,10 @@ def test_level_filter_shows_exactly_the_events_at_or_above_the_level(
         ]
         return sorted(_log_key(e) for e in events)[-200:]
 
+    # The wrong password produces warnings once its first cycle fails; the machine may be slow.
+    deadline = time.monotonic() + 30
+    while not expected() and time.monotonic() < deadline:
+        time.sleep(0.3)
     rows = _eventually_equal(lambda: _table_rows(opened), expected)
     assert rows, "the wrong password should have produced warnings"
     levels = opened.page.eval_on_selector_all(
