@@ -208,6 +208,8 @@ class TransferClient:
             "source_url": self._registry.direct_url(link),
             "provider": link.provider,
             "email_id": email_id,
+            # The Worker stops copying when we stop waiting, so a given-up copy never lands.
+            "deadline_ms": max(1, int(timeout * 1000)),
         }
         headers = {"X-R2-FETCH-TOKEN": self._token, "Content-Type": "application/json"}
         try:

@@ -140,6 +140,9 @@ async function transfer(request, env, selfUrl, log) {
   const maxBytes = positiveInt(env.MAX_BYTES, DEFAULT_MAX_BYTES);
   const timeoutMs = positiveInt(env.UPSTREAM_TIMEOUT_MS, DEFAULT_UPSTREAM_TIMEOUT_MS);
   const watchdog = new Watchdog(timeoutMs);
+  // The client waits deadline_ms at most: past it nobody reads the answer, so stop copying
+  // (an object landing after the client reported a failure would be stored twice on retry).
+  if (job.deadline_ms !== null) watchdog.deadline(job.deadline_ms);
   try {
     const { response, finalUrl, redirects } = await fetchSource(job.source_url, policy, watchdog);
     log.redirects = redirects;
@@ -200,6 +203,13 @@ async function readJob(request) {
   if (job.filename !== undefined && job.filename !== null && typeof job.filename !== "string") {
     throw badRequest("filename must be a string");
   }
+  if (
+    job.deadline_ms !== undefined &&
+    job.deadline_ms !== null &&
+    !(Number.isInteger(job.deadline_ms) && job.deadline_ms > 0 && job.deadline_ms <= 86_400_000)
+  ) {
+    throw badRequest("deadline_ms must be a whole number of milliseconds from 1 to 86400000");
+  }
   if (job.provider.length > 64) throw badRequest("provider is too long");
   if (job.email_id.length > 512) throw badRequest("email_id is too long");
   if (job.source_url.length > 8192) throw badRequest("source_url is too long");
@@ -208,6 +218,7 @@ async function readJob(request) {
     provider: job.provider.trim(),
     email_id: job.email_id.trim(),
     filename: job.filename || null,
+    deadline_ms: job.deadline_ms ?? null,
   };
 }
 
@@ -218,8 +229,17 @@ class Watchdog {
     this.timeoutMs = timeoutMs;
     this.controller = new AbortController();
     this.fired = false;
+    this.deadlineMs = null;
+    this.deadlineTimer = null;
     this.timer = null;
     this.kick();
+  }
+  deadline(ms) {
+    this.deadlineMs = ms;
+    this.deadlineTimer = setTimeout(() => {
+      this.fired = "deadline";
+      this.controller.abort(new Error("client deadline passed"));
+    }, ms);
   }
   get signal() {
     return this.controller.signal;
@@ -233,9 +253,19 @@ class Watchdog {
   }
   stop() {
     if (this.timer !== null) clearTimeout(this.timer);
+    if (this.deadlineTimer !== null) clearTimeout(this.deadlineTimer);
     this.timer = null;
+    this.deadlineTimer = null;
   }
   error() {
+    if (this.fired === "deadline") {
+      return new TransferError(
+        504,
+        `transfer did not finish within the client's deadline of ${this.deadlineMs} ms`,
+        true,
+        "timeout",
+      );
+    }
     return new TransferError(504, `source did not answer within ${this.timeoutMs} ms`, true, "timeout");
   }
 }

@@ -168,6 +168,18 @@ async def test_the_client_gives_up_at_the_providers_timeout(
     assert (attributes["r2.timeout"], attributes["error.type"]) == (timeout, "timeout")
 
 
+async def test_a_transfer_the_client_gave_up_on_never_lands_in_the_bucket(
+    make_client: MakeClient, r2_worker: R2Worker, file_server: FileServer
+) -> None:
+    # The source answers after 2 s; the client waits 1 s. Without the deadline sent to the
+    # Worker, the copy would go on and land in the bucket after the client reported a failure.
+    client = await make_client(r2_worker, r2={"max_attempts": 1}, links={"timeout_default": "1s"})
+    entry = await client.transfer(file_server.url("/slow/2/7001"), "given-up-1")
+    assert entry["status"] == "failed"
+    time.sleep(3.0)
+    assert [key for key in r2_worker.list_objects() if "/given-up-1/" in key] == []
+
+
 async def test_timeouts_are_retried_up_to_max_attempts_within_the_budget(
     make_client: MakeClient, r2_worker: R2Worker, file_server: FileServer
 ) -> None:

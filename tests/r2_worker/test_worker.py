@@ -146,6 +146,41 @@ def test_source_query_values_are_masked_in_logs(
     assert "sig=***&dl=***" in log
 
 
+def test_a_client_deadline_stops_the_copy_with_a_retryable_504(
+    r2_worker: R2Worker, file_server: FileServer
+) -> None:
+    job = {
+        "source_url": file_server.url("/slow/2/100"),
+        "provider": "generic",
+        "email_id": "deadline-1",
+        "deadline_ms": 500,
+    }
+    response = requests.post(
+        r2_worker.url + "/", json=job, headers={"X-R2-FETCH-TOKEN": r2_worker.token}, timeout=30
+    )
+    assert response.status_code == 504
+    body = response.json()
+    assert body["retryable"] is True
+    assert "client's deadline of 500 ms" in body["error"]
+
+
+@pytest.mark.parametrize("deadline", [0, -1, 1.5, "soon", 86_400_001])
+def test_a_malformed_deadline_is_a_bad_request(
+    r2_worker: R2Worker, file_server: FileServer, deadline: object
+) -> None:
+    job = {
+        "source_url": file_server.url("/bytes/10"),
+        "provider": "generic",
+        "email_id": "deadline-2",
+        "deadline_ms": deadline,
+    }
+    response = requests.post(
+        r2_worker.url + "/", json=job, headers={"X-R2-FETCH-TOKEN": r2_worker.token}, timeout=30
+    )
+    assert response.status_code == 400
+    assert "deadline_ms" in response.json()["error"]
+
+
 def test_traceparent_is_logged(r2_worker: R2Worker, file_server: FileServer) -> None:
     traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
