@@ -17,6 +17,7 @@ from tests.fixtures.miniflare import R2Worker, start_r2_worker, worker_installed
 from tests.support.net import free_port, wait_for_port
 
 MB = 1024 * 1024
+BASELINE_SCRIPT = Path(__file__).resolve().parent / "r2_baseline_worker.js"
 LARGE = 200 * MB
 SMALL = 10 * MB
 _TIME_LIMIT = 240.0
@@ -96,15 +97,25 @@ def main() -> dict[str, float]:
         raise SystemExit("r2-worker dependencies missing: run `make worker-deps`")
     server, origin = _start_file_server()
     workdir = tempfile.TemporaryDirectory(prefix="bench-r2-worker-")
+    base_dir = Path(workdir.name) / "baseline"
     worker = start_r2_worker(Path(workdir.name), allowed_hosts=origin, max_bytes=1024 * MB)
+    baseline: R2Worker | None = None
     try:
+        baseline = start_r2_worker(base_dir, R2_WORKER_SCRIPT=str(BASELINE_SCRIPT))
         direct = _direct_mb_s(f"{origin}/bytes/{LARGE}")
         idle = _PeakRss(worker.process.pid)._workerd_rss()
+        base_idle = _PeakRss(baseline.process.pid)._workerd_rss()
         small_speed, small_peak = _through_worker(worker, f"{origin}/bytes/{SMALL}", SMALL, "s")
         via_worker, large_peak = _through_worker(worker, f"{origin}/bytes/{LARGE}", LARGE, "l")
         chunked, chunked_peak = _through_worker(worker, f"{origin}/chunked/{LARGE}", LARGE, "c")
+        _, base_small_peak = _through_worker(baseline, f"{origin}/bytes/{SMALL}", SMALL, "s")
+        base_speed, base_large_peak = _through_worker(
+            baseline, f"{origin}/bytes/{LARGE}", LARGE, "l"
+        )
     finally:
         worker.stop()
+        if baseline is not None:
+            baseline.stop()
         workdir.cleanup()
         server.terminate()
         server.wait(timeout=10)
@@ -118,6 +129,13 @@ def main() -> dict[str, float]:
         "workerd_peak_rss_200mb_mb": round(large_peak / MB, 1),
         "workerd_peak_rss_200mb_chunked_mb": round(chunked_peak / MB, 1),
         "worker_10mb_mb_s": round(small_speed, 1),
+        "baseline_put_mb_s": round(base_speed, 1),
+        "worker_to_baseline_ratio": round(via_worker / base_speed, 3),
+        "baseline_peak_rss_10mb_mb": round(base_small_peak / MB, 1),
+        "baseline_peak_rss_200mb_mb": round(base_large_peak / MB, 1),
+        "worker_growth_10_to_200mb_mb": round((large_peak - small_peak) / MB, 1),
+        "baseline_growth_10_to_200mb_mb": round((base_large_peak - base_small_peak) / MB, 1),
+        "baseline_idle_rss_mb": round(base_idle / MB, 1),
     }
     print(f"direct download of {LARGE // MB} MB:     {results['direct_mb_s']:8.1f} MB/s")
     print(f"through the Worker into R2:  {results['worker_mb_s']:8.1f} MB/s")
@@ -127,6 +145,12 @@ def main() -> dict[str, float]:
     print(f"workerd peak RSS, 10 MB:     {results['workerd_peak_rss_10mb_mb']:8.1f} MB")
     print(f"workerd peak RSS, 200 MB:    {results['workerd_peak_rss_200mb_mb']:8.1f} MB")
     print(f"  same, chunked (multipart): {results['workerd_peak_rss_200mb_chunked_mb']:8.1f} MB")
+    print("baseline (bare fetch + put under the same Miniflare, same run):")
+    print(f"  bare put, 200 MB:          {results['baseline_put_mb_s']:8.1f} MB/s; the Worker "
+          f"reaches {results['worker_to_baseline_ratio']:.2f} of it")  # fmt: skip
+    print(f"  RSS growth 10 -> 200 MB:   Worker {results['worker_growth_10_to_200mb_mb']:.1f} MB, "
+          f"bare put {results['baseline_growth_10_to_200mb_mb']:.1f} MB "
+          "(the difference is what the Worker itself adds)")  # fmt: skip
     return results
 
 

@@ -40,7 +40,9 @@ for (const name of ["MAX_BYTES", "R2_ALLOWED_HOSTS", "UPSTREAM_TIMEOUT_MS", "R2_
 
 const mf = new Miniflare({
   modules: true,
-  scriptPath: join(here, "src", "index.js"),
+  // R2_WORKER_SCRIPT lets the benchmark run its baseline Worker under the same runner.
+  scriptPath: resolve(env.R2_WORKER_SCRIPT || join(here, "src", "index.js")),
+  modulesRoot: dirname(resolve(env.R2_WORKER_SCRIPT || join(here, "src", "index.js"))),
   compatibilityDate: compatibilityDate(),
   r2Buckets: ["BUCKET"],
   r2Persist: dataDir,
