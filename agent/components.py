@@ -66,6 +66,7 @@ async def start_pipeline(sidecar: Sidecar) -> None:
         instruments=telemetry.instruments,
         store=sidecar.store,
         masker=telemetry.masker,
+        processed_ttl=settings.store.processed_ttl,
     )
     sidecar.components["webhook"] = webhook
     transfers = _transfers(sidecar)

@@ -147,14 +147,14 @@ class EmailProcessor:
         self, mailbox: str, email_id: str, message: FetchedMessage
     ) -> ProcessOutcome:
         uid = message.uid
-        if await self._store.is_processed(email_id):
-            return ProcessOutcome(uid, "duplicate", "already processed")
         parsed = await self._parse(message)
         key = content_key(parsed)
         skip_existing = self._settings.imap.uidvalidity_policy == "skip_existing"
-        if key is not None and skip_existing and await self._store.is_processed(key):
-            await self._store.mark_processed(email_id, self._settings.store.processed_ttl)
-            return ProcessOutcome(uid, "duplicate", "same message already processed")
+        # One round trip for both dedupe keys (a crash's re-run parses again, which is cheap).
+        seen = [email_id, key] if key is not None and skip_existing else [email_id]
+        if await self._store.any_processed(seen):
+            await self._done(email_id, None)
+            return ProcessOutcome(uid, "duplicate", "already processed")
         limits = self._settings.parse
         found = self._links.find_links(
             [parsed.text, parsed.html_text],
@@ -174,11 +174,15 @@ class EmailProcessor:
             return ProcessOutcome(uid, "skipped", "WEBHOOK_URL is not set")
         payload = self._payload(mailbox, email_id, parsed, message, delivery_links)
         result = await self._webhook.deliver(
-            payload, idempotency_key=email_id, mailbox=mailbox, email_id=email_id
+            payload,
+            idempotency_key=email_id,
+            mailbox=mailbox,
+            email_id=email_id,
+            processed_keys=[email_id] if key is None else [email_id, key],
         )
         if result.outcome == "failed":
             return ProcessOutcome(uid, "failed", result.error)
-        await self._done(email_id, key)
+        await self._forget_attempts(email_id)
         if result.outcome == "dead_lettered":
             self._log.error(
                 "email.dead_lettered",
@@ -221,10 +225,11 @@ class EmailProcessor:
         return parsed
 
     async def _done(self, email_id: str, key: str | None) -> None:
-        ttl = self._settings.store.processed_ttl
-        await self._store.mark_processed(email_id, ttl)
-        if key is not None:
-            await self._store.mark_processed(key, ttl)
+        keys = [email_id] if key is None else [email_id, key]
+        await self._store.record_outcome(keys, self._settings.store.processed_ttl, None)
+        await self._forget_attempts(email_id)
+
+    async def _forget_attempts(self, email_id: str) -> None:
         # A count left by an earlier process is harmless (a processed id is never retried) and
         # expires with processed_ttl; skipping the clear saves a store round trip per message.
         if email_id in self._counted:

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -68,8 +69,10 @@ class WebhookClient:
         instruments: Instruments,
         store: Store,
         masker: Masker,
+        processed_ttl: float = 14 * 86400.0,
     ) -> None:
         self._settings = settings
+        self._processed_ttl = processed_ttl
         self._session = session
         self._tracer = tracer
         self._instruments = instruments
@@ -89,9 +92,20 @@ class WebhookClient:
         return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
     async def deliver(
-        self, payload: dict[str, Any], *, idempotency_key: str, mailbox: str, email_id: str
+        self,
+        payload: dict[str, Any],
+        *,
+        idempotency_key: str,
+        mailbox: str,
+        email_id: str,
+        processed_keys: Sequence[str] = (),
     ) -> WebhookResult:
-        """Delivers with retries inside the budget, records the outcome, and returns it."""
+        """Delivers with retries inside the budget, records the outcome, and returns it.
+
+        A final outcome (delivered, dead_lettered) is recorded together with `processed_keys`
+        in one store transaction; a store failure then raises StoreError, so the message is
+        retried rather than forgotten.
+        """
         started = time.monotonic()
         self.active += 1
         try:
@@ -119,7 +133,9 @@ class WebhookClient:
         )
         self._instruments.webhook_deliveries.add(1, {"outcome": result.outcome})
         self._instruments.webhook_delivery_duration.record(duration, {"outcome": result.outcome})
-        await self._record(result, mailbox=mailbox, email_id=email_id)
+        await self._record(
+            result, mailbox=mailbox, email_id=email_id, processed_keys=processed_keys
+        )
         log = self._log.info if result.outcome == "delivered" else self._log.warning
         log(
             "webhook.delivery",
@@ -133,7 +149,14 @@ class WebhookClient:
         )
         return result
 
-    async def _record(self, result: WebhookResult, *, mailbox: str, email_id: str) -> None:
+    async def _record(
+        self,
+        result: WebhookResult,
+        *,
+        mailbox: str,
+        email_id: str,
+        processed_keys: Sequence[str],
+    ) -> None:
         record = DeliveryRecord(
             at=time.time(),
             outcome=result.outcome,
@@ -144,6 +167,9 @@ class WebhookClient:
             error=result.error,
             attempts=result.attempts,
         )
+        if result.outcome != "failed" and processed_keys:
+            await self._store.record_outcome(processed_keys, self._processed_ttl, record)
+            return
         try:
             await self._store.append_delivery(record)
         except StoreError as exc:

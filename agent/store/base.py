@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -112,6 +113,14 @@ class Store(Protocol):
 
     async def is_processed(self, key: str) -> bool:
         """Whether key was marked processed and has not expired."""
+
+    async def any_processed(self, keys: Sequence[str]) -> bool:
+        """Whether any of the keys is marked processed (one round trip)."""
+
+    async def record_outcome(
+        self, keys: Sequence[str], ttl: float, record: DeliveryRecord | None
+    ) -> None:
+        """Marks every key processed and appends the record, atomically in one round trip."""
 
     async def incr_attempts(self, key: str, ttl: float) -> int:
         """Counts one more attempt at key and returns the count."""

@@ -9,7 +9,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -219,6 +219,42 @@ class LocalStore:
 
         return await self._run(query)
 
+    async def any_processed(self, keys: Sequence[str]) -> bool:
+        """Whether any of the keys is marked processed (one query)."""
+        wanted = list(keys)
+        if not wanted:
+            return False
+
+        def query(conn: sqlite3.Connection) -> bool:
+            marks = ",".join("?" for _ in wanted)
+            row = conn.execute(
+                f"SELECT 1 FROM processed WHERE key IN ({marks}) AND expires_at > ? LIMIT 1",  # noqa: S608 - only placeholders are interpolated
+                (*wanted, time.time()),
+            ).fetchone()
+            return row is not None
+
+        return await self._run(query)
+
+    async def record_outcome(
+        self, keys: Sequence[str], ttl: float, record: DeliveryRecord | None
+    ) -> None:
+        """Marks the keys processed and appends the record in one transaction (one fsync)."""
+        marked = list(keys)
+
+        def write(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            with _transaction(conn):
+                conn.executemany(
+                    "INSERT INTO processed (key, expires_at) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at",
+                    [(key, now + ttl) for key in marked],
+                )
+                if record is not None:
+                    self._insert_delivery(conn, record)
+            self._maybe_purge(conn)
+
+        await self._run(write)
+
     async def incr_attempts(self, key: str, ttl: float) -> int:
         """Counts one more attempt at key (the count expires ttl after the last attempt)."""
 
@@ -251,20 +287,21 @@ class LocalStore:
 
         def write(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
-                conn.execute(
-                    "INSERT INTO deliveries (at, outcome, record) VALUES (?, ?, ?)",
-                    (record.at, record.outcome, json.dumps(dataclasses.asdict(record))),
-                )
-                conn.execute(
-                    "DELETE FROM deliveries WHERE at < ?", (time.time() - self._retention,)
-                )
-                # Ids grow with every insert, so the newest max_records rows are the top ids.
-                conn.execute(
-                    "DELETE FROM deliveries WHERE id <= (SELECT max(id) FROM deliveries) - ?",
-                    (self._max_records,),
-                )
+                self._insert_delivery(conn, record)
 
         await self._run(write)
+
+    def _insert_delivery(self, conn: sqlite3.Connection, record: DeliveryRecord) -> None:
+        cursor = conn.execute(
+            "INSERT INTO deliveries (at, outcome, record) VALUES (?, ?, ?)",
+            (record.at, record.outcome, json.dumps(dataclasses.asdict(record))),
+        )
+        conn.execute("DELETE FROM deliveries WHERE at < ?", (time.time() - self._retention,))
+        # Ids grow with every insert, so the newest max_records rows are the top ids.
+        conn.execute(
+            "DELETE FROM deliveries WHERE id <= ?",
+            (int(cursor.lastrowid or 0) - self._max_records,),
+        )
 
     async def delivery_window(self, seconds: float, now: float | None = None) -> DeliveryWindow:
         """Counts by outcome of records in (now - seconds, now], and the newest up to now."""

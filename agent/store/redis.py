@@ -9,7 +9,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
@@ -334,16 +334,45 @@ class RedisStore:
     async def append_delivery(self, record: DeliveryRecord) -> None:
         """Appends one outcome and trims the log by age and by count."""
         self._live()
+        keys, args = self._append_call(record)
+        await self._call(lambda: self._scripts["append"](keys=keys, args=args))
+
+    def _append_call(self, record: DeliveryRecord) -> tuple[list[str], list[Any]]:
         record_id = uuid.uuid4().hex
         member = json.dumps({"id": record_id, **dataclasses.asdict(record)})
         cutoff = time.time() - self._retention
-        await self._call(
-            lambda: self._scripts["append"](
-                keys=[self._key("deliveries"), self._key("deliveries", record.outcome)]
-                + [self._key("deliveries", outcome) for outcome in _OUTCOMES],
-                args=[repr(record.at), member, record_id, repr(cutoff), self._max_records],
-            )
-        )
+        keys = [self._key("deliveries"), self._key("deliveries", record.outcome)] + [
+            self._key("deliveries", outcome) for outcome in _OUTCOMES
+        ]
+        return keys, [repr(record.at), member, record_id, repr(cutoff), self._max_records]
+
+    async def any_processed(self, keys: Sequence[str]) -> bool:
+        """Whether any of the keys is marked processed (one EXISTS)."""
+        client = self._live()
+        names = [self._key("processed", key) for key in keys]
+        if not names:
+            return False
+        return bool(await self._call(lambda: client.exists(*names)))
+
+    async def record_outcome(
+        self, keys: Sequence[str], ttl: float, record: DeliveryRecord | None
+    ) -> None:
+        """Marks the keys and appends the record in one MULTI/EXEC transaction."""
+        client = self._live()
+        names = [self._key("processed", key) for key in keys]
+
+        async def run() -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                for name in names:
+                    pipe.set(name, "1", px=_ms(ttl))
+                if record is not None:
+                    append_keys, args = self._append_call(record)
+                    # EVAL, not EVALSHA: inside MULTI a missing script (after a restart) would
+                    # fail only that command; the script text is small.
+                    pipe.eval(_APPEND, len(append_keys), *append_keys, *args)
+                await pipe.execute()
+
+        await self._call(run)
 
     async def delivery_window(self, seconds: float, now: float | None = None) -> DeliveryWindow:
         """Counts by outcome of records in (now - seconds, now], and the newest up to now."""

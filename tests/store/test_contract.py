@@ -298,6 +298,51 @@ async def test_attempts_are_forgotten_after_their_ttl(store: Store) -> None:
     assert await store.incr_attempts("m", 5) == 1
 
 
+async def test_any_processed_is_true_when_one_key_is_processed(store: Store) -> None:
+    assert not await store.any_processed([])
+    assert not await store.any_processed(["a", "b"])
+    await store.mark_processed("b", 5)
+    assert await store.any_processed(["a", "b"])
+    assert not await store.any_processed(["a", "c"])
+
+
+async def test_any_processed_forgets_expired_keys(store: Store) -> None:
+    await store.mark_processed("a", SHORT_TTL)
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    assert not await store.any_processed(["a"])
+
+
+async def test_record_outcome_marks_every_key_and_appends_the_record(store: Store) -> None:
+    now = time.time()
+    await store.record_outcome(["email-1", "msg:1"], 5, _record(now, "dead_lettered"))
+    assert await store.is_processed("email-1")
+    assert await store.is_processed("msg:1")
+    window = await store.delivery_window(100, now=now + 1)
+    assert window.counts == {"dead_lettered": 1}
+    assert window.last is not None
+    assert window.last.outcome == "dead_lettered"
+
+
+async def test_record_outcome_without_a_record_only_marks(store: Store) -> None:
+    await store.record_outcome(["email-2"], 5, None)
+    assert await store.is_processed("email-2")
+    assert (await store.delivery_window(100)).total == 0
+
+
+async def test_record_outcome_marks_expire_after_their_ttl(store: Store) -> None:
+    await store.record_outcome(["email-3"], SHORT_TTL, None)
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    assert not await store.is_processed("email-3")
+
+
+async def test_record_outcome_keeps_at_most_max_records(open_store: OpenStore) -> None:
+    store = await open_store(delivery_max_records=3)
+    now = time.time()
+    for i in range(6):
+        await store.record_outcome([f"k{i}"], 5, _record(now - 10 + i))
+    assert [r.at for r in await store.recent_deliveries(10)] == [now - 5, now - 6, now - 7]
+
+
 # Delivery log.
 
 
