@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -46,6 +47,24 @@ class _Rendered:
         return status, body
 
 
+class _Memo:
+    """The plain probe answer, recomputed at most every `ttl` seconds (probes poll often; the
+    facts behind them change at the watchdog's tick and the checks' intervals)."""
+
+    def __init__(self, compute: Callable[[], tuple[int, bytes]], ttl: float = 0.2) -> None:
+        self._compute = compute
+        self._ttl = ttl
+        self._at = -1.0
+        self._value: tuple[int, bytes] = (500, b"")
+
+    def get(self) -> tuple[int, bytes]:
+        now = time.monotonic()
+        if now - self._at >= self._ttl:
+            self._value = self._compute()
+            self._at = now
+        return self._value
+
+
 def setup_probe_routes(app: web.Application, sidecar: Sidecar) -> None:
     """Adds the three probe routes."""
     rendered = _Rendered(sidecar)
@@ -60,33 +79,43 @@ def setup_probe_routes(app: web.Application, sidecar: Sidecar) -> None:
             headers={"Cache-Control": "no-store"},
         )
 
-    async def livez(request: web.Request) -> web.Response:
-        verbose, exclude = _flags(request)
+    def live(verbose: bool, exclude: set[str]) -> tuple[int, bytes]:
         verdict = liveness(
             sidecar.watchdog,
             sidecar.liveness_hooks,
             lag_threshold=sidecar.settings.health.loop_lag_threshold,
             exclude=exclude,
         )
-        return web.Response(
-            text=verdict.render("livez", verbose=verbose),
-            status=200 if verdict.ok else 500,
-            headers={"Cache-Control": "no-store"},
-        )
+        return 200 if verdict.ok else 500, verdict.render("livez", verbose=verbose).encode()
 
-    async def readyz(request: web.Request) -> web.Response:
-        verbose, exclude = _flags(request)
+    def ready(verbose: bool, exclude: set[str]) -> tuple[int, bytes]:
         verdict = readiness(
             sidecar.lifecycle,
             sidecar.registry,
             required=sidecar.settings.health.required,
             exclude=exclude,
         )
-        return web.Response(
-            text=verdict.render("readyz", verbose=verbose),
-            status=200 if verdict.ok else 503,
-            headers={"Cache-Control": "no-store"},
-        )
+        return 200 if verdict.ok else 503, verdict.render("readyz", verbose=verbose).encode()
+
+    plain_live = _Memo(lambda: live(False, set()))
+    plain_ready = _Memo(lambda: ready(False, set()))
+
+    async def livez(request: web.Request) -> web.Response:
+        if request.query_string:
+            status, body = live(*_flags(request))
+        else:
+            status, body = plain_live.get()
+        return web.Response(body=body, status=status, content_type="text/plain",
+                            headers={"Cache-Control": "no-store"})  # fmt: skip
+
+    async def readyz(request: web.Request) -> web.Response:
+        if request.query_string or sidecar.lifecycle.draining:
+            # Draining must show at once: never answer it from the memo.
+            status, body = ready(*_flags(request))
+        else:
+            status, body = plain_ready.get()
+        return web.Response(body=body, status=status, content_type="text/plain",
+                            headers={"Cache-Control": "no-store"})  # fmt: skip
 
     app.router.add_get("/health", health)
     app.router.add_get("/livez", livez)
