@@ -136,6 +136,8 @@ async def test_readyz_turns_503_at_once_when_draining(make_client: Factory) -> N
     sidecar, client = await make_client()
     assert (await client.get("/readyz")).status == 200
     sidecar.begin_drain()
+    # The plain answer is memoised for probes; draining must still show on the next request.
+    assert (await client.get("/readyz")).status == 503
     response = await client.get("/readyz?verbose")
     assert response.status == 503
     assert "[-]shutdown failed: draining" in await response.text()
