@@ -260,7 +260,10 @@ class DashboardSettings:
         Duration(30.0), "SIDECAR_DASHBOARD_POLL_INTERVAL", doc="Seconds between page refreshes."
     )
     jaeger_ui_url: str = setting(
-        "", "JAEGER_UI_URL", doc="Jaeger UI base; trace ids in logs link there."
+        "",
+        "JAEGER_UI_URL",
+        doc="Jaeger UI base (trace ids in logs link to <base>/trace/<id>), or a URL "
+        "template containing {trace_id}.",
     )
     log_buffer_events: int = setting(2000, doc="Log events kept for /api/logs.")
     log_buffer_bytes: int = setting(2 * 1024 * 1024, doc="Bytes of log events kept for /api/logs.")

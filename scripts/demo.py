@@ -426,7 +426,9 @@ def start_all(stack: Stack, *, store: str, mail_interval: float, poll_interval: 
         worker_url=worker.url,
         worker_token=worker.token,
         otlp_endpoint=telemetry.otlp_http_endpoint,
-        jaeger_ui_url=telemetry.jaeger_query_url,
+        # A Jaeger built from the Go module proxy has no UI assets (its UI is built from the
+        # jaeger-ui repository at release time), so trace links open the query API's JSON.
+        jaeger_ui_url=telemetry.jaeger_query_url + "/api/traces/{trace_id}",
         alertmanager_url=alertmanager_url,
         poll_interval=poll_interval,
     )
@@ -434,7 +436,7 @@ def start_all(stack: Stack, *, store: str, mail_interval: float, poll_interval: 
     stack.urls = {
         "dashboard": sidecar_url + "/",
         "health": sidecar_url + "/health",
-        "jaeger": telemetry.jaeger_query_url + "/search?service=signal-sidecar",
+        "jaeger-api": telemetry.jaeger_query_url + "/api/traces?service=signal-sidecar&limit=20",
         "prometheus": prometheus_url + "/graph?g0.expr=imap_messages_total",
         "alertmanager": alertmanager_url,
         "demo-app": app_url + "/",

@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.fixtures.browser import BrowserPage
 from tests.fixtures.collector import TelemetryStack
 from tests.fixtures.dovecot import Dovecot
@@ -263,14 +265,18 @@ def test_search_shows_exactly_the_events_containing_the_text(
     assert len(rows) < len(sidecar.log_events())
 
 
+@pytest.mark.parametrize(
+    ("jaeger_ui_url", "expected"),
+    [
+        ("http://jaeger.example:16686/", "http://jaeger.example:16686/trace/{}"),
+        ("http://127.0.0.1:16686/api/traces/{trace_id}", "http://127.0.0.1:16686/api/traces/{}"),
+    ],
+)
 def test_trace_id_in_a_log_row_links_to_jaeger(
-    sidecar_process: Start, browser_page: OpenPage
+    sidecar_process: Start, browser_page: OpenPage, jaeger_ui_url: str, expected: str
 ) -> None:
     sidecar = sidecar_process(
-        env=_env(
-            ENABLE_BACKGROUND_TASKS="false",
-            JAEGER_UI_URL="http://jaeger.example:16686/",
-        )
+        env=_env(ENABLE_BACKGROUND_TASKS="false", JAEGER_UI_URL=jaeger_ui_url)
     )
     opened = _open(browser_page, sidecar.url)
     link = opened.page.wait_for_selector("#logs tbody tr a.trace")
@@ -278,7 +284,7 @@ def test_trace_id_in_a_log_row_links_to_jaeger(
     href = link.get_attribute("href") or ""
     trace_id = link.get_attribute("title") or ""
     assert len(trace_id) == 32
-    assert href == f"http://jaeger.example:16686/trace/{trace_id}"
+    assert href == expected.format(trace_id)
 
 
 TOKEN = "dash-" + secrets.token_hex(12)

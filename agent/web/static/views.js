@@ -142,8 +142,12 @@ function traceCell(traceId, jaegerUrl) {
   if (!jaegerUrl || !/^[0-9a-f]{32}$/i.test(traceId)) {
     return el("td", {}, [el("code", { text: short, title: traceId })]);
   }
+  // JAEGER_UI_URL is a base (".../trace/<id>" is appended) or a template with {trace_id}.
+  const href = jaegerUrl.includes("{trace_id}")
+    ? jaegerUrl.replaceAll("{trace_id}", traceId)
+    : `${jaegerUrl.replace(/\/+$/, "")}/trace/${traceId}`;
   const link = el("a", { text: short, title: traceId, attrs: {
-    href: `${jaegerUrl}/trace/${traceId}`, target: "_blank", rel: "noopener noreferrer" } });
+    href, target: "_blank", rel: "noopener noreferrer" } });
   link.className = "trace";
   return el("td", {}, [link]);
 }
