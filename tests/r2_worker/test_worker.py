@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.request
 from datetime import UTC, datetime
 
 import pytest
@@ -184,9 +186,20 @@ def test_a_malformed_deadline_is_a_bad_request(
 def test_traceparent_is_logged(r2_worker: R2Worker, file_server: FileServer) -> None:
     traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
-    r2_worker.transfer(
-        file_server.url("/bytes/10"), email_id="trace", headers={"traceparent": traceparent}
+    # urllib, not requests: once the R2 client ran in this process, the requests
+    # instrumentation replaces a caller's traceparent with the current span's.
+    job = {"source_url": file_server.url("/bytes/10"), "provider": "generic", "email_id": "trace"}
+    request = urllib.request.Request(
+        r2_worker.url + "/",
+        data=json.dumps(job).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "X-R2-FETCH-TOKEN": r2_worker.token,
+            "traceparent": traceparent,
+        },
     )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 200
 
     logged = r2_worker.wait_for_records(lambda r: r.get("traceparent") == traceparent)
     assert logged
