@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -13,9 +14,10 @@ from pathlib import Path
 from tests.support.net import free_port, wait_for_port
 from tests.support.sidecar import SidecarProcess
 
-DURATION = "5s"
+DURATION = "4s"
 CONNECTIONS = "32"
 THREADS = "2"
+REPEATS = 3
 
 
 def _wrk(url: str) -> tuple[float, float]:
@@ -53,10 +55,16 @@ def main() -> dict[str, float]:
             _wrk(f"http://127.0.0.1:{port}/")  # warm-up
             for path in ("/health", "/livez", "/readyz"):
                 _wrk(sidecar.url + path)  # warm-up
-                # The bare baseline is measured right before each endpoint: the machine is
-                # shared, and adjacent runs see the same load.
-                base_rps, base_p99 = _wrk(f"http://127.0.0.1:{port}/")
-                rps, p99 = _wrk(sidecar.url + path)
+                pairs = []
+                for _ in range(REPEATS):
+                    # The bare baseline runs right before the endpoint each time: the machine is
+                    # shared, and adjacent runs see the same load; the median pair is reported.
+                    base = _wrk(f"http://127.0.0.1:{port}/")
+                    pairs.append((base, _wrk(sidecar.url + path)))
+                (base_rps, base_p99), (rps, p99) = sorted(
+                    pairs, key=lambda pair: pair[1][0] / pair[0][0]
+                )[len(pairs) // 2]
+                p99_ratio = statistics.median(ep[1] / bp[1] for bp, ep in pairs)
                 name = path.strip("/")
                 results |= {
                     f"{name}_bare_rps": base_rps,
@@ -64,11 +72,11 @@ def main() -> dict[str, float]:
                     f"{name}_rps": rps,
                     f"{name}_p99_ms": p99,
                     f"{name}_rps_ratio": rps / base_rps,
-                    f"{name}_p99_ratio": p99 / base_p99,
+                    f"{name}_p99_ratio": p99_ratio,
                 }
                 print(f"{path:<8} {rps:7.0f} req/s p99 {p99:6.2f} ms | bare {base_rps:7.0f} req/s "
                       f"p99 {base_p99:6.2f} ms | rps {rps / base_rps:4.0%} of bare (goal >= 70%), "
-                      f"p99 {p99 / base_p99:4.2f}x bare (goal <= 2x)")  # fmt: skip
+                      f"p99 {p99_ratio:4.2f}x bare (goal <= 2x), median of {REPEATS}")  # fmt: skip
         finally:
             sidecar.stop()
             bare.terminate()
