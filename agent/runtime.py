@@ -12,7 +12,7 @@ import aiohttp
 
 from agent import __version__
 from agent.config import Settings
-from agent.health.base import ProbeContext
+from agent.health.base import Probe, ProbeContext
 from agent.health.liveness import Lifecycle, LivenessHook, LoopWatchdog
 from agent.health.probes import PROBES
 from agent.health.registry import CheckSpec, HealthRegistry
@@ -72,10 +72,10 @@ class Sidecar:
         self._register_checks()
 
     def _register_checks(self) -> None:
-        for name in PROBES:
-            self.add_check(name, PROBES[name])
+        for name, probe in PROBES.items():
+            self.add_check(name, probe)
 
-    def add_check(self, name: str, probe: Any, *, interval: float | None = None) -> None:
+    def add_check(self, name: str, probe: Probe, *, interval: float | None = None) -> None:
         """Registers a check with the configured harness settings."""
         health = self.settings.health
         self.registry.add(
