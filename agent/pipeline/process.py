@@ -126,9 +126,10 @@ class EmailProcessor:
                 "imap.uid": message.uid,
                 "email.id": email_id,
                 "imap.message.size": message.size,
-                "imap.message.partial": message.partial,
             },
         ) as span:
+            if message.partial:
+                span.set_attribute("imap.message.partial", True)
             try:
                 outcome = await self._process(mailbox, email_id, message)
             except StoreError as exc:

@@ -111,11 +111,8 @@ class WebhookClient:
         try:
             with self._tracer.start_as_current_span(
                 "webhook.deliver",
-                attributes={
-                    "webhook.idempotency_key": idempotency_key,
-                    "email.id": email_id,
-                    "imap.mailbox": mailbox,
-                },
+                # email.id and imap.mailbox are on the parent email.process span.
+                attributes={"webhook.idempotency_key": idempotency_key},
             ) as span:
                 result = await self._attempts(self.encode(payload), idempotency_key)
                 span.set_attribute("webhook.attempts", result.attempts)

@@ -73,14 +73,26 @@ class Masker:
 
     def mask(self, text: str) -> str:
         """The text with every secret form replaced by ***."""
-        if not text:
+        if not text or not self._may_match(text):
             return text
         return self._pattern.sub(self._replace, text)
+
+    def _may_match(self, text: str) -> bool:
+        # Every form the pattern masks needs one of these substrings; checking them in C first
+        # spares the regex scan for the ordinary strings that are most of what is exported.
+        if "=" in text or ("@" in text and "://" in text):
+            return True
+        lower = text.lower()
+        if "authorization" in lower or "bearer" in lower or "basic" in lower or "token" in lower:
+            return True
+        return any(secret in text for secret in self._secrets)
 
     def finds(self, value: Any) -> bool:
         """Whether masking would change this value (strings inside containers included)."""
         if isinstance(value, str):
-            return bool(value) and self._pattern.search(value) is not None
+            return (
+                bool(value) and self._may_match(value) and self._pattern.search(value) is not None
+            )
         if isinstance(value, Mapping):
             return any(self.finds(item) for item in value.values())
         if isinstance(value, list | tuple):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from opentelemetry import trace
 
 from agent.config import settings_from_mapping
@@ -115,3 +117,17 @@ def test_secret_in_a_list_attribute_or_a_link_is_masked_before_export() -> None:
     assert finished.attributes is not None
     assert list(finished.attributes["urls"]) == ["https://h/a", "https://h/b?token=***"]
     assert finished.links[0].attributes == {"note": "token ***"}
+
+
+def test_the_substring_precheck_never_skips_a_string_the_pattern_would_mask() -> None:
+    masker = Masker(["s3cr3t-value"])
+    pieces = [
+        *("https://", "u:p@", "host", "/p", "?", "&", "token=", "sig=", "x=", "Bearer "),
+        *("basic ", "Authorization: ", "abcdefgh12345", "s3cr3t-value", " ", "=", "@", "TOKEN"),
+    ]
+    rng = random.Random(7)
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+        expected = masker._pattern.sub(masker._replace, text)
+        assert masker.mask(text) == expected, text
+        assert masker.finds(text) == (expected != text), text
