@@ -57,7 +57,8 @@ async def start_pipeline(sidecar: Sidecar) -> None:
     """One poller per mailbox, sharing a processor, a webhook client and the R2 client."""
     settings = sidecar.settings
     telemetry = sidecar.telemetry
-    assert sidecar.http is not None
+    if sidecar.http is None:
+        raise RuntimeError("start_pipeline() runs from Sidecar.start(), after the HTTP session")
     tracer = telemetry.tracer("agent.pipeline")
     webhook = WebhookClient(
         settings.webhook,

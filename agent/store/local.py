@@ -404,7 +404,8 @@ class LocalStore:
         return await self._submit(functools.partial(self._with_conn, fn), *args)
 
     async def _submit(self, fn: Callable[..., _T], *args: Any) -> _T:
-        assert self._executor is not None
+        if self._executor is None:
+            raise RuntimeError("LocalStore is not started; call start() first")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, functools.partial(fn, *args))

@@ -249,7 +249,8 @@ class TrackedMetricExporter(MetricExporter):
 
     def _send_loop(self) -> None:
         inner = self._inner
-        assert inner is not None
+        if inner is None:  # the sender thread only starts when there is an exporter
+            return
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
