@@ -100,8 +100,8 @@ class CheckState:
         """Whether the verdict lets readiness pass."""
         return self.status in ("ok", "not_configured", "disabled")
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON form for /health and the dashboard."""
+    def summary(self) -> dict[str, Any]:
+        """The verdict and the last run, without history (what /health needs per check)."""
         last = self.last
         return {
             "status": self.status,
@@ -115,6 +115,11 @@ class CheckState:
             "last_ok": self.last_ok_at,
             "consecutive_failures": self.consecutive_failures,
             "data": dict(last.data) if last is not None else {},
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form for the dashboard: the summary and the recent runs."""
+        return self.summary() | {
             "history": [run.as_dict() for run in self.recent],
             "recent_failures": [run.as_dict() for run in self.failures],
         }

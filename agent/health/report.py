@@ -64,18 +64,16 @@ def _service(sources: HealthSources, name: str) -> dict[str, Any]:
     state = sources.registry.states().get(name)
     if state is None:
         return {"status": "not_configured"}
-    last = state.last
+    summary = state.summary()
     service: dict[str, Any] = {
-        "status": state.status,
-        "latency_ms": None
-        if last is None or last.latency is None
-        else round(last.latency * 1000, 2),
-        "error": last.detail if last is not None and last.status == "error" else None,
-        "last_check": _iso(state.last_run_at),
-        "last_ok": _iso(state.last_ok_at),
+        "status": summary["status"],
+        "latency_ms": summary["latency_ms"],
+        "error": summary["error"],
+        "last_check": _iso(summary["last_check"]),
+        "last_ok": _iso(summary["last_ok"]),
     }
-    if last is not None and last.data:
-        service["details"] = dict(last.data)
+    if summary["data"]:
+        service["details"] = summary["data"]
     return service
 
 
