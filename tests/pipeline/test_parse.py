@@ -323,3 +323,12 @@ def test_html_to_text_of_nothing_is_empty() -> None:
 def test_html_to_text_survives_deep_nesting() -> None:
     text, _, _ = html_to_text("<div>x" * 100_000, 2_000_000)
     assert text.startswith("x\nx")
+
+
+def test_html_to_text_collapses_whitespace_the_same_way_on_a_very_long_line() -> None:
+    words = [f"w{n}" for n in range(30_000)]
+    spaced = "".join(f"{word}{' ' * (n % 3 + 1)}\u00a0\t\n" for n, word in enumerate(words))
+    assert len(spaced) > 128 * 1024
+    text, truncated, _ = html_to_text(f"<span>{spaced}</span><p>tail \u00a0 end</p>", 10**6)
+    assert not truncated
+    assert text == " ".join(words) + "\ntail end"
