@@ -138,6 +138,11 @@ class ImapSettings:
         Duration(60.0), doc="Lease time of a mailbox; the leader renews it every cycle."
     )
     batch_size: int = setting(50, doc="Messages fetched per FETCH command.")
+    batch_bytes: int = setting(
+        8 * 1024 * 1024,
+        doc="Raw bytes fetched per batch (and held until it is processed); a larger message "
+        "is fetched alone.",
+    )
     concurrency: int = setting(8, doc="Messages processed at once per mailbox.")
     max_attempts: int = setting(5, doc="Attempts before a message is dead-lettered.")
     reconnect_max_backoff: Duration = setting(
@@ -158,6 +163,11 @@ class ParseSettings:
     )
     max_html_bytes: int = setting(
         1024 * 1024, "MAX_HTML_BYTES", doc="HTML beyond this is truncated before conversion."
+    )
+    max_bytes_in_flight: int = setting(
+        2 * 1024 * 1024,
+        doc="Bytes of mail parsed at once, each message counted up to max_html_bytes; an HTML "
+        "tree takes about 18 times its document, so this bounds parse memory.",
     )
     max_mime_parts: int = setting(200, doc="MIME parts walked per message.")
     max_header_bytes: int = setting(64 * 1024, doc="Header block size kept per message.")
@@ -584,6 +594,8 @@ def _check(settings: Settings) -> None:
             )
     positive = {
         "imap.batch_size": settings.imap.batch_size,
+        "imap.batch_bytes": settings.imap.batch_bytes,
+        "parse.max_bytes_in_flight": settings.parse.max_bytes_in_flight,
         "imap.concurrency": settings.imap.concurrency,
         "imap.max_attempts": settings.imap.max_attempts,
         "webhook.max_attempts": settings.webhook.max_attempts,

@@ -52,6 +52,8 @@ INVALID = [
         "server.enable_background_tasks: expected true or false, got 'yes'",
     ),
     ("[imap]\nbatch_size = 0\n", "imap.batch_size: expected at least 1, got 0"),
+    ("[imap]\nbatch_bytes = 0\n", "imap.batch_bytes: expected at least 1, got 0"),
+    ("[parse]\nmax_bytes_in_flight = 0\n", "parse.max_bytes_in_flight: expected at least 1, got 0"),
     ("server = 3\n", "server: expected a table, got 3"),
     ("[server\nport = 1\n", "not valid TOML"),
 ]

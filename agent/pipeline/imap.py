@@ -22,7 +22,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -86,7 +86,7 @@ class MailboxStatus:
     uidnext: int | None
 
 
-@dataclass(frozen=True)
+@dataclass
 class FetchedMessage:
     """One fetched message; `partial` when only the first max_bytes of `size` were fetched."""
 
@@ -94,6 +94,15 @@ class FetchedMessage:
     size: int
     data: bytes
     partial: bool
+
+    def take_data(self) -> bytes:
+        """The raw bytes, handed over once: the message stops holding them.
+
+        A batch's messages live until the whole batch is done; parsing takes the bytes so that
+        raw mail is not held through R2 transfers and webhook retries.
+        """
+        data, self.data = self.data, b""
+        return data
 
 
 class ImapClient:
@@ -204,15 +213,22 @@ class ImapClient:
         )
 
     async def fetch(
-        self, uids: Sequence[int], *, max_bytes: int, batch_size: int = _DEFAULT_FETCH_BATCH
+        self,
+        uids: Sequence[int],
+        *,
+        max_bytes: int,
+        batch_size: int = _DEFAULT_FETCH_BATCH,
+        sizes: Mapping[int, int] | None = None,
     ) -> list[FetchedMessage]:
         """Fetches whole messages, and only the first `max_bytes` of larger ones (flagged partial).
 
         Nothing is marked \\Seen (BODY.PEEK). UIDs that vanished meanwhile are left out.
+        `sizes` (RFC822.SIZE by UID, as fetch_sizes returns them) saves asking the server again.
         """
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
-        sizes = await self.fetch_sizes(uids)
+        if sizes is None:
+            sizes = await self.fetch_sizes(uids)
         whole = [u for u in uids if u in sizes and sizes[u] <= max_bytes]
         large = [u for u in uids if u in sizes and sizes[u] > max_bytes]
         bodies: dict[int, bytes] = {}

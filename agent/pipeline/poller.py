@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry.metrics import Observation
@@ -230,14 +230,19 @@ class MailboxPoller:
         sizes = await client.fetch_sizes(uids)
         for size in sizes.values():
             self._instruments.imap_message_size.record(size, {"imap.mailbox": self.mailbox.name})
-        batch_size = self._settings.imap.batch_size
+        max_bytes = self._settings.parse.max_message_bytes
         blocked = False
         processed = 0
-        for start in range(0, len(uids), batch_size):
+        for batch in fetch_batches(
+            uids,
+            sizes,
+            max_count=self._settings.imap.batch_size,
+            max_batch_bytes=self._settings.imap.batch_bytes,
+            max_message_bytes=max_bytes,
+        ):
             if stop is not None and stop.is_set():
                 break
-            batch = uids[start : start + batch_size]
-            messages = await client.fetch(batch, max_bytes=self._settings.parse.max_message_bytes)
+            messages = await client.fetch(batch, max_bytes=max_bytes, sizes=sizes)
             outcomes = await asyncio.gather(
                 *(self._process(status.uidvalidity, message, poll_context) for message in messages)
             )
@@ -298,6 +303,33 @@ class MailboxPoller:
         if not self.leader:
             return []
         return [Observation(self.backlog, {"imap.mailbox": self.mailbox.name})]
+
+
+def fetch_batches(
+    uids: list[int],
+    sizes: Mapping[int, int],
+    *,
+    max_count: int,
+    max_batch_bytes: int,
+    max_message_bytes: int,
+) -> Iterator[list[int]]:
+    """UIDs in order, cut into batches of at most max_count messages and max_batch_bytes.
+
+    A message counts with the bytes that will be fetched of it (at most max_message_bytes); one
+    larger than max_batch_bytes makes a batch of its own. UIDs without a size (expunged since
+    the search) ride along at no cost, so the caller still sees them.
+    """
+    batch: list[int] = []
+    held = 0
+    for uid in uids:
+        cost = min(sizes.get(uid, 0), max_message_bytes)
+        if batch and (len(batch) >= max_count or held + cost > max_batch_bytes):
+            yield batch
+            batch, held = [], 0
+        batch.append(uid)
+        held += cost
+    if batch:
+        yield batch
 
 
 def fair_share(mailboxes: int, replicas: int) -> int:

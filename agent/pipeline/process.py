@@ -14,6 +14,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace import Link, SpanContext, StatusCode, Tracer
 
 from agent.config import Settings
+from agent.pipeline.budget import ByteBudget
 from agent.pipeline.imap import FetchedMessage
 from agent.pipeline.links import DeliveryLink, LinkRegistry
 from agent.pipeline.parse import ParsedEmail, parse_email
@@ -105,6 +106,7 @@ class EmailProcessor:
         self._log = get_logger("imap")
         # Emails with an attempt count in the store: only those need it cleared once done.
         self._counted: set[str] = set()
+        self._parse_budget = ByteBudget(settings.parse.max_bytes_in_flight)
 
     async def process(
         self,
@@ -199,9 +201,11 @@ class EmailProcessor:
         limits = self._settings.parse
         started = time.perf_counter()
         with self._tracer.start_as_current_span("email.parse") as span:
-            parsed = await asyncio.to_thread(
-                parse_email, message.data, limits, partial=message.partial
-            )
+            data = message.take_data()
+            # Counted up to max_html_bytes: the HTML tree, not the raw size, is what costs.
+            async with self._parse_budget.hold(min(len(data), limits.max_html_bytes)):
+                parsed = await asyncio.to_thread(parse_email, data, limits, partial=message.partial)
+            del data
             span.set_attribute("email.parts", parsed.parts_seen)
             span.set_attribute("email.html.bytes", parsed.html_bytes)
             span.set_attribute("email.html.truncated", parsed.html_truncated)

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from agent.config import Duration, MailboxSettings, Settings, settings_from_mapping
 from agent.pipeline.links import LinkRegistry
-from agent.pipeline.poller import LeaseLost, MailboxPoller, fair_share
+from agent.pipeline.poller import LeaseLost, MailboxPoller, fair_share, fetch_batches
 from agent.pipeline.process import EmailProcessor
 from agent.pipeline.webhook import WebhookClient
 from agent.store.base import Store, Watermark
@@ -117,6 +117,22 @@ async def test_one_cycle_delivers_every_new_message_and_moves_the_watermark_to_t
     assert len(set(_keys(receiver))) == len(receiver.requests) == 12
     mark = await pipeline.store.get_watermark(poller.mailbox.name)
     assert mark == Watermark(dovecot.uidvalidity("alice"), 12)
+
+
+async def test_a_cycle_fetches_in_batches_bounded_by_bytes_and_asks_sizes_once(
+    make_pipeline: Callable[..., Awaitable[Pipeline]], dovecot: Dovecot, receiver: Receiver
+) -> None:
+    mails = _mails(5)
+    # Room for two of these mails per batch, not three.
+    pipeline = await make_pipeline(imap={"batch_bytes": max(map(len, mails)) * 5 // 2})
+    dovecot.append_many("alice", mails)
+    poller = pipeline.poller(dovecot.settings("alice"))
+    await _lead(poller)
+    await poller.cycle()
+    assert len(receiver.requests) == 5
+    fetches = [s.attributes["imap.fetch.items"] for s in pipeline.spans.get_finished_spans()
+               if s.name == "imap.fetch" and s.attributes]  # fmt: skip
+    assert fetches == ["RFC822.SIZE", "BODY.PEEK[]", "BODY.PEEK[]", "BODY.PEEK[]"]
 
 
 async def test_a_second_cycle_without_new_mail_sends_nothing(
@@ -330,3 +346,31 @@ async def test_each_cycle_is_one_imap_poll_trace(pipeline: Pipeline, dovecot: Do
     assert all(s.parent is None for s in polls)
     assert polls[0].attributes is not None
     assert polls[0].attributes["imap.messages"] == 2
+
+
+def _batches(sizes: dict[int, int], **kw: int) -> list[list[int]]:
+    limits = {"max_count": 50, "max_batch_bytes": 100, "max_message_bytes": 1000, **kw}
+    return list(fetch_batches(sorted(sizes), sizes, **limits))
+
+
+def test_fetch_batches_cut_at_the_message_count() -> None:
+    assert _batches({1: 1, 2: 1, 3: 1, 4: 1, 5: 1}, max_count=2) == [[1, 2], [3, 4], [5]]
+
+
+def test_fetch_batches_cut_before_the_byte_budget_is_exceeded() -> None:
+    assert _batches({1: 40, 2: 40, 3: 40, 4: 20}) == [[1, 2], [3, 4]]
+
+
+def test_a_message_larger_than_the_byte_budget_is_fetched_alone() -> None:
+    assert _batches({1: 10, 2: 500, 3: 10, 4: 10}) == [[1], [2], [3, 4]]
+
+
+def test_a_message_counts_only_the_bytes_fetched_of_it() -> None:
+    # Above max_message_bytes only a prefix is fetched, so only the prefix is held.
+    assert _batches({1: 10**9, 2: 10}, max_message_bytes=60) == [[1, 2]]
+
+
+def test_uids_without_a_size_ride_along_in_order() -> None:
+    sizes = {1: 60, 3: 60}
+    assert list(fetch_batches([1, 2, 3], sizes, max_count=50, max_batch_bytes=100,
+                              max_message_bytes=1000)) == [[1, 2], [3]]  # fmt: skip

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +18,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from agent.config import Settings, settings_from_mapping
+from agent.pipeline import process as process_module
 from agent.pipeline.imap import FetchedMessage
 from agent.pipeline.links import LinkRegistry
+from agent.pipeline.parse import ParsedEmail
 from agent.pipeline.process import EmailProcessor, ProcessOutcome, email_id_for
 from agent.pipeline.webhook import WebhookClient
 from agent.store.local import LocalStore
@@ -233,3 +238,49 @@ async def test_hostile_mail_is_delivered_within_its_bounds(
     body = receiver.requests[0].json
     assert check(body), {k: str(v)[:200] for k, v in body.items()}
     assert len(receiver.requests[0].body) < 64 * 1024
+
+
+async def test_the_processor_takes_the_raw_bytes_so_a_batch_does_not_hold_them(
+    processing: Processing,
+) -> None:
+    raw = hostile.ordinary()
+    message = FetchedMessage(uid=1, size=len(raw), data=raw, partial=False)
+    outcome = await processing.processor.process("box", 7, message, POLL)
+    assert outcome.outcome == "delivered"
+    assert message.data == b""
+
+
+@pytest.mark.parametrize(("in_flight", "most_at_once"), [(25_000, 1), (10_000_000, 4)])
+async def test_parses_in_flight_stay_within_the_byte_budget(
+    make_processing: Callable[..., Awaitable[Processing]],
+    monkeypatch: pytest.MonkeyPatch,
+    in_flight: int,
+    most_at_once: int,
+) -> None:
+    raws = [hostile.make_message(html="<p>" + "x" * 20_000 + "</p>", message_id=f"<big{n}@x>")
+            for n in range(4)]  # fmt: skip
+    assert all(20_000 < len(raw) < 25_000 * 2 for raw in raws)
+    processing = await make_processing(parse={"max_bytes_in_flight": in_flight})
+    lock = threading.Lock()
+    inside = 0
+    seen = 0
+    real_parse = process_module.parse_email
+
+    def counting_parse(*args: Any, **kwargs: Any) -> ParsedEmail:
+        nonlocal inside, seen
+        with lock:
+            inside += 1
+            seen = max(seen, inside)
+        time.sleep(0.05)  # long enough for every parse that may run to start
+        try:
+            return real_parse(*args, **kwargs)
+        finally:
+            with lock:
+                inside -= 1
+
+    monkeypatch.setattr(process_module, "parse_email", counting_parse)
+    outcomes = await asyncio.gather(
+        *(processing.process(raw, uid=uid) for uid, raw in enumerate(raws, 1))
+    )
+    assert [o.outcome for o in outcomes] == ["delivered"] * 4
+    assert seen == most_at_once
