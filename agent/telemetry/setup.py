@@ -489,9 +489,9 @@ def _otlp(env: Mapping[str, str], signal: str) -> Any:
             endpoint=endpoint, insecure=insecure, headers=headers, timeout=timeout
         )
     if signal == "traces":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from agent.telemetry.otlp_wire import WireSpanExporter
 
-        return OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=timeout)
+        return WireSpanExporter(endpoint=endpoint, headers=headers, timeout=timeout)
     if signal == "metrics":
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 

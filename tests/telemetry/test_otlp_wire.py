@@ -1,0 +1,161 @@
+"""The wire encoder writes what the SDK's encoder writes, and its exporter reaches a real Jaeger."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
+
+from agent.telemetry.otlp_wire import WireSpanExporter, encode_spans
+from tests.fixtures.collector import TelemetryStack
+
+REMOTE = SpanContext(trace_id=0x1234, span_id=0x5678, is_remote=True,
+                     trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                     trace_state=TraceState([("vendor", "v1"), ("other", "x")]))  # fmt: skip
+VALUES: dict[str, Any] = {
+    "text": "délivré ✓",
+    "empty": "",
+    "yes": True,
+    "no": False,
+    "zero": 0,
+    "negative": -42,
+    "huge": 2**62,
+    "ratio": 0.25,
+    "float_zero": 0.0,
+    "words": ("a", "", "ü"),
+    "numbers": (1, -2, 0),
+    "flags": (True, False),
+    "floats": (1.5, -0.0),
+    "nothing": (),
+}
+
+
+@pytest.fixture
+def provider() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "wire", "deployment": "test"}, "https://s/1"),
+        span_limits=SpanLimits(max_span_attributes=20, max_events=2, max_links=1,
+                               max_event_attributes=1),  # fmt: skip
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+def _same(spans: list[ReadableSpan]) -> None:
+    expected = sdk_encode(spans)
+    actual = ExportTraceServiceRequest.FromString(encode_spans(spans))
+    assert actual == expected
+
+
+def test_every_attribute_type_encodes_as_the_sdk_encodes_it(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    tracer_provider, exporter = provider
+    with tracer_provider.get_tracer("t").start_as_current_span("attrs", attributes=VALUES):
+        pass
+    _same(list(exporter.get_finished_spans()))
+
+
+def test_kinds_statuses_events_links_and_parents_encode_as_the_sdk_encodes_them(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    tracer_provider, exporter = provider
+    tracer = tracer_provider.get_tracer("scope", "1.2.3", schema_url="https://s/2",
+                                        attributes={"scope.attr": "x"})  # fmt: skip
+    other = tracer_provider.get_tracer("other-scope")
+    remote_parent = set_span_in_context(NonRecordingSpan(REMOTE))
+    for kind in SpanKind:
+        with tracer.start_as_current_span(f"kind {kind.name}", kind=kind):
+            pass
+    with tracer.start_as_current_span("child of remote", context=remote_parent) as span:
+        span.set_status(StatusCode.ERROR, "it broke: ✗")
+        span.add_event("first", {"n": 1, "dropped": "over the event limit"})
+        span.add_event("second", timestamp=123)
+        span.add_event("third")  # over max_events: counted as dropped
+        with other.start_as_current_span("local child", links=[Link(REMOTE, {"why": "batch"})]):
+            pass
+    with tracer.start_as_current_span("ok") as span:
+        span.set_status(StatusCode.OK)
+    with tracer.start_as_current_span("error without text") as span:
+        span.set_status(StatusCode.ERROR)
+    with tracer.start_as_current_span("many", attributes={f"k{i}": i for i in range(25)}):
+        pass
+    with tracer.start_as_current_span("", links=[Link(REMOTE), Link(REMOTE)]):
+        pass
+    _same(list(exporter.get_finished_spans()))
+
+
+def test_spans_of_two_resources_stay_apart(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    tracer_provider, exporter = provider
+    second = TracerProvider(resource=Resource.create({"service.name": "second"}))
+    second.add_span_processor(SimpleSpanProcessor(exporter))
+    for index in range(3):
+        for source in (tracer_provider, second):
+            with source.get_tracer("t").start_as_current_span(f"span {index}"):
+                pass
+    spans = list(exporter.get_finished_spans())
+    _same(spans)
+    decoded = ExportTraceServiceRequest.FromString(encode_spans(spans))
+    assert [len(r.scope_spans[0].spans) for r in decoded.resource_spans] == [3, 3]
+    second.shutdown()
+
+
+def test_an_empty_batch_is_an_empty_request() -> None:
+    assert encode_spans([]) == b""
+
+
+def test_the_exporter_delivers_every_attribute_type_to_jaeger(
+    telemetry_stack: TelemetryStack,
+) -> None:
+    service = f"wire-{uuid.uuid4().hex[:8]}"
+    exporter = WireSpanExporter(endpoint=f"{telemetry_stack.otlp_http_endpoint}/v1/traces",
+                                timeout=5)  # fmt: skip
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("wire-test").start_as_current_span("parent") as parent:
+        with provider.get_tracer("wire-test").start_as_current_span(
+            "child", kind=SpanKind.CLIENT, attributes=VALUES
+        ) as child:
+            child.set_status(StatusCode.ERROR, "boom")
+        trace_id = format(parent.get_span_context().trace_id, "032x")
+    provider.shutdown()
+    deadline = time.monotonic() + 20
+    spans: dict[str, dict[str, Any]] = {}
+    while len(spans) < 2:
+        assert time.monotonic() < deadline, "the spans did not reach Jaeger"
+        traces = [t for t in telemetry_stack.traces(service) if t["traceID"] == trace_id]
+        spans = {s["operationName"]: s for t in traces for s in t["spans"]}
+        time.sleep(0.3)
+    tags = {tag["key"]: tag["value"] for tag in spans["child"]["tags"]}
+    assert tags["text"] == "délivré ✓"
+    assert tags["yes"] is True
+    assert tags["no"] is False
+    assert tags["negative"] == -42
+    assert tags["ratio"] == 0.25
+    assert tags["span.kind"] == "client"
+    assert tags["otel.status_description"] == "boom"
+    references = spans["child"]["references"]
+    assert references[0]["spanID"] == spans["parent"]["spanID"]
