@@ -49,13 +49,15 @@ VALUES: dict[str, Any] = {
 }
 
 
+LIMITS = SpanLimits(max_span_attributes=20, max_events=2, max_links=1, max_event_attributes=1)
+
+
 @pytest.fixture
 def provider() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(
         resource=Resource.create({"service.name": "wire", "deployment": "test"}, "https://s/1"),
-        span_limits=SpanLimits(max_span_attributes=20, max_events=2, max_links=1,
-                               max_event_attributes=1),  # fmt: skip
+        span_limits=LIMITS,
     )
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     yield provider, exporter
