@@ -78,6 +78,7 @@ class WebhookClient:
         self._instruments = instruments
         self._store = store
         self._masker = masker
+        self._span_url = masker.mask_url(settings.url)  # the URL is fixed: masked once
         self._log = get_logger("webhook")
         self._backoff = Backoff(initial=settings.backoff_initial, maximum=settings.backoff_max)
         self.active = 0
@@ -228,7 +229,7 @@ class WebhookClient:
             kind=SpanKind.CLIENT,
             attributes={
                 "http.request.method": "POST",
-                "url.full": self._masker.mask_url(settings.url),
+                "url.full": self._span_url,
             },
         ) as span:
             propagate.inject(headers)

@@ -496,9 +496,9 @@ def _otlp(env: Mapping[str, str], signal: str) -> Any:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
         return OTLPMetricExporter(endpoint=endpoint, headers=headers, timeout=timeout)
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from agent.telemetry.otlp_wire import WireLogExporter
 
-    return OTLPLogExporter(endpoint=endpoint, headers=headers, timeout=timeout)
+    return WireLogExporter(endpoint=endpoint, headers=headers, timeout=timeout)
 
 
 def _sampler(env: Mapping[str, str]) -> Sampler:

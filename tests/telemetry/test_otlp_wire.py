@@ -1,4 +1,4 @@
-"""The wire encoder writes what the SDK's encoder writes, and its exporter reaches a real Jaeger."""
+"""The wire encoders write what the SDK's encoders write; their exporters reach the real stack."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from opentelemetry import context as otel_context
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs as sdk_encode_logs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk._logs import LoggerProvider, LogRecordLimits
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -25,7 +31,7 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from agent.telemetry.otlp_wire import WireSpanExporter, encode_spans
+from agent.telemetry.otlp_wire import WireLogExporter, WireSpanExporter, encode_logs, encode_spans
 from tests.fixtures.collector import TelemetryStack
 
 REMOTE = SpanContext(trace_id=0x1234, span_id=0x5678, is_remote=True,
@@ -161,3 +167,58 @@ def test_the_exporter_delivers_every_attribute_type_to_jaeger(
     assert tags["otel.status_description"] == "boom"
     references = spans["child"]["references"]
     assert references[0]["spanID"] == spans["parent"]["spanID"]
+
+
+@pytest.mark.filterwarnings("ignore::opentelemetry.sdk._logs.LogRecordDroppedAttributesWarning")
+def test_log_records_encode_as_the_sdk_encodes_them() -> None:
+    exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    provider = LoggerProvider(
+        resource=Resource.create({"service.name": "wire-logs"}, "https://s/3"),
+        log_record_limits=LogRecordLimits(max_attributes=3),
+    )
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    tracer_provider = TracerProvider()
+    imap = provider.get_logger("signal-sidecar.imap")
+    webhook = provider.get_logger("signal-sidecar.webhook", "1.0")
+    with tracer_provider.get_tracer("t").start_as_current_span("inside"):
+        imap.emit(
+            timestamp=time.time_ns(),
+            context=otel_context.get_current(),
+            severity_number=SeverityNumber.WARN,
+            severity_text="WARNING",
+            body="poller.cycle_failed",
+            attributes={"mailbox": "INBOX", "attempt": 3, "fatal": False},
+        )
+    webhook.emit(severity_number=SeverityNumber.INFO, body="webhook.delivery",
+                 attributes=dict(list(VALUES.items())[:6]))  # fmt: skip
+    webhook.emit(body=None, event_name="sidecar.event")
+    webhook.emit(body={"nested": [1, "two"]}, severity_text="")
+    provider.force_flush()
+    batch = list(exporter.get_finished_logs())
+    assert len(batch) == 4
+    expected = sdk_encode_logs(batch)
+    actual = ExportLogsServiceRequest.FromString(encode_logs(batch))
+    assert actual == expected
+    assert actual.resource_logs[0].scope_logs[1].log_records[0].attributes  # not vacuous
+    provider.shutdown()
+    tracer_provider.shutdown()
+
+
+def test_the_log_exporter_delivers_records_to_the_collector(
+    telemetry_stack: TelemetryStack,
+) -> None:
+    marker = f"wire-log-{uuid.uuid4().hex[:8]}"
+    provider = LoggerProvider(resource=Resource.create({"service.name": marker}))
+    exporter = WireLogExporter(endpoint=f"{telemetry_stack.otlp_http_endpoint}/v1/logs", timeout=5)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    provider.get_logger("signal-sidecar.test").emit(
+        severity_number=SeverityNumber.ERROR, body=marker, attributes={"count": 7}
+    )
+    provider.shutdown()
+    deadline = time.monotonic() + 20
+    while marker not in telemetry_stack.debug_output():
+        assert time.monotonic() < deadline, "the record did not reach the collector"
+        time.sleep(0.3)
+    output = telemetry_stack.debug_output()
+    assert f"Body: Str({marker})" in output
+    assert "count: Int(7)" in output
