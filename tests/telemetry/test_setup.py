@@ -146,6 +146,30 @@ def test_always_off_sampler_records_no_span() -> None:
     telemetry.shutdown(2.0)
 
 
+_QUIET = {"OTEL_METRICS_EXPORTER": "none", "OTEL_TRACES_EXPORTER": "none",
+          "OTEL_LOGS_EXPORTER": "none"}  # fmt: skip
+
+
+@pytest.mark.parametrize(("value", "kept"), [(None, False), ("trace_based", True)])
+def test_exemplars_are_off_unless_the_exemplar_filter_asks_for_them(
+    value: str | None, kept: bool
+) -> None:
+    reader = InMemoryMetricReader()
+    env = _QUIET if value is None else {**_QUIET, "OTEL_METRICS_EXEMPLAR_FILTER": value}
+    telemetry = setup_telemetry(Settings(), env, metric_readers=[reader])
+    with telemetry.tracer("t").start_as_current_span("sampled"):
+        telemetry.instruments.parse_duration.record(0.01)
+    exemplars = [e for p in _points(reader.get_metrics_data(), "email.parse.duration")
+                 for e in p.exemplars]  # fmt: skip
+    assert bool(exemplars) is kept
+    telemetry.shutdown(2.0)
+
+
+def test_unknown_exemplar_filter_is_a_config_error_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="OTEL_METRICS_EXEMPLAR_FILTER.*trace_based"):
+        setup_telemetry(Settings(), {"OTEL_METRICS_EXEMPLAR_FILTER": "sometimes"})
+
+
 def test_unknown_sampler_is_a_config_error_naming_the_variable() -> None:
     with pytest.raises(ConfigError, match="OTEL_TRACES_SAMPLER"):
         setup_telemetry(Settings(), {"OTEL_TRACES_SAMPLER": "sometimes"})
