@@ -166,7 +166,7 @@ def test_exemplars_are_off_unless_the_exemplar_filter_asks_for_them(
 
 
 def test_unknown_exemplar_filter_is_a_config_error_naming_the_variable() -> None:
-    with pytest.raises(ConfigError, match="OTEL_METRICS_EXEMPLAR_FILTER.*trace_based"):
+    with pytest.raises(ConfigError, match=r"OTEL_METRICS_EXEMPLAR_FILTER.*trace_based"):
         setup_telemetry(Settings(), {"OTEL_METRICS_EXEMPLAR_FILTER": "sometimes"})
 
 
