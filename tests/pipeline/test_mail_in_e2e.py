@@ -334,10 +334,21 @@ class _PeakRss:
         self._thread.join(5)
 
 
+@pytest.mark.parametrize("telemetry", ["off", "exported"])
 async def test_hostile_mail_keeps_peak_rss_within_50mb_of_idle_and_each_message_has_an_outcome(
-    dovecot: Dovecot, receiver: Receiver, sidecar_process: Start
+    dovecot: Dovecot,
+    receiver: Receiver,
+    sidecar_process: Start,
+    request: pytest.FixtureRequest,
+    telemetry: str,
 ) -> None:
-    proc = await _start(sidecar_process, _env(dovecot, receiver))
+    env = _env(dovecot, receiver)
+    if telemetry == "exported":
+        # Spans, log records and their export queues count against the same bound.
+        stack: TelemetryStack = request.getfixturevalue("telemetry_stack")
+        env.update(OTEL_SDK_DISABLED="false", OTEL_SERVICE_NAME="hostile-e2e",
+                   OTEL_EXPORTER_OTLP_ENDPOINT=stack.otlp_http_endpoint)  # fmt: skip
+    proc = await _start(sidecar_process, env)
     assert proc.proc is not None
     await _until("first empty cycle", lambda: _last_uid_is_known(proc), timeout=15)
     await asyncio.sleep(2)
