@@ -14,7 +14,12 @@ from opentelemetry.sdk.metrics.export import MetricsData
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from agent.alerts.fingerprint import fingerprint
-from agent.alerts.notifiers import RESOLVED_RETENTION, Delivery, Notifier
+from agent.alerts.notifiers import (
+    RESOLVED_RETENTION,
+    UNDELIVERED_RETENTION,
+    Delivery,
+    Notifier,
+)
 from agent.alerts.payload import AlertInstance, strip_userinfo
 from agent.alerts.rules import AlertConfig, AlertRule, render, sanitize_label
 from agent.alerts.samples import SeriesKey, SeriesStore, to_samples
@@ -49,7 +54,8 @@ class AlertEngine:
     """Rules in, alert instances and notifications out; state kept in the store across restarts.
 
     States per rule and label set: pending (condition true for less than `for`), firing,
-    resolved (kept 15 minutes so the resolution is delivered and shown). A pending alert whose
+    resolved (kept 15 minutes so the resolution is delivered and shown; up to a day while a
+    receiver told of the firing has not yet acknowledged the resolution). A pending alert whose
     condition turns false is dropped, as in Prometheus. resolve_threshold only holds alerts that
     already fire. No data (no fresh series, fewer than two samples in a window, 0/0): keep_last
     freezes the alert where it is, ok treats it as a false condition (keep_firing_for applies),
@@ -229,11 +235,28 @@ class AlertEngine:
         gone = [
             fp
             for fp, a in self._active.items()
-            if a.state == "resolved" and a.resolved_at is not None and now - a.resolved_at > keep
+            if a.state == "resolved"
+            and a.resolved_at is not None
+            and now - a.resolved_at > keep
+            # A resolution a receiver was owed is kept until it is delivered (or a day passes),
+            # so a receiver that was down longer than the retention still hears of it.
+            and (now - a.resolved_at > UNDELIVERED_RETENTION or not self._owed(a))
         ]
         for fp in gone:
             del self._active[fp]
         return bool(gone)
+
+    def _owed(self, alert: AlertInstance) -> bool:
+        """Whether some notifier that was told of the firing still has to hear the resolution."""
+        resolved = alert.resolved_at or 0.0
+        for notifier in self._notifiers:
+            if notifier.name not in alert.sent_firing:
+                continue
+            if notifier.resend_interval is None and not self.config.send_resolved:
+                continue
+            if alert.sent_at.get(notifier.name, 0.0) < resolved:
+                return True
+        return False
 
     # Notifications.
 
@@ -374,7 +397,9 @@ class AlertEngine:
                 if alert.state == "pending" and outage > self._tolerance:
                     continue
                 if alert.state == "resolved" and (
-                    alert.resolved_at is None or now - alert.resolved_at > RESOLVED_RETENTION
+                    alert.resolved_at is None
+                    or now - alert.resolved_at > UNDELIVERED_RETENTION
+                    or (now - alert.resolved_at > RESOLVED_RETENTION and not self._owed(alert))
                 ):
                     continue
                 self._active[alert.fingerprint] = alert

@@ -19,6 +19,8 @@ Outcome = Literal["success", "failure"]
 # Prometheus re-sends firing alerts to Alertmanager every minute, resolved ones for 15 minutes.
 RESEND_DELAY = 60.0
 RESOLVED_RETENTION = 15 * 60.0
+# How long a resolution a receiver has not yet acknowledged is kept for it.
+UNDELIVERED_RETENTION = 24 * 3600.0
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,47 @@ async def test_resolution_is_notified_after_a_notified_firing(receiver, telemetr
     assert resolved["endsAt"] != "0001-01-01T00:00:00Z"
 
 
+async def test_a_resolution_owed_past_the_retention_is_delivered_when_the_receiver_returns(
+    receiver, telemetry, store
+) -> None:
+    clock = FakeClock()
+    alerts = engine(config([MEMORY]), telemetry, store, clock, [webhook(receiver)])
+    telemetry.set_gauge("process.memory.utilization", 0.9)
+    await step(alerts, telemetry, clock, 0)
+    telemetry.set_gauge("process.memory.utilization", 0.1)
+    receiver.default = 503  # the receiver goes down as the alert resolves
+    await step(alerts, telemetry, clock, 15)
+    await step(alerts, telemetry, clock, 15 + 20 * 60)  # longer than the 15 minute retention
+    assert statuses(receiver)[0] == "firing"
+    assert set(statuses(receiver)[1:]) == {"resolved"}  # every attempt so far failed
+    failed = len(receiver.requests)
+    receiver.default = 200
+    await step(alerts, telemetry, clock, 15 + 21 * 60)
+    assert len(receiver.requests) == failed + 1
+    assert receiver.requests[-1].json["alerts"][0]["status"] == "resolved"
+    sent = len(receiver.requests)
+    await step(alerts, telemetry, clock, 15 + 22 * 60)
+    # Delivered: the alert is forgotten, and the resolution is not sent again.
+    assert alerts.instances() == []
+    assert len(receiver.requests) == sent
+
+
+async def test_an_undelivered_resolution_is_given_up_after_a_day(
+    receiver, telemetry, store
+) -> None:
+    clock = FakeClock()
+    alerts = engine(config([MEMORY]), telemetry, store, clock, [webhook(receiver)])
+    telemetry.set_gauge("process.memory.utilization", 0.9)
+    await step(alerts, telemetry, clock, 0)
+    telemetry.set_gauge("process.memory.utilization", 0.1)
+    receiver.default = 503
+    await step(alerts, telemetry, clock, 15)
+    await step(alerts, telemetry, clock, 12 * 3600)
+    assert [a["state"] for a in alerts.instances()] == ["resolved"]
+    await step(alerts, telemetry, clock, 24 * 3600 + 30)
+    assert alerts.instances() == []
+
+
 async def test_resolution_is_not_notified_when_firing_never_was(receiver, telemetry, store) -> None:
     receiver.default = 400  # the firing notification is refused (4xx: final)
     clock = FakeClock()

@@ -146,3 +146,25 @@ async def test_state_of_a_removed_rule_is_not_restored(stores, receiver) -> None
     other = RULE | {"alert": "Other"}
     after = engine(config([other]), telemetry, await stores.open(), clock)
     assert await after.restore() == 0
+
+
+async def test_a_resolution_still_owed_survives_a_restart_past_the_retention(
+    stores, receiver
+) -> None:
+    clock, telemetry = FakeClock(), Telemetry()
+    cfg = config([RULE])
+    telemetry.set_gauge("process.memory.utilization", 0.9)
+    before = engine(cfg, telemetry, await stores.open(), clock, [notifier(receiver)])
+    await step(before, telemetry, clock, 0)
+    telemetry.set_gauge("process.memory.utilization", 0.1)
+    receiver.default = 503
+    await step(before, telemetry, clock, 15)
+    before.close()
+    receiver.default = 200
+    failed = len(receiver.requests)
+    after = engine(cfg, telemetry, await stores.open(), clock, [notifier(receiver)])
+    clock.now += 3600  # down for an hour, far past the 15 minute retention
+    assert await after.restore() == 1
+    await step(after, telemetry, clock, 3600 + 30)
+    assert len(receiver.requests) == failed + 1
+    assert receiver.requests[-1].json["alerts"][0]["status"] == "resolved"
