@@ -31,6 +31,7 @@ _pack_fixed32 = struct.Struct("<I").pack
 _pack_double = struct.Struct("<d").pack
 _SMALL = [bytes([n]) for n in range(128)]
 _INT64 = (1 << 64) - 1
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 # Span.flags: the context has an is_remote bit (always), and whether it is set.
 _HAS_IS_REMOTE = 0x100
@@ -268,6 +269,8 @@ def _any_value(value: Any) -> bytes:
         data = value.encode("utf-8")
         return b"\x0a" + _varint(len(data)) + data
     if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValueError(f"{value} does not fit an int64")  # skipped, as the SDK skips it
         return b"\x18" + _varint(value & _INT64)
     if isinstance(value, float):
         return b"\x21" + _pack_double(value)

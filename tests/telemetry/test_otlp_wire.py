@@ -114,6 +114,21 @@ def test_kinds_statuses_events_links_and_parents_encode_as_the_sdk_encodes_them(
     _same(list(exporter.get_finished_spans()))
 
 
+def test_an_attribute_that_fits_no_otlp_value_is_left_out_as_the_sdk_leaves_it_out(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    tracer_provider, exporter = provider
+    wide = {"fits": 2**63 - 1, "too_big": 2**64, "too_small": -(2**63) - 1,
+            "in_a_list": (1, 2**70), "kept": "yes"}  # fmt: skip
+    with tracer_provider.get_tracer("t").start_as_current_span("wide", attributes=wide):
+        pass
+    spans = list(exporter.get_finished_spans())
+    _same(spans)
+    decoded = ExportTraceServiceRequest.FromString(encode_spans(spans))
+    keys = [kv.key for kv in decoded.resource_spans[0].scope_spans[0].spans[0].attributes]
+    assert keys == ["fits", "kept"]
+
+
 def test_spans_of_two_resources_stay_apart(
     provider: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
