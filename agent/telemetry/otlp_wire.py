@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
@@ -36,8 +36,6 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 # Span.flags: the context has an is_remote bit (always), and whether it is set.
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
-_LOCAL_FLAGS = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE)
-_REMOTE_FLAGS = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
 
 # Encoded attribute keys and scopes repeat in every batch; caches are bounded.
 _CACHE_LIMIT = 4096
@@ -157,20 +155,11 @@ def _span(span: ReadableSpan) -> bytes:
         if span.dropped_links:
             parts.append(b"\x70" + _varint(span.dropped_links))
     status = span.status
-    if status.description:
-        text = status.description.encode("utf-8")
-        body = b"\x12" + _varint(len(text)) + text
-        if status.status_code.value:
-            body += b"\x18" + _SMALL[status.status_code.value]
-        parts.append(b"\x7a" + _varint(len(body)) + body)
-    elif status.status_code.value:
-        parts.append(b"\x7a\x02\x18" + _SMALL[status.status_code.value])
-    else:
-        parts.append(b"\x7a\x00")
-    if parent is not None and parent.is_remote:
-        parts.append(_REMOTE_FLAGS)
-    else:
-        parts.append(_LOCAL_FLAGS)
+    status_body = _string(b"\x12", status.description) if status.description else b""
+    if status.status_code.value:
+        status_body += b"\x18" + _SMALL[status.status_code.value]
+    parts.append(_field(b"\x7a", status_body))  # present even when empty, as the SDK writes it
+    parts.append(b"\x85\x01" + _pack_fixed32(_flags(parent)))
     return b"".join(parts)
 
 
@@ -236,8 +225,7 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
     parts: list[bytes] = []
     for key, value in items:
         if value.__class__ is str:
-            data = value.encode("utf-8")
-            encoded = b"\x0a" + _varint(len(data)) + data
+            encoded = _string(b"\x0a", value)  # the common case, ahead of _any_value's checks
         else:
             try:
                 encoded = _any_value(value)
@@ -266,8 +254,7 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, str):
-        data = value.encode("utf-8")
-        return b"\x0a" + _varint(len(data)) + data
+        return _string(b"\x0a", value)
     if isinstance(value, int):
         if not _INT64_MIN <= value <= _INT64_MAX:
             raise ValueError(f"{value} does not fit an int64")  # skipped, as the SDK skips it
@@ -275,7 +262,7 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, float):
         return b"\x21" + _pack_double(value)
     if isinstance(value, bytes):
-        return b"\x3a" + _varint(len(value)) + value
+        return _field(b"\x3a", value)
     if isinstance(value, Sequence):
         return _field(b"\x2a", b"".join(_field(b"\x0a", _any_value(item)) for item in value))
     if isinstance(value, Mapping):
@@ -306,38 +293,51 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-class WireSpanExporter(OTLPSpanExporter):
-    """OTLP/HTTP span export with encode_spans above; transport, retries and timeouts are the SDK's.
+def _post(
+    exporter: OTLPSpanExporter | OTLPLogExporter,
+    signal: str,
+    data: Callable[[], bytes],
+    count: int,
+) -> bool:
+    """Encodes and posts one batch as the SDK exporters do; whether it was accepted.
 
-    It overrides export() only, and reads the SDK exporter's own client, limit and self-metrics
-    (the OpenTelemetry packages are pinned to one release; the end-to-end tests against Jaeger
-    fail if that release changes them).
+    It reads the SDK exporter's own client, limit and self-metrics (the OpenTelemetry packages
+    are pinned to one release; the end-to-end tests against Jaeger and the collector fail if
+    that release changes them).
     """
+    if exporter._shutdown:
+        _logger.warning("%s exporter already shut down, batch ignored", signal)
+        return False
+    with exporter._metrics.export_operation(count) as result:
+        try:
+            body = data()
+        except Exception as error:  # the SDK's contract: a bad batch fails, never raises
+            _logger.error("%s batch not encoded: %s", signal, error)
+            result.error = error
+            return False
+        if 0 < exporter._max_request_size < len(body):
+            _logger.warning(
+                "%s batch of %d bytes dropped: over max_request_size %d",
+                signal,
+                len(body),
+                exporter._max_request_size,
+            )
+            return False
+        sent = exporter._client.export(body)
+        if not sent.success:
+            result.error = sent.error
+            return False
+    return True
+
+
+class WireSpanExporter(OTLPSpanExporter):
+    """OTLP/HTTP span export with encode_spans above; transport, retries, timeouts are the SDK's."""
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Encodes the batch and posts it, as the SDK exporter does."""
-        if self._shutdown:
-            _logger.warning("span exporter already shut down, batch ignored")
-            return SpanExportResult.FAILURE
-        with self._metrics.export_operation(len(spans)) as result:
-            try:
-                data = encode_spans(spans)
-            except Exception as error:  # the SDK's contract: a bad batch fails, never raises
-                _logger.error("span batch not encoded: %s", error)
-                result.error = error
-                return SpanExportResult.FAILURE
-            if 0 < self._max_request_size < len(data):
-                _logger.warning(
-                    "span batch of %d bytes dropped: over max_request_size %d",
-                    len(data),
-                    self._max_request_size,
-                )
-                return SpanExportResult.FAILURE
-            sent = self._client.export(data)
-            if not sent.success:
-                result.error = sent.error
-                return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
+        if _post(self, "span", lambda: encode_spans(spans), len(spans)):
+            return SpanExportResult.SUCCESS
+        return SpanExportResult.FAILURE
 
 
 class WireLogExporter(OTLPLogExporter):
@@ -345,25 +345,6 @@ class WireLogExporter(OTLPLogExporter):
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         """Encodes the batch and posts it, as the SDK exporter does."""
-        if self._shutdown:
-            _logger.warning("log exporter already shut down, batch ignored")
-            return LogRecordExportResult.FAILURE
-        with self._metrics.export_operation(len(batch)) as result:
-            try:
-                data = encode_logs(batch)
-            except Exception as error:  # the SDK's contract: a bad batch fails, never raises
-                _logger.error("log batch not encoded: %s", error)
-                result.error = error
-                return LogRecordExportResult.FAILURE
-            if 0 < self._max_request_size < len(data):
-                _logger.warning(
-                    "log batch of %d bytes dropped: over max_request_size %d",
-                    len(data),
-                    self._max_request_size,
-                )
-                return LogRecordExportResult.FAILURE
-            sent = self._client.export(data)
-            if not sent.success:
-                result.error = sent.error
-                return LogRecordExportResult.FAILURE
-        return LogRecordExportResult.SUCCESS
+        if _post(self, "log", lambda: encode_logs(batch), len(batch)):
+            return LogRecordExportResult.SUCCESS
+        return LogRecordExportResult.FAILURE
