@@ -446,17 +446,20 @@ def _base64(data: bytes, state: _State) -> bytes:
         return b""
 
 
+def _charset(declared: str | None) -> str:
+    """The codec name for a declared charset: ASCII and the unknown-8bit labels read as UTF-8."""
+    name = (declared or "utf-8").strip().lower() or "utf-8"
+    return "utf-8" if name in ("unknown-8bit", "x-unknown", "us-ascii", "ascii") else name
+
+
 def _is_utf8(charset: str | None) -> bool:
     """Whether bytes in this declared charset can be read as UTF-8 (ASCII is a subset)."""
-    name = (charset or "utf-8").strip().lower() or "utf-8"
-    return name in ("utf-8", "utf8", "us-ascii", "ascii", "unknown-8bit", "x-unknown")
+    return _charset(charset) in ("utf-8", "utf8")
 
 
 def _decode(data: bytes, charset: str | None, state: _State) -> str:
     """Bytes in a declared charset; unknown or non-text charsets fall back to UTF-8."""
-    name = (charset or "utf-8").strip().lower() or "utf-8"
-    if name in ("unknown-8bit", "x-unknown", "us-ascii", "ascii"):
-        name = "utf-8"
+    name = _charset(charset)
     try:
         return data.decode(name, "replace")
     except LookupError:
