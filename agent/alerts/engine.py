@@ -231,34 +231,39 @@ class AlertEngine:
         return f"{self._external_url}/api/alerts?alertname={rule.alert}"
 
     def _expire(self, now: float) -> bool:
-        keep = max([RESOLVED_RETENTION] + [n.resolved_retention for n in self._notifiers])
         gone = [
-            fp
-            for fp, a in self._active.items()
-            if a.state == "resolved"
-            and a.resolved_at is not None
-            and now - a.resolved_at > keep
-            # A resolution a receiver was owed is kept until it is delivered (or a day passes),
-            # so a receiver that was down longer than the retention still hears of it.
-            and (now - a.resolved_at > UNDELIVERED_RETENTION or not self._owed(a))
+            fp for fp, a in self._active.items() if a.state == "resolved" and self._expired(a, now)
         ]
         for fp in gone:
             del self._active[fp]
         return bool(gone)
 
-    def _owed(self, alert: AlertInstance) -> bool:
-        """Whether some notifier that was told of the firing still has to hear the resolution."""
-        resolved = alert.resolved_at or 0.0
-        for notifier in self._notifiers:
-            if notifier.name not in alert.sent_firing:
-                continue
-            if notifier.resend_interval is None and not self.config.send_resolved:
-                continue
-            if alert.sent_at.get(notifier.name, 0.0) < resolved:
-                return True
-        return False
+    def _expired(self, alert: AlertInstance, now: float) -> bool:
+        """Whether a resolved alert can be forgotten.
+
+        After the retention, unless a receiver told of the firing has not yet heard of the
+        resolution: then it is kept until delivered (for at most a day), so a receiver that was
+        down longer than the retention still hears of it.
+        """
+        age = now - (alert.resolved_at if alert.resolved_at is not None else now)
+        keep = max([RESOLVED_RETENTION] + [n.resolved_retention for n in self._notifiers])
+        if age <= keep:
+            return False
+        return age > UNDELIVERED_RETENTION or not any(
+            self._owes(alert, n, now) for n in self._notifiers
+        )
 
     # Notifications.
+
+    def _owes(self, alert: AlertInstance, notifier: Notifier, now: float) -> bool:
+        """Whether notifier, told of the firing, has yet to be sent the resolution."""
+        if alert.state != "resolved" or notifier.name not in alert.sent_firing:
+            return False
+        if notifier.resend_interval is None and not self.config.send_resolved:
+            return False
+        last = alert.sent_at.get(notifier.name)
+        resolved = alert.resolved_at if alert.resolved_at is not None else now
+        return last is None or last < resolved
 
     def _needs(self, alert: AlertInstance, notifier: Notifier, now: float) -> bool:
         if alert.state == "pending":
@@ -268,14 +273,17 @@ class AlertEngine:
         if alert.state == "firing":
             fired = alert.fired_at if alert.fired_at is not None else alert.active_at
             return last is None or last < fired or now - last >= resend
-        if notifier.name not in alert.sent_firing:
-            return False
-        resolved = alert.resolved_at if alert.resolved_at is not None else now
-        if notifier.resend_interval is None:
-            return self.config.send_resolved and (last is None or last < resolved)
-        if last is None or last < resolved:
+        if self._owes(alert, notifier, now):
             return True
-        return now - last >= resend and now - resolved <= notifier.resolved_retention
+        if notifier.resend_interval is None or notifier.name not in alert.sent_firing:
+            return False
+        # Alertmanager is sent a resolution again every resend interval, within the retention.
+        resolved = alert.resolved_at if alert.resolved_at is not None else now
+        return (
+            last is not None  # always so here: _owes is true for an unsent resolution
+            and now - last >= resend
+            and now - resolved <= notifier.resolved_retention
+        )
 
     def _due(self, now: float) -> list[tuple[Notifier, list[AlertInstance]]]:
         due = []
@@ -397,9 +405,7 @@ class AlertEngine:
                 if alert.state == "pending" and outage > self._tolerance:
                     continue
                 if alert.state == "resolved" and (
-                    alert.resolved_at is None
-                    or now - alert.resolved_at > UNDELIVERED_RETENTION
-                    or (now - alert.resolved_at > RESOLVED_RETENTION and not self._owed(alert))
+                    alert.resolved_at is None or self._expired(alert, now)
                 ):
                     continue
                 self._active[alert.fingerprint] = alert
