@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -11,6 +12,14 @@ DeliveryOutcome = Literal["delivered", "failed", "dead_lettered"]
 
 class StoreError(RuntimeError):
     """The store could not be reached or answered badly; the message never holds a secret."""
+
+
+def dump_json(value: Any) -> str:
+    """A value as the JSON both backends store; a value JSON cannot hold is a StoreError."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"value is not JSON-serialisable: {exc}") from exc
 
 
 @dataclass(frozen=True)

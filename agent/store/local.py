@@ -20,6 +20,7 @@ from agent.store.base import (
     Lease,
     StoreError,
     Watermark,
+    dump_json,
 )
 
 _T = TypeVar("_T")
@@ -351,7 +352,7 @@ class LocalStore:
 
     async def kv_set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Stores a JSON-serialisable value; without ttl it never expires."""
-        text = _dumps(value)
+        text = dump_json(value)
 
         def write(conn: sqlite3.Connection) -> None:
             expires_at = None if ttl is None else time.time() + ttl
@@ -373,7 +374,7 @@ class LocalStore:
 
     async def heartbeat(self, name: str, at: float, info: dict[str, Any] | None = None) -> None:
         """Records that the named task was alive at `at`."""
-        text = _dumps(info or {})
+        text = dump_json(info or {})
         await self._run(
             lambda conn: conn.execute(
                 "INSERT INTO heartbeats (name, at, info) VALUES (?, ?, ?) "
@@ -533,13 +534,6 @@ class _transaction:
             self._conn.execute("COMMIT")
         else:
             self._conn.execute("ROLLBACK")
-
-
-def _dumps(value: Any) -> str:
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"value is not JSON-serialisable: {exc}") from exc
 
 
 def _record(text: str) -> DeliveryRecord:

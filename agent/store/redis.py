@@ -27,6 +27,7 @@ from agent.store.base import (
     Lease,
     StoreError,
     Watermark,
+    dump_json,
 )
 
 _OUTCOMES: tuple[str, ...] = get_args(DeliveryOutcome)
@@ -411,7 +412,7 @@ class RedisStore:
     async def kv_set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Stores a JSON-serialisable value; without ttl it never expires."""
         client = self._live()
-        text = _dumps(value)
+        text = dump_json(value)
         px = None if ttl is None else _ms(ttl)
         await self._call(lambda: client.set(self._key("kv", key), text, px=px))
 
@@ -425,7 +426,7 @@ class RedisStore:
     async def heartbeat(self, name: str, at: float, info: dict[str, Any] | None = None) -> None:
         """Records that the named task was alive at `at`."""
         client = self._live()
-        text = _dumps({**(info or {}), "at": at})
+        text = dump_json({**(info or {}), "at": at})
         await self._call(lambda: client.hset(self._key("heartbeats"), name, text))
 
     async def heartbeats(self, prefix: str = "") -> dict[str, dict[str, Any]]:
@@ -476,13 +477,6 @@ def _mask_url(text: str) -> str:
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
-
-
-def _dumps(value: Any) -> str:
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"value is not JSON-serialisable: {exc}") from exc
 
 
 def _record(member: str) -> DeliveryRecord:
