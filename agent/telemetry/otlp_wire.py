@@ -24,7 +24,9 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext
 
-_logger = logging.getLogger(__name__)
+# These exporters stand in for the SDK's, so they log where the SDK's exporters log: their errors
+# are then attributed to the signal in export health, and rate-limited to stderr, never exported.
+_logger = logging.getLogger("opentelemetry.exporter.otlp.wire")
 
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_fixed32 = struct.Struct("<I").pack

@@ -31,6 +31,7 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
+from agent.telemetry.exporters import ExportTracker, TrackedSpanExporter
 from agent.telemetry.otlp_wire import WireLogExporter, WireSpanExporter, encode_logs, encode_spans
 from tests.fixtures.collector import TelemetryStack
 
@@ -237,3 +238,23 @@ def test_the_log_exporter_delivers_records_to_the_collector(
     output = telemetry_stack.debug_output()
     assert f"Body: Str({marker})" in output
     assert "count: Int(7)" in output
+
+
+def test_a_refused_batch_is_reported_to_the_tracker_with_the_exporters_reason() -> None:
+    tracker = ExportTracker()
+    tracker.install_error_capture()
+    try:
+        exporter = TrackedSpanExporter(
+            WireSpanExporter(endpoint="http://127.0.0.1:9/v1/traces", max_request_size=16),
+            tracker,
+        )
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        with provider.get_tracer("t").start_as_current_span("too big for 16 bytes"):
+            pass
+        provider.shutdown()
+    finally:
+        tracker.remove_error_capture()
+    status = tracker.status()["traces"]
+    assert status["failures"] == 1
+    assert "over max_request_size 16" in status["last_error"]
