@@ -67,6 +67,7 @@ from agent.telemetry.exporters import (
 )
 from agent.telemetry.masking import Masker
 from agent.telemetry.resource import build_resource
+from agent.telemetry.tracing import LeanTracerProvider
 
 _logger = logging.getLogger(__name__)
 
@@ -351,7 +352,7 @@ def _tracer_provider(
     exports: ExportTracker,
     masker: Masker,
 ) -> SdkTracerProvider:
-    provider = SdkTracerProvider(resource=resource, sampler=_sampler(env), shutdown_on_exit=False)
+    provider = LeanTracerProvider(resource=resource, sampler=_sampler(env), shutdown_on_exit=False)
     processor: SpanProcessor | None = None
     if injected is not None:
         processor = SimpleSpanProcessor(
