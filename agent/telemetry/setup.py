@@ -176,7 +176,13 @@ class _MaskingSpanExporter(SpanExporter):
         self._masker = masker
 
     def export(self, spans: Sequence[ReadableSpan]) -> Any:
-        """Exports masked copies of the spans."""
+        """Exports the spans, masked copies of those that carry something to mask."""
+        texts: list[str] = []
+        for span in spans:
+            _span_texts(texts, span)
+        # One search over the whole batch: almost every batch has nothing to mask.
+        if not self._masker.finds("\x00".join(texts)):
+            return self._inner.export(spans)
         return self._inner.export([self._mask(span) for span in spans])
 
     def shutdown(self) -> None:
@@ -219,14 +225,21 @@ class _MaskingSpanExporter(SpanExporter):
     def _dirty(self, span: ReadableSpan) -> bool:
         # One regex search over every string of the span, joined: a match inside any one string
         # is still a match in the joined text, so nothing that needs masking is missed.
-        texts: list[str] = [span.name, span.status.description or ""]
-        _strings(texts, span.attributes)
-        for event in span.events:
-            texts.append(event.name)
-            _strings(texts, event.attributes)
-        for link in span.links:
-            _strings(texts, link.attributes)
+        texts: list[str] = []
+        _span_texts(texts, span)
         return self._masker.finds("\x00".join(texts))
+
+
+def _span_texts(out: list[str], span: ReadableSpan) -> None:
+    """Every string of a span that masking reads: name, status, attributes, events, links."""
+    out.append(span.name)
+    out.append(span.status.description or "")
+    _strings(out, span.attributes)
+    for event in span.events:
+        out.append(event.name)
+        _strings(out, event.attributes)
+    for link in span.links:
+        _strings(out, link.attributes)
 
 
 def _strings(out: list[str], attributes: Mapping[str, Any] | None) -> None:

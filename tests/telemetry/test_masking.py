@@ -5,10 +5,13 @@ from __future__ import annotations
 import random
 
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agent.config import settings_from_mapping
 from agent.telemetry.masking import Masker
-from agent.telemetry.setup import telemetry_for_tests
+from agent.telemetry.setup import _MaskingSpanExporter, telemetry_for_tests
 
 
 def test_configured_secret_is_replaced_wherever_it_appears() -> None:
@@ -131,3 +134,36 @@ def test_the_substring_precheck_never_skips_a_string_the_pattern_would_mask() ->
         expected = masker._pattern.sub(masker._replace, text)
         assert masker.mask(text) == expected, text
         assert masker.finds(text) == (expected != text), text
+
+
+def test_a_batch_is_searched_once_and_only_its_dirty_spans_are_copied() -> None:
+    searches: list[str] = []
+
+    class Counting(Masker):
+        def finds(self, value: object) -> bool:
+            searches.append(str(value))
+            return super().finds(value)
+
+    exporter = InMemorySpanExporter()
+    masking = _MaskingSpanExporter(exporter, Counting(["whsec-0123456789"]))
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    tracer = provider.get_tracer("test")
+    batch = []
+    for index in range(50):
+        with tracer.start_as_current_span(f"clean {index}", attributes={"n": index}) as span:
+            if index == 31:
+                span.add_event("retry", {"why": "key whsec-0123456789 refused"})
+        batch.append(span)
+
+    masking.export(batch[:31])  # nothing to mask: the spans themselves go out
+    assert list(exporter.get_finished_spans()) == batch[:31]
+    assert len(searches) == 1
+    exporter.clear()
+    masking.export(batch)
+    exported = list(exporter.get_finished_spans())
+    assert [s.name for s in exported] == [s.name for s in batch]
+    pairs = zip(exported, batch, strict=True)
+    assert all(sent is kept for sent, kept in pairs if sent.name != "clean 31")
+    assert exported[31] is not batch[31]
+    assert exported[31].events[0].attributes == {"why": "key *** refused"}
