@@ -21,8 +21,9 @@ from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext
+from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode
 
 # These exporters stand in for the SDK's, so they log where the SDK's exporters log: their errors
 # are then attributed to the signal in export health, and rate-limited to stderr, never exported.
@@ -44,6 +45,11 @@ _CACHE_LIMIT = 4096
 _keys: dict[str, bytes] = {}
 # By identity: Resource hashes by dumping its attributes to JSON, on every lookup.
 _resources: dict[int, tuple[Resource, bytes]] = {}
+# Encoded attributes by (key, class, value), for values that compare exactly: not floats, since
+# -0.0 == 0.0 encode differently, and not containers. Long strings are not worth keeping.
+_pairs: dict[tuple[str, type, Any], bytes] = {}
+_CACHED_KINDS = frozenset({str, int, bool})
+_CACHED_TEXT = 256
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
@@ -126,7 +132,7 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
     if span.name:
         parts.append(_string(b"\x2a", span.name))
-    parts.append(b"\x30" + _SMALL[span.kind.value + 1])
+    parts.append(_KINDS[span.kind._value_])
     if span.start_time:
         parts.append(b"\x39" + _pack_fixed64(span.start_time))
     if span.end_time:
@@ -141,7 +147,7 @@ def _span(span: ReadableSpan) -> bytes:
         if dropped:
             parts.append(b"\x50" + _varint(dropped))
     events = getattr(span, "_events", None)
-    if events is None or not isinstance(events, Collection):
+    if events.__class__ not in _SEQUENCES and not isinstance(events, Collection):
         events = span.events
     if len(events):
         for event in events:
@@ -149,7 +155,7 @@ def _span(span: ReadableSpan) -> bytes:
         if span.dropped_events:
             parts.append(b"\x60" + _varint(span.dropped_events))
     links = getattr(span, "_links", None)
-    if links is None or not isinstance(links, Collection):
+    if links.__class__ not in _SEQUENCES and not isinstance(links, Collection):
         links = span.links
     if len(links):
         for link in links:
@@ -157,11 +163,16 @@ def _span(span: ReadableSpan) -> bytes:
         if span.dropped_links:
             parts.append(b"\x70" + _varint(span.dropped_links))
     status = span.status
-    status_body = _string(b"\x12", status.description) if status.description else b""
-    if status.status_code.value:
-        status_body += b"\x18" + _SMALL[status.status_code.value]
-    parts.append(_field(b"\x7a", status_body))  # present even when empty, as the SDK writes it
-    parts.append(b"\x85\x01" + _pack_fixed32(_flags(parent)))
+    if status.description:
+        status_body = (
+            _string(b"\x12", status.description) + _STATUS_CODES[status.status_code._value_]
+        )
+        parts.append(_field(b"\x7a", status_body))
+    else:
+        parts.append(
+            _STATUSES[status.status_code._value_]
+        )  # present even when empty, as the SDK has it
+    parts.append(_SPAN_FLAGS_REMOTE if parent is not None and parent.is_remote else _SPAN_FLAGS)
     return b"".join(parts)
 
 
@@ -226,17 +237,36 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
     items = inner.items() if isinstance(inner, dict) else attributes.items()
     parts: list[bytes] = []
     for key, value in items:
-        if value.__class__ is str:
-            encoded = _string(b"\x0a", value)  # the common case, ahead of _any_value's checks
+        kind = value.__class__
+        if kind in _CACHED_KINDS and (kind is not str or len(value) <= _CACHED_TEXT):
+            # Mailboxes, outcomes, methods, URLs, ports: most values repeat from span to span.
+            # The class is part of the key, since True == 1 and their encodings differ.
+            cache_key = (key, kind, value)
+            body = _pairs.get(cache_key)
+            if body is None:
+                body = _pair(key, value)
+                if len(_pairs) >= _CACHE_LIMIT:
+                    _pairs.clear()
+                _pairs[cache_key] = body
         else:
-            try:
-                encoded = _any_value(value)
-            except (TypeError, ValueError) as exc:
-                _logger.warning("attribute %s not encoded: %s", key, exc)
-                continue
-        pair = _key(key) + b"\x12" + _varint(len(encoded)) + encoded
-        parts.append(tag + _varint(len(pair)) + pair)
+            body = _pair(key, value)
+        if body:
+            parts.append(tag + body)
     return b"".join(parts)
+
+
+def _pair(key: str, value: Any) -> bytes:
+    """A KeyValue with its length prefix; empty when the value cannot be encoded."""
+    if value.__class__ is str:
+        encoded = _string(b"\x0a", value)  # the common case, ahead of _any_value's checks
+    else:
+        try:
+            encoded = _any_value(value)
+        except (TypeError, ValueError) as exc:
+            _logger.warning("attribute %s not encoded: %s", key, exc)
+            return b""
+    pair = _key(key) + b"\x12" + _varint(len(encoded)) + encoded
+    return _varint(len(pair)) + pair
 
 
 def _key(key: str) -> bytes:
@@ -293,6 +323,18 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# By the enums' values: Enum.__hash__ is a Python method, the value's hash is not.
+_KINDS = {kind.value: b"\x30" + _SMALL[kind.value + 1] for kind in SpanKind}
+_STATUS_CODES = {
+    code.value: b"\x18" + _SMALL[code.value] if code.value else b"" for code in StatusCode
+}
+_STATUSES = {code: _field(b"\x7a", body) for code, body in _STATUS_CODES.items()}
+_SPAN_FLAGS = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE)
+_SPAN_FLAGS_REMOTE = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
+# The containers SDK spans keep their events and links in (BoundedList, or LeanSpan's tuple).
+_SEQUENCES = frozenset({BoundedList, tuple, list})
 
 
 def _post(

@@ -115,6 +115,20 @@ def test_kinds_statuses_events_links_and_parents_encode_as_the_sdk_encodes_them(
     _same(list(exporter.get_finished_spans()))
 
 
+def test_repeated_values_encode_from_the_cache_without_equal_values_of_other_types_mixing(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    tracer_provider, exporter = provider
+    tracer = tracer_provider.get_tracer("t")
+    # True == 1 == 1.0 and 0.0 == -0.0 in Python; each encodes differently on the wire.
+    for value in (True, 1, 1.0, 1, True, False, 0, 0.0, -0.0, 0, "1", "1", "x" * 300, "x" * 300):
+        with tracer.start_as_current_span("repeat", attributes={"same.key": value}):
+            pass
+        with tracer.start_as_current_span("event") as span:
+            span.add_event("e", {"same.key": value})
+    _same(list(exporter.get_finished_spans()))
+
+
 def test_an_attribute_that_fits_no_otlp_value_is_left_out_as_the_sdk_leaves_it_out(
     provider: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
