@@ -17,6 +17,7 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
+from agent.telemetry import log_records
 from agent.telemetry.masking import Masker
 from agent.telemetry.setup import Telemetry
 
@@ -144,7 +145,7 @@ def _add_trace_context(_logger: WrappedLogger, _method: str, event_dict: EventDi
 
 def _mask(pipeline: _Pipeline) -> Callable[[WrappedLogger, str, EventDict], EventDict]:
     def mask(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-        masked: EventDict = pipeline.masker.mask_value(event_dict)
+        masked: EventDict = pipeline.masker.mask_event(event_dict)
         return masked
 
     return mask
@@ -187,7 +188,8 @@ def _emit_otlp(pipeline: _Pipeline, method: str, event: Mapping[str, Any]) -> No
             attributes["exception.stacktrace"] = str(value)
             continue
         _flatten(attributes, key, value)
-    otel_logger.emit(
+    log_records.emit(
+        otel_logger,
         timestamp=time.time_ns(),
         context=otel_context.get_current(),
         severity_number=_SEVERITY.get(level, SeverityNumber.INFO),

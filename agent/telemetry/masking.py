@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 from agent.config import MASK
@@ -88,16 +88,16 @@ class Masker:
         return any(secret in text for secret in self._secrets)
 
     def finds(self, value: Any) -> bool:
-        """Whether masking would change this value (strings inside containers included)."""
-        if isinstance(value, str):
-            return (
-                bool(value) and self._may_match(value) and self._pattern.search(value) is not None
-            )
-        if isinstance(value, Mapping):
-            return any(self.finds(item) for item in value.values())
-        if isinstance(value, list | tuple):
-            return any(self.finds(item) for item in value)
-        return False
+        """Whether masking may change this value (strings inside containers included).
+
+        The strings of a container are searched once, joined by NUL: a match inside any one of
+        them is a match in the whole, so nothing is missed; a match across a join only costs
+        the caller a needless copy. For a single string the answer is exact.
+        """
+        texts: list[str] = []
+        _strings_in(texts, value)
+        text = "\x00".join(texts)
+        return bool(text) and self._may_match(text) and self._pattern.search(text) is not None
 
     def mask_url(self, url: str) -> str:
         """A URL with its userinfo, token parameters and secret values masked."""
@@ -115,6 +115,13 @@ class Masker:
             return tuple(self.mask_value(item) for item in value)
         return value
 
+    def mask_event(self, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        """A log event with its secrets masked: the event itself when one search finds none."""
+        if not self.finds(event):
+            return event
+        masked: dict[str, Any] = self.mask_value(event)
+        return masked
+
     def mask_attributes(self, attributes: Mapping[str, Any]) -> dict[str, Any]:
         """A copy of span or log attributes with every string value masked."""
         return {key: self.mask_value(value) for key, value in attributes.items()}
@@ -130,3 +137,15 @@ class Masker:
         if match.group("param") is not None:
             return f"{match.group('param')}{MASK}"
         return MASK
+
+
+def _strings_in(out: list[str], value: Any) -> None:
+    """Every string in value, in dict values, lists and tuples (recursively), appended to out."""
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _strings_in(out, item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _strings_in(out, item)

@@ -356,12 +356,19 @@ _UNSET = Status(StatusCode.UNSET)
 
 
 def _attributes(limits: SpanLimits, initial: Mapping[str, types.AnyValue]) -> BoundedAttributes:
-    """BoundedAttributes as the SDK builds them; plain values are stored without cleaning."""
+    """A span's BoundedAttributes, as the SDK builds them."""
+    return bounded_attributes(limits.max_span_attributes, limits.max_span_attribute_length, initial)
+
+
+def bounded_attributes(
+    maxlen: int | None, max_value_len: int | None, initial: Mapping[str, types.AnyValue]
+) -> BoundedAttributes:
+    """Mutable BoundedAttributes as the SDK builds them; plain values are stored uncleaned."""
     attributes = BoundedAttributes.__new__(BoundedAttributes)
     attributes._dict = {}
-    attributes.maxlen = limits.max_span_attributes
+    attributes.maxlen = maxlen
     attributes.dropped = 0
-    attributes.max_value_len = limits.max_span_attribute_length
+    attributes.max_value_len = max_value_len
     attributes._lock = threading.Lock()
     attributes._immutable = False
     _store(attributes, initial)

@@ -167,3 +167,28 @@ def test_a_batch_is_searched_once_and_only_its_dirty_spans_are_copied() -> None:
     assert all(sent is kept for sent, kept in pairs if sent.name != "clean 31")
     assert exported[31] is not batch[31]
     assert exported[31].events[0].attributes == {"why": "key *** refused"}
+
+
+def test_a_log_event_is_searched_once_and_copied_only_when_it_holds_a_secret() -> None:
+    masker = Masker(["s3cr3t-value"])
+    clean = {"event": "webhook.delivery", "status_code": 200, "urls": ["https://h/a"]}
+    assert masker.mask_event(clean) is clean
+    dirty = {"event": "x", "context": {"urls": ["https://h/a", "https://h/b?token=abc"]},
+             "note": ("ok", "key s3cr3t-value")}  # fmt: skip
+    masked = masker.mask_event(dirty)
+    assert masked == {"event": "x", "context": {"urls": ["https://h/a", "https://h/b?token=***"]},
+                      "note": ("ok", "key ***")}  # fmt: skip
+    assert dirty["note"] == ("ok", "key s3cr3t-value")
+
+
+def test_finds_never_misses_a_secret_in_any_string_of_a_container() -> None:
+    masker = Masker(["s3cr3t-value"])
+    pieces = ["plain", "https://u:p@h/", "?sig=abc", "Bearer abcdefgh1234", "s3cr3t-value", "="]
+    rng = random.Random(11)
+    for _ in range(2000):
+        strings = [rng.choice(pieces) + rng.choice(pieces) for _ in range(rng.randint(1, 4))]
+        expected = any(masker.mask(text) != text for text in strings)
+        if expected:
+            assert masker.finds({"a": strings, "b": tuple(strings)}), strings
+        else:
+            assert masker.mask_value(strings) == strings

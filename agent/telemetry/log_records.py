@@ -1,0 +1,86 @@
+"""OTLP log records handed to the SDK's processors with less work, one per structured log line.
+
+`Logger.emit(...)` of SDK 1.45 builds an API LogRecord, then a ReadWriteLogRecord that copies
+its attributes into BoundedAttributes by cleaning every value recursively. `emit` below makes
+the same two objects directly (plain attribute values stored as they are, the others cleaned by
+the SDK) and gives them to the same processors. Anything else (an exception to attach, a record
+object, a disabled logger) takes the SDK's own path. tests/telemetry/test_log_records.py
+compares what both paths export.
+"""
+
+from __future__ import annotations
+
+import warnings
+from time import time_ns
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry.context import Context, get_current
+from opentelemetry.sdk._logs import (
+    Logger,
+    LogRecordDroppedAttributesWarning,
+    ReadWriteLogRecord,
+)
+from opentelemetry.util import types
+
+from agent.telemetry.tracing import bounded_attributes
+
+_NO_ATTRIBUTES: dict[str, types.AnyValue] = {}
+
+
+def emit(
+    logger: Any,
+    *,
+    timestamp: int,
+    context: Context,
+    severity_number: SeverityNumber,
+    severity_text: str,
+    body: types.AnyValue,
+    attributes: dict[str, types.AnyValue],
+) -> None:
+    """What logger.emit(...) with these arguments does, for an SDK Logger; others are asked."""
+    if type(logger) is not Logger or not logger._is_enabled():
+        logger.emit(
+            timestamp=timestamp,
+            context=context,
+            severity_number=severity_number,
+            severity_text=severity_text,
+            body=body,
+            attributes=attributes,
+        )
+        return
+    if not context:
+        context = get_current()
+    span_context = trace.get_current_span(context).get_span_context()
+    limits = logger._log_record_limits
+    record = LogRecord.__new__(LogRecord)
+    record.timestamp = timestamp
+    record.observed_timestamp = time_ns()
+    record.context = context
+    record.trace_id = span_context.trace_id
+    record.span_id = span_context.span_id
+    record.trace_flags = span_context.trace_flags
+    record.severity_text = severity_text
+    record.severity_number = severity_number
+    record.body = body
+    record.attributes = bounded_attributes(
+        limits.max_log_record_attributes,
+        limits.max_log_record_attribute_length,
+        attributes or _NO_ATTRIBUTES,
+    )
+    record.event_name = None
+    record.exception = None
+    writable = ReadWriteLogRecord.__new__(ReadWriteLogRecord)
+    writable.log_record = record
+    writable.resource = logger._resource
+    writable.instrumentation_scope = logger._instrumentation_scope
+    writable.limits = limits
+    if writable.dropped_attributes > 0:
+        warnings.warn(
+            "Log record attributes were dropped due to limits",
+            LogRecordDroppedAttributesWarning,
+            stacklevel=2,
+        )
+    logger._logger_metrics.emit_log()
+    logger._multi_log_record_processor.on_emit(writable)
