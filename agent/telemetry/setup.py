@@ -181,7 +181,7 @@ class _MaskingSpanExporter(SpanExporter):
         for span in spans:
             _span_texts(texts, span)
         # One search over the whole batch: almost every batch has nothing to mask.
-        if not self._masker.finds(texts):
+        if not self._masker.finds("\x00".join(texts)):
             return self._inner.export(spans)
         return self._inner.export([self._mask(span) for span in spans])
 
@@ -225,7 +225,7 @@ class _MaskingSpanExporter(SpanExporter):
     def _dirty(self, span: ReadableSpan) -> bool:
         texts: list[str] = []
         _span_texts(texts, span)
-        return self._masker.finds(texts)
+        return self._masker.finds("\x00".join(texts))
 
 
 def _span_texts(out: list[str], span: ReadableSpan) -> None:
