@@ -6,7 +6,8 @@ are SDK spans (`isinstance(span, sdk.trace.Span)`, same private fields, so every
 exporter reads them unchanged) built with fewer allocations:
 
 - `start_as_current_span` is a small context-manager class instead of two nested generators;
-- the default sampler (parent-based, always on) is decided inline, every other sampler is asked;
+- the default sampler (parent-based, always on) is decided inline, every other sampler is asked,
+  and whatever it records is a LeanSpan;
 - attributes of the common types (str within the length limit, bool, int, float) skip the
   SDK's recursive value cleaning and per-item locking; any other value takes the SDK's path;
 - empty event and link lists are shared empty tuples until something is added;
@@ -44,6 +45,8 @@ _logger = logging.getLogger("opentelemetry.sdk.trace")
 _PLAIN = frozenset({bool, int, float})
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
+_DEFAULT = TraceFlags(TraceFlags.DEFAULT)
+_RANDOM = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
 _NO_ATTRIBUTES: Mapping[str, types.AnyValue] = {}
 
 
@@ -134,40 +137,45 @@ class LeanTracer(SdkTracer):
         set_status_on_exception: bool = True,
     ) -> trace_api.Span:
         """The SDK's start_span, with the default sampler decided inline and a LeanSpan made."""
-        if not self._inline_sampling or not self._is_enabled():
-            return self._sdk_start_span(
-                name, context, kind, attributes, links, start_time, record_exception,
+        if not self._is_enabled():
+            return SdkTracer.start_span(
+                self, name, context, kind, attributes, links, start_time, record_exception,
                 set_status_on_exception,
             )  # fmt: skip
+        links = links or ()
         parent = context_api.get_value(_SPAN_KEY, context)
         parent_context = parent.get_span_context() if isinstance(parent, trace_api.Span) else None
         if parent_context is None or not parent_context.is_valid:
             parent_context = None
             trace_id = self.id_generator.generate_trace_id()
             random_id = self._random_ids
-            trace_state = None
         else:
-            flags = parent_context.trace_flags
-            if not flags.sampled:
-                # ALWAYS_OFF under an unsampled parent: the SDK's own path makes the same
-                # non-recording span (and counts it, when its own metrics are on).
-                return self._sdk_start_span(
-                    name, context, kind, attributes, links, start_time, record_exception,
-                    set_status_on_exception,
-                )  # fmt: skip
             trace_id = parent_context.trace_id
-            random_id = flags.random_trace_id
-            trace_state = parent_context.trace_state
+            random_id = parent_context.trace_flags.random_trace_id
+        if self._inline_sampling:
+            # ParentBased(ALWAYS_ON): a root or a sampled parent records, an unsampled one drops;
+            # the parent's trace state is kept, as the SDK's static samplers keep it.
+            sampled = parent_context is None or parent_context.trace_flags.sampled
+            decision = sampling.Decision.RECORD_AND_SAMPLE if sampled else sampling.Decision.DROP
+            trace_state = parent_context.trace_state if parent_context is not None else None
+        else:
+            result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            decision, trace_state = result.decision, result.trace_state
+            attributes = result.attributes
+        if decision is sampling.Decision.RECORD_AND_SAMPLE:
+            flags = _SAMPLED_RANDOM if random_id else _SAMPLED
+        else:
+            flags = _RANDOM if random_id else _DEFAULT
         span_context = SpanContext(
             trace_id,
             self.id_generator.generate_span_id(),
             is_remote=False,
-            trace_flags=_SAMPLED_RANDOM if random_id else _SAMPLED,
+            trace_flags=flags,
             trace_state=trace_state,
         )
-        record_end_metrics = self._tracer_metrics.start_span(
-            parent_context, sampling.Decision.RECORD_AND_SAMPLE
-        )
+        record_end_metrics = self._tracer_metrics.start_span(parent_context, decision)
+        if decision is sampling.Decision.DROP:
+            return trace_api.NonRecordingSpan(context=span_context)
         span = LeanSpan.create(
             self,
             name,
@@ -183,22 +191,6 @@ class LeanTracer(SdkTracer):
         span._start_time = start_time if start_time is not None else time_ns()
         self.span_processor.on_start(span, parent_context=context)
         return span
-
-    def _sdk_start_span(
-        self,
-        name: str,
-        context: context_api.Context | None,
-        kind: SpanKind,
-        attributes: types.Attributes,
-        links: Sequence[trace_api.Link] | None,
-        start_time: int | None,
-        record_exception: bool,
-        set_status_on_exception: bool,
-    ) -> trace_api.Span:
-        return SdkTracer.start_span(
-            self, name, context, kind, attributes, links, start_time, record_exception,
-            set_status_on_exception,
-        )  # fmt: skip
 
 
 class _CurrentSpan:

@@ -11,7 +11,7 @@ import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -19,8 +19,10 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
+    Decision,
     ParentBased,
     Sampler,
+    SamplingResult,
     TraceIdRatioBased,
 )
 from opentelemetry.trace import (
@@ -47,14 +49,23 @@ REMOTE_SAMPLED = SpanContext(
     trace_flags=TraceFlags(TraceFlags.SAMPLED),
     trace_state=TraceState([("vendor", "v1")]),
 )
-REMOTE_UNSAMPLED = SpanContext(trace_id=0xABD, span_id=0xDF0, is_remote=True)
+REMOTE_UNSAMPLED = SpanContext(
+    trace_id=0xABD,
+    span_id=0xDF0,
+    is_remote=True,
+    trace_flags=TraceFlags(TraceFlags.RANDOM_TRACE_ID),
+)
 
 
 class _Counting(IdGenerator):
     """Ids 1, 2, 3...: both tracers see the same ids, so their spans compare field by field."""
 
-    def __init__(self) -> None:
+    def __init__(self, random: bool) -> None:
         self._next = itertools.count(1)
+        self._random = random
+
+    def is_trace_id_random(self) -> bool:
+        return self._random
 
     def generate_span_id(self) -> int:
         return next(self._next)
@@ -68,24 +79,56 @@ class _Boom(BaseException):
     """Not an Exception: like GeneratorExit, the span ends but records no error."""
 
 
+class _Tagging(Sampler):
+    """Adds an attribute and the trace state, and records spans named "child" without sampling."""
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        decision = Decision.RECORD_ONLY if name == "child" else Decision.RECORD_AND_SAMPLE
+        tagged = {**(attributes or {}), "sampler.tag": name}
+        return SamplingResult(decision, tagged, TraceState([("sampler", "tagging")]))
+
+    def get_description(self) -> str:
+        return "Tagging"
+
+
+class _Every(SpanProcessor):
+    """Keeps every ended span, sampled or only recorded (an exporter sees only the sampled)."""
+
+    def __init__(self, ended: list[ReadableSpan]) -> None:
+        self._ended = ended
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self._ended.append(span)
+
+
 def _exported(
     provider_class: type[TracerProvider],
     scenario: Scenario,
     sampler: Sampler,
     limits: SpanLimits,
+    random_ids: bool = True,
 ) -> list[dict[str, Any]]:
-    exporter = InMemorySpanExporter()
+    ended: list[ReadableSpan] = []
     provider = provider_class(
         resource=Resource.create({"service.name": "lean"}),
         sampler=sampler,
-        id_generator=_Counting(),
+        id_generator=_Counting(random_ids),
         span_limits=limits,
         shutdown_on_exit=False,
     )
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(_Every(ended))
     scenario(provider.get_tracer("scenario", "1.0"))
     provider.shutdown()
-    return [_fields(span) for span in exporter.get_finished_spans()]
+    return [_fields(span) for span in ended]
 
 
 def _fields(span: ReadableSpan) -> dict[str, Any]:
@@ -177,10 +220,15 @@ def _contexts(tracer: trace.Tracer) -> None:
             pass
         unsampled = trace.set_span_in_context(NonRecordingSpan(REMOTE_UNSAMPLED))
         with (
-            tracer.start_as_current_span("under unsampled", context=unsampled),
+            tracer.start_as_current_span("under unsampled", context=unsampled) as dropped,
             tracer.start_as_current_span("unsampled child"),
         ):
             pass
+    # What a span that is not exported looks like, reported by one that is.
+    seen = dropped.get_span_context()
+    report = {"flags": int(seen.trace_flags), "state": seen.trace_state.to_header()}
+    with tracer.start_as_current_span("report", context=otel_context.Context(), attributes=report):
+        pass
     links = [Link(REMOTE_SAMPLED, {"poll": "cycle"}), Link(SpanContext(0, 0, False))]
     with tracer.start_as_current_span("linked", links=links, start_time=1_000):
         pass
@@ -226,6 +274,7 @@ SAMPLERS: dict[str, Sampler] = {
     "parent-based, unsampled parents recorded": ParentBased(
         ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON
     ),
+    "tagging, record-only children": _Tagging(),
 }
 LIMITS = {
     "default limits": SpanLimits(),
@@ -240,14 +289,15 @@ LIMITS = {
 }
 
 
+@pytest.mark.parametrize("random_ids", [True, False], ids=["random ids", "other ids"])
 @pytest.mark.parametrize("limits", LIMITS.values(), ids=LIMITS.keys())
 @pytest.mark.parametrize("sampler", SAMPLERS.values(), ids=SAMPLERS.keys())
 @pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
 def test_the_same_calls_export_the_same_spans(
-    scenario: Scenario, sampler: Sampler, limits: SpanLimits
+    scenario: Scenario, sampler: Sampler, limits: SpanLimits, random_ids: bool
 ) -> None:
-    sdk = _exported(TracerProvider, scenario, sampler, limits)
-    lean = _exported(LeanTracerProvider, scenario, sampler, limits)
+    sdk = _exported(TracerProvider, scenario, sampler, limits, random_ids)
+    lean = _exported(LeanTracerProvider, scenario, sampler, limits, random_ids)
     assert lean == sdk
 
 
@@ -260,6 +310,16 @@ def test_the_default_sampler_is_decided_inline_and_others_are_asked() -> None:
     assert tracer(ParentBased(ALWAYS_ON))._inline_sampling
     for other in (ALWAYS_ON, ParentBased(TraceIdRatioBased(0.5)), ParentBased(ALWAYS_OFF)):
         assert not tracer(other)._inline_sampling
+
+
+def test_spans_recorded_under_any_sampler_are_lean_spans() -> None:
+    for sampler in (ParentBased(TraceIdRatioBased(1.0)), ALWAYS_ON, ParentBased(ALWAYS_ON)):
+        exporter = InMemorySpanExporter()
+        provider = LeanTracerProvider(sampler=sampler, shutdown_on_exit=False)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        with provider.get_tracer("t").start_as_current_span("one"):
+            pass
+        assert [type(span) for span in exporter.get_finished_spans()] == [LeanSpan]
 
 
 def test_spans_reach_processors_as_themselves_not_as_copies() -> None:
