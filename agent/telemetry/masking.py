@@ -95,7 +95,7 @@ class Masker:
         the caller a needless copy. For a single string the answer is exact.
         """
         texts: list[str] = []
-        _strings_in(texts, value)
+        strings_in(texts, value)
         text = "\x00".join(texts)
         return bool(text) and self._may_match(text) and self._pattern.search(text) is not None
 
@@ -139,13 +139,13 @@ class Masker:
         return MASK
 
 
-def _strings_in(out: list[str], value: Any) -> None:
+def strings_in(out: list[str], value: Any) -> None:
     """Every string in value, in dict values, lists and tuples (recursively), appended to out."""
     if isinstance(value, str):
         out.append(value)
     elif isinstance(value, Mapping):
         for item in value.values():
-            _strings_in(out, item)
+            strings_in(out, item)
     elif isinstance(value, list | tuple):
         for item in value:
-            _strings_in(out, item)
+            strings_in(out, item)

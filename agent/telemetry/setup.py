@@ -65,7 +65,7 @@ from agent.telemetry.exporters import (
     TrackedMetricExporter,
     TrackedSpanExporter,
 )
-from agent.telemetry.masking import Masker
+from agent.telemetry.masking import Masker, strings_in
 from agent.telemetry.resource import build_resource
 from agent.telemetry.tracing import LeanTracerProvider
 
@@ -232,20 +232,12 @@ def _span_texts(out: list[str], span: ReadableSpan) -> None:
     """Every string of a span that masking reads: name, status, attributes, events, links."""
     out.append(span.name)
     out.append(span.status.description or "")
-    _strings(out, span.attributes)
+    strings_in(out, span.attributes)
     for event in span.events:
         out.append(event.name)
-        _strings(out, event.attributes)
+        strings_in(out, event.attributes)
     for link in span.links:
-        _strings(out, link.attributes)
-
-
-def _strings(out: list[str], attributes: Mapping[str, Any] | None) -> None:
-    for value in (attributes or {}).values():
-        if isinstance(value, str):
-            out.append(value)
-        elif isinstance(value, list | tuple):
-            out.extend(item for item in value if isinstance(item, str))
+        strings_in(out, link.attributes)
 
 
 def setup_telemetry(
