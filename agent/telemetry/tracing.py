@@ -31,6 +31,7 @@ from typing import Any, cast
 from opentelemetry import context as context_api
 from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import SpanLimits, sampling
 from opentelemetry.sdk.trace import Tracer as SdkTracer
@@ -90,6 +91,13 @@ class LeanTracerProvider(SdkTracerProvider):
             if lean is None:
                 lean = self._lean_tracers[tracer] = LeanTracer(tracer)
         return lean
+
+    def _update_resource(self, resource: Resource) -> None:
+        # The SDK merges a resource in after a fork (a new process id); its tracers follow.
+        super()._update_resource(resource)
+        with self._tracers_lock:
+            for lean in self._lean_tracers.values():
+                lean._set_resource(self._resource)
 
 
 class LeanTracer(SdkTracer):

@@ -338,6 +338,18 @@ def test_spans_reach_processors_as_themselves_not_as_copies() -> None:
     assert isinstance(span, SdkSpan)
 
 
+def test_a_resource_merged_in_later_reaches_the_spans_of_existing_tracers() -> None:
+    provider = LeanTracerProvider(resource=Resource.create({"a": "1"}), shutdown_on_exit=False)
+    ended: list[ReadableSpan] = []
+    provider.add_span_processor(_Every(ended))
+    tracer = provider.get_tracer("t")
+    provider._update_resource(Resource({"process.pid": 4242}))  # what the SDK does after fork
+    with tracer.start_as_current_span("after"):
+        pass
+    assert ended[0].resource.attributes["process.pid"] == 4242
+    assert ended[0].resource.attributes["a"] == "1"
+
+
 def test_one_tracer_per_scope_and_none_when_the_provider_is_disabled(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
