@@ -146,17 +146,13 @@ def _span(span: ReadableSpan) -> bytes:
         dropped = getattr(attributes, "dropped", 0)
         if dropped:
             parts.append(b"\x50" + _varint(dropped))
-    events = getattr(span, "_events", None)
-    if events.__class__ not in _SEQUENCES and not isinstance(events, Collection):
-        events = span.events
+    events = _own(span, "_events", "events")
     if len(events):
         for event in events:
             parts.append(_field(b"\x5a", _event(event)))
         if span.dropped_events:
             parts.append(b"\x60" + _varint(span.dropped_events))
-    links = getattr(span, "_links", None)
-    if links.__class__ not in _SEQUENCES and not isinstance(links, Collection):
-        links = span.links
+    links = _own(span, "_links", "links")
     if len(links):
         for link in links:
             parts.append(_field(b"\x6a", _link(link)))
@@ -174,6 +170,15 @@ def _span(span: ReadableSpan) -> bytes:
         )  # present even when empty, as the SDK has it
     parts.append(_SPAN_FLAGS_REMOTE if parent is not None and parent.is_remote else _SPAN_FLAGS)
     return b"".join(parts)
+
+
+def _own(span: ReadableSpan, field: str, public: str) -> Collection[Any]:
+    """A span's own events or links container, or the copy its property makes when it has none."""
+    items = getattr(span, field, None)
+    if items.__class__ in _SEQUENCES or isinstance(items, Collection):
+        return items
+    found: Collection[Any] = getattr(span, public)
+    return found
 
 
 def _event(event: Event) -> bytes:
