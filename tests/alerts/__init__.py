@@ -18,6 +18,7 @@ from agent.alerts.notifiers import Notifier
 from agent.alerts.rules import AlertConfig, load_alert_config
 from agent.store.base import Store
 from agent.telemetry.catalogue import Instruments
+from tests.fixtures.receiver import Receiver
 
 T0 = 1_700_000_000.0
 
@@ -134,3 +135,14 @@ async def step(alerts: AlertEngine, telemetry: Telemetry, clock: FakeClock, at: 
     result = await alerts.evaluate()
     await alerts.flush(grace=10.0)
     return result
+
+
+async def resolve_while_receiver_down(
+    alerts: AlertEngine, telemetry: Telemetry, clock: FakeClock, receiver: Receiver
+) -> None:
+    """The memory alert fires at T0 (notified), then resolves at T0 + 15 with the receiver down."""
+    telemetry.set_gauge("process.memory.utilization", 0.9)
+    await step(alerts, telemetry, clock, 0)
+    telemetry.set_gauge("process.memory.utilization", 0.1)
+    receiver.default = 503
+    await step(alerts, telemetry, clock, 15)

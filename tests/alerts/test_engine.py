@@ -11,7 +11,16 @@ import pytest
 from agent.alerts.notifiers import AlertmanagerNotifier, WebhookNotifier
 from agent.retry import Backoff
 from agent.store.local import LocalStore
-from tests.alerts import T0, FakeClock, RecordingLogger, Telemetry, config, engine, step
+from tests.alerts import (
+    T0,
+    FakeClock,
+    RecordingLogger,
+    Telemetry,
+    config,
+    engine,
+    resolve_while_receiver_down,
+    step,
+)
 from tests.fixtures.receiver import Receiver
 
 MEMORY = {
@@ -138,11 +147,7 @@ async def test_a_resolution_owed_past_the_retention_is_delivered_when_the_receiv
 ) -> None:
     clock = FakeClock()
     alerts = engine(config([MEMORY]), telemetry, store, clock, [webhook(receiver)])
-    telemetry.set_gauge("process.memory.utilization", 0.9)
-    await step(alerts, telemetry, clock, 0)
-    telemetry.set_gauge("process.memory.utilization", 0.1)
-    receiver.default = 503  # the receiver goes down as the alert resolves
-    await step(alerts, telemetry, clock, 15)
+    await resolve_while_receiver_down(alerts, telemetry, clock, receiver)
     await step(alerts, telemetry, clock, 15 + 20 * 60)  # longer than the 15 minute retention
     assert statuses(receiver)[0] == "firing"
     assert set(statuses(receiver)[1:]) == {"resolved"}  # every attempt so far failed
@@ -163,11 +168,7 @@ async def test_an_undelivered_resolution_is_given_up_after_a_day(
 ) -> None:
     clock = FakeClock()
     alerts = engine(config([MEMORY]), telemetry, store, clock, [webhook(receiver)])
-    telemetry.set_gauge("process.memory.utilization", 0.9)
-    await step(alerts, telemetry, clock, 0)
-    telemetry.set_gauge("process.memory.utilization", 0.1)
-    receiver.default = 503
-    await step(alerts, telemetry, clock, 15)
+    await resolve_while_receiver_down(alerts, telemetry, clock, receiver)
     await step(alerts, telemetry, clock, 12 * 3600)
     assert [a["state"] for a in alerts.instances()] == ["resolved"]
     await step(alerts, telemetry, clock, 24 * 3600 + 30)

@@ -11,7 +11,7 @@ from agent.alerts.engine import STATE_KEY
 from agent.alerts.notifiers import WebhookNotifier
 from agent.retry import Backoff
 from agent.store.local import LocalStore
-from tests.alerts import FakeClock, Telemetry, config, engine, step
+from tests.alerts import FakeClock, Telemetry, config, engine, resolve_while_receiver_down, step
 from tests.fixtures.receiver import Receiver
 
 RULE = {
@@ -153,12 +153,8 @@ async def test_a_resolution_still_owed_survives_a_restart_past_the_retention(
 ) -> None:
     clock, telemetry = FakeClock(), Telemetry()
     cfg = config([RULE])
-    telemetry.set_gauge("process.memory.utilization", 0.9)
     before = engine(cfg, telemetry, await stores.open(), clock, [notifier(receiver)])
-    await step(before, telemetry, clock, 0)
-    telemetry.set_gauge("process.memory.utilization", 0.1)
-    receiver.default = 503
-    await step(before, telemetry, clock, 15)
+    await resolve_while_receiver_down(before, telemetry, clock, receiver)
     before.close()
     receiver.default = 200
     failed = len(receiver.requests)
