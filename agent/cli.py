@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from agent import __version__
+from agent import __version__, gc_settings
 from agent.config import ConfigError, Settings, effective_config, load_settings
 from agent.telemetry.masking import Masker
 
@@ -120,6 +120,7 @@ def _run(settings: Settings, *, host: str | None, port: int | None) -> int:
     from agent.telemetry.logs import configure_logging
     from agent.telemetry.setup import setup_telemetry
 
+    gc_settings.tune()
     telemetry = setup_telemetry(settings, install_global=True)
     configure_logging(telemetry, level=settings.telemetry.log_level)
     exit_by = asyncio.run(_serve(settings, telemetry, host=host, port=port))
@@ -148,8 +149,13 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
     await site.start()
     await sidecar.start(start_components(settings))
+    frozen = gc_settings.freeze_startup_heap()
     sidecar.log.info(
-        "http.listening", host=host or settings.server.host, port=port or settings.server.port
+        "http.listening",
+        host=host or settings.server.host,
+        port=port or settings.server.port,
+        gc_frozen_objects=frozen,
+        gc_thresholds=list(gc_settings.thresholds()),
     )
     await stop.wait()
     exit_by = time.monotonic() + SHUTDOWN_BUDGET

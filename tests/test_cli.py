@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from agent import gc_settings
 from tests.support.net import free_port
 from tests.support.sidecar import SidecarProcess
 
@@ -171,3 +172,16 @@ def test_check_exits_zero_when_ready_and_one_when_not(
         check=False,
     )
     assert closed.returncode == 1
+
+
+def test_the_running_sidecar_tunes_and_freezes_its_garbage_collector(
+    sidecar_process: Callable[..., SidecarProcess],
+) -> None:
+    sidecar = sidecar_process(env={"ENABLE_BACKGROUND_TASKS": "false", "OTEL_SDK_DISABLED": "true"})
+    listening = _wait(
+        lambda: [e for e in sidecar.log_events() if e.get("event") == "http.listening"],
+        15,
+        "the http.listening line",
+    )[0]
+    assert listening["gc_thresholds"] == list(gc_settings.THRESHOLDS)
+    assert listening["gc_frozen_objects"] > 10_000
