@@ -1,4 +1,4 @@
-"""The collector settings: thresholds for per-mail allocation, and a frozen start-up heap."""
+"""The garbage-collector settings: thresholds for per-mail allocation, a frozen start-up heap."""
 
 from __future__ import annotations
 
