@@ -143,6 +143,9 @@ def strings_in(out: list[str], value: Any) -> None:
     """Every string in value, in dict values, lists and tuples (recursively), appended to out."""
     if isinstance(value, str):
         out.append(value)
+    elif isinstance(value, int | float) or value is None:
+        # Most values are numbers; answering them here spares the ABC check for Mapping.
+        return
     elif isinstance(value, Mapping):
         for item in value.values():
             strings_in(out, item)

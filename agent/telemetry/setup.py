@@ -232,7 +232,11 @@ def _span_texts(out: list[str], span: ReadableSpan) -> None:
     """Every string of a span that masking reads: name, status, attributes, events, links."""
     out.append(span.name)
     out.append(span.status.description or "")
-    strings_in(out, span.attributes)
+    # The span's own attributes, read through their dict: the property's proxy over
+    # BoundedAttributes reaches every value through Python-level mapping methods.
+    attributes = getattr(span, "_attributes", None)
+    inner = getattr(attributes, "_dict", None)
+    strings_in(out, list(inner.values()) if isinstance(inner, dict) else span.attributes)
     for event in span.events:
         out.append(event.name)
         strings_in(out, event.attributes)

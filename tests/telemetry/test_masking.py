@@ -122,6 +122,21 @@ def test_secret_in_a_list_attribute_or_a_link_is_masked_before_export() -> None:
     assert finished.links[0].attributes == {"note": "token ***"}
 
 
+def test_a_secret_only_in_one_plain_or_list_attribute_is_masked_before_export() -> None:
+    settings = settings_from_mapping({"r2": {"fetch_token": "r2tok-abcdef"}})
+    telemetry, spans, _reader, _logs = telemetry_for_tests(settings)
+    tracer = telemetry.tracer("test")
+    with tracer.start_as_current_span("plain", attributes={"n": 1, "note": "r2tok-abcdef"}):
+        pass
+    listed = {"ok": True, "notes": ["a", "r2tok-abcdef"]}
+    with tracer.start_as_current_span("list", attributes=listed):
+        pass
+    telemetry.shutdown(2.0)
+    exported = {s.name: s.attributes for s in spans.get_finished_spans()}
+    assert exported["plain"] == {"n": 1, "note": "***"}
+    assert exported["list"] == {"ok": True, "notes": ("a", "***")}
+
+
 def test_the_substring_precheck_never_skips_a_string_the_pattern_would_mask() -> None:
     masker = Masker(["s3cr3t-value"])
     pieces = [
