@@ -46,6 +46,7 @@ _SEVERITY = {
 }
 # Keys that are fields of the OTLP record itself, not attributes.
 _RECORD_KEYS = frozenset({"event", "level", "timestamp", "trace_id", "span_id"})
+_PLAIN = frozenset({str, int, float, bool})
 _FIRST_KEYS = ("timestamp", "level", "logger", "event", "trace_id", "span_id")
 _SDK_LOG_INTERVAL = 60.0
 
@@ -186,8 +187,10 @@ def _emit_otlp(pipeline: _Pipeline, method: str, event: Mapping[str, Any]) -> No
             continue
         if key == "exception":
             attributes["exception.stacktrace"] = str(value)
-            continue
-        _flatten(attributes, key, value)
+        elif value.__class__ in _PLAIN:
+            attributes[key] = value  # most fields: stored without a call
+        else:
+            _flatten(attributes, key, value)
     log_records.emit(
         otel_logger,
         timestamp=time.time_ns(),

@@ -35,6 +35,7 @@ TOKEN_PARAMETERS: tuple[str, ...] = (
 )
 
 _MIN_SECRET_LENGTH = 4
+_NUMBERS = (int, float)  # bool is an int
 
 _USERINFO = r"(?P<scheme>\b[a-z][a-z0-9+.\-]*://)(?P<userinfo>[^\s/@?#]+)@"
 # "Authorization: <scheme> value" in any quoting, and a bare "Bearer value" (8+ characters, so
@@ -143,12 +144,16 @@ def strings_in(out: list[str], value: Any) -> None:
     """Every string in value, in dict values, lists and tuples (recursively), appended to out."""
     if isinstance(value, str):
         out.append(value)
-    elif isinstance(value, int | float) or value is None:
+    elif isinstance(value, _NUMBERS) or value is None:
         # Most values are numbers; answering them here spares the ABC check for Mapping.
         return
     elif isinstance(value, Mapping):
         for item in value.values():
-            strings_in(out, item)
+            # The common flat case without a call per value.
+            if item.__class__ is str:
+                out.append(item)
+            elif item is not None and not isinstance(item, _NUMBERS):
+                strings_in(out, item)
     elif isinstance(value, list | tuple):
         for item in value:
             strings_in(out, item)
