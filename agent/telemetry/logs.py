@@ -213,7 +213,7 @@ def _flatten(out: dict[str, Any], key: str, value: Any) -> None:
             _flatten(out, f"{key}.{sub_key}", sub_value)
     elif isinstance(value, list | tuple):
         kinds = {type(item) for item in value}
-        if len(kinds) == 1 and kinds <= {str, bool, int, float}:
+        if len(kinds) == 1 and kinds <= _PLAIN:
             out[key] = list(value)
         else:
             out[key] = json.dumps(value, default=str, ensure_ascii=False)

@@ -25,6 +25,8 @@ from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode
 
+from agent.telemetry.tracing import attribute_dict, own_attributes
+
 # These exporters stand in for the SDK's, so they log where the SDK's exporters log: their errors
 # are then attributed to the signal in export health, and rate-limited to stderr, never exported.
 _logger = logging.getLogger("opentelemetry.exporter.otlp.wire")
@@ -138,9 +140,7 @@ def _span(span: ReadableSpan) -> bytes:
     if span.end_time:
         parts.append(b"\x41" + _pack_fixed64(span.end_time))
     # The span's own containers, not the copies its properties make (a proxy, tuples).
-    attributes = getattr(span, "_attributes", None)
-    if attributes is None:
-        attributes = span.attributes
+    attributes = own_attributes(span)
     if attributes:
         parts.append(_attributes(b"\x4a", attributes))
         dropped = getattr(attributes, "dropped", 0)
@@ -237,11 +237,8 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
     """Repeated KeyValue under tag; an attribute that cannot be encoded is left out."""
-    # BoundedAttributes iterates through Python-level mapping methods; its dict does not.
-    inner = getattr(attributes, "_dict", None)
-    items = inner.items() if isinstance(inner, dict) else attributes.items()
     parts: list[bytes] = []
-    for key, value in items:
+    for key, value in attribute_dict(attributes).items():
         kind = value.__class__
         if kind in _CACHED_KINDS and (kind is not str or len(value) <= _CACHED_TEXT):
             # Mailboxes, outcomes, methods, URLs, ports: most values repeat from span to span.

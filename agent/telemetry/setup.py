@@ -67,7 +67,7 @@ from agent.telemetry.exporters import (
 )
 from agent.telemetry.masking import Masker, strings_in
 from agent.telemetry.resource import build_resource
-from agent.telemetry.tracing import LeanTracerProvider
+from agent.telemetry.tracing import LeanTracerProvider, attribute_dict, own_attributes
 
 _logger = logging.getLogger(__name__)
 
@@ -232,11 +232,7 @@ def _span_texts(out: list[str], span: ReadableSpan) -> None:
     """Every string of a span that masking reads: name, status, attributes, events, links."""
     out.append(span.name)
     out.append(span.status.description or "")
-    # The span's own attributes, read through their dict: the property's proxy over
-    # BoundedAttributes reaches every value through Python-level mapping methods.
-    attributes = getattr(span, "_attributes", None)
-    inner = getattr(attributes, "_dict", None)
-    strings_in(out, list(inner.values()) if isinstance(inner, dict) else span.attributes)
+    strings_in(out, attribute_dict(own_attributes(span)))
     for event in span.events:
         out.append(event.name)
         strings_in(out, event.attributes)

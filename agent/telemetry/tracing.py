@@ -32,6 +32,7 @@ from opentelemetry import context as context_api
 from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan as SdkReadableSpan
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import SpanLimits, sampling
 from opentelemetry.sdk.trace import Tracer as SdkTracer
@@ -373,6 +374,18 @@ def bounded_attributes(
     attributes._immutable = False
     _store(attributes, initial)
     return attributes
+
+
+def own_attributes(span: SdkReadableSpan) -> Mapping[str, Any]:
+    """A span's own attributes, not the read-only proxy its property makes of them."""
+    attributes = getattr(span, "_attributes", None)
+    return attributes if attributes is not None else cast(Mapping[str, Any], span.attributes)
+
+
+def attribute_dict(attributes: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The dict inside BoundedAttributes, which iterates without its Python-level methods."""
+    inner = getattr(attributes, "_dict", None)
+    return inner if isinstance(inner, dict) else attributes
 
 
 def _store(attributes: BoundedAttributes, values: Mapping[str, types.AnyValue]) -> None:
