@@ -109,7 +109,7 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    _route_sdk_logs()
+    route_sdk_logs()
 
 
 def get_logger(domain: str) -> FilteringBoundLogger:
@@ -242,7 +242,7 @@ class _RateLimit(logging.Filter):
             return True
 
 
-def _route_sdk_logs() -> None:
+def route_sdk_logs() -> None:
     """The SDK's own stdlib loggers go to stderr, WARNING and up, rate-limited, and never to OTLP.
 
     They stop propagating so that no handler on the root logger (such as OTel's LoggingHandler)

@@ -67,6 +67,7 @@ from agent.telemetry.exporters import (
 )
 from agent.telemetry.masking import Masker, strings_in
 from agent.telemetry.resource import build_resource
+from agent.telemetry.shipper import Shipper, ShippingLogRecordProcessor, ShippingSpanProcessor
 from agent.telemetry.tracing import LeanTracerProvider, attribute_dict, own_attributes
 
 _logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Telemetry:
     exports: ExportTracker
     _metric_tee: TrackedMetricExporter = field(repr=False)
     export_interval: float = 15.0
+    shipper: Shipper | None = None
     _closed: bool = field(default=False, repr=False)
 
     def tracer(self, name: str) -> Tracer:
@@ -120,6 +122,8 @@ class Telemetry:
         self._closed = True
         millis = int(timeout * 1000)
         finished = _run_bounded(self._providers("shutdown", millis), timeout)
+        if self.shipper is not None:
+            self.shipper.close(0.0)  # still exporting after the bound: abandoned, as threads are
         self.exports.remove_error_capture()
         if not finished:
             _logger.warning(
@@ -168,7 +172,7 @@ def _quietly(call: Callable[[], object]) -> Callable[[], None]:
     return run
 
 
-class _MaskingSpanExporter(SpanExporter):
+class MaskingSpanExporter(SpanExporter):
     """Masks secrets in span attributes, events (exception messages) and status before export."""
 
     def __init__(self, inner: SpanExporter, masker: Masker) -> None:
@@ -265,14 +269,16 @@ def setup_telemetry(
 
     tracer_provider: TracerProvider
     logger_provider: LoggerProvider | None = None
+    shipper: Shipper | None = None
     if sdk_disabled:
         tracer_provider = trace.NoOpTracerProvider()
         for signal in ("traces", "metrics", "logs"):
             exports.set_disabled(signal)
         metric_inner: MetricExporter | None = None
     else:
-        tracer_provider = _tracer_provider(env, resource, span_exporter, exports, masker)
-        logger_provider = _logger_provider(env, resource, log_exporter, exports)
+        shipper = _shipper(settings, env, span_exporter, log_exporter, exports, masker)
+        tracer_provider = _tracer_provider(env, resource, span_exporter, exports, masker, shipper)
+        logger_provider = _logger_provider(env, resource, log_exporter, exports, shipper)
         metric_inner = (
             metric_exporter if metric_exporter is not None else _metric_exporter(env, exports)
         )
@@ -310,6 +316,7 @@ def setup_telemetry(
         exports=exports,
         _metric_tee=tee,
         export_interval=interval,
+        shipper=shipper,
     )
 
 
@@ -348,29 +355,60 @@ def _install_global(
         set_logger_provider(logger_provider)
 
 
+def _shipper(
+    settings: Settings,
+    env: Mapping[str, str],
+    span_exporter: SpanExporter | None,
+    log_exporter: LogRecordExporter | None,
+    exports: ExportTracker,
+    masker: Masker,
+) -> Shipper | None:
+    """The export process, when spans or log records go to OTLP from one (the default)."""
+    if not settings.telemetry.export_process:
+        return None
+    shipped = [
+        signal
+        for signal, injected in (("traces", span_exporter), ("logs", log_exporter))
+        if injected is None and _exporter_kind(env, signal) == "otlp"
+    ]
+    for signal in shipped:
+        _check_otlp(env, signal)
+    return Shipper(env, masker.secrets, exports) if shipped else None
+
+
+def _check_otlp(env: Mapping[str, str], signal: str) -> None:
+    """The configuration errors otlp_exporter would raise, found here rather than in the child."""
+    _protocol(env, signal)
+    otlp_timeout(env, signal)
+    _headers(env, signal)
+
+
 def _tracer_provider(
     env: Mapping[str, str],
     resource: Resource,
     injected: SpanExporter | None,
     exports: ExportTracker,
     masker: Masker,
+    shipper: Shipper | None,
 ) -> SdkTracerProvider:
     provider = LeanTracerProvider(resource=resource, sampler=_sampler(env), shutdown_on_exit=False)
     processor: SpanProcessor | None = None
     if injected is not None:
         processor = SimpleSpanProcessor(
-            TrackedSpanExporter(_MaskingSpanExporter(injected, masker), exports)
+            TrackedSpanExporter(MaskingSpanExporter(injected, masker), exports)
         )
     else:
         kind = _exporter_kind(env, "traces")
         if kind == "none":
             exports.set_disabled("traces")
+        elif kind == "otlp" and shipper is not None:
+            processor = ShippingSpanProcessor(shipper, env)
         else:
             exporter: SpanExporter = (
-                ConsoleSpanExporter() if kind == "console" else _otlp(env, "traces")
+                ConsoleSpanExporter() if kind == "console" else otlp_exporter(env, "traces")
             )
             processor = BatchSpanProcessor(
-                TrackedSpanExporter(_MaskingSpanExporter(exporter, masker), exports)
+                TrackedSpanExporter(MaskingSpanExporter(exporter, masker), exports)
             )
     if processor is not None:
         provider.add_span_processor(processor)
@@ -382,6 +420,7 @@ def _logger_provider(
     resource: Resource,
     injected: LogRecordExporter | None,
     exports: ExportTracker,
+    shipper: Shipper | None,
 ) -> LoggerProvider | None:
     processor: LogRecordProcessor
     if injected is not None:
@@ -391,10 +430,13 @@ def _logger_provider(
         if kind == "none":
             exports.set_disabled("logs")
             return None
-        exporter: LogRecordExporter = (
-            ConsoleLogRecordExporter() if kind == "console" else _otlp(env, "logs")
-        )
-        processor = BatchLogRecordProcessor(TrackedLogExporter(exporter, exports))
+        if kind == "otlp" and shipper is not None:
+            processor = ShippingLogRecordProcessor(shipper, env)
+        else:
+            exporter: LogRecordExporter = (
+                ConsoleLogRecordExporter() if kind == "console" else otlp_exporter(env, "logs")
+            )
+            processor = BatchLogRecordProcessor(TrackedLogExporter(exporter, exports))
     provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
     provider.add_log_record_processor(processor)
     return provider
@@ -407,7 +449,7 @@ def _metric_exporter(env: Mapping[str, str], exports: ExportTracker) -> MetricEx
         return None
     if kind == "console":
         return ConsoleMetricExporter()
-    exporter: MetricExporter = _otlp(env, "metrics")
+    exporter: MetricExporter = otlp_exporter(env, "metrics")
     return exporter
 
 
@@ -467,7 +509,7 @@ def _headers(env: Mapping[str, str], signal: str) -> dict[str, str]:
     return dict(parse_env_headers(raw, liberal=True)) if raw else {}
 
 
-def _otlp(env: Mapping[str, str], signal: str) -> Any:
+def otlp_exporter(env: Mapping[str, str], signal: str) -> Any:
     """The OTLP exporter of a signal, configured from `env` only (not from os.environ)."""
     protocol = _protocol(env, signal)
     endpoint = otlp_endpoint(env, signal)

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from agent.config import settings_from_mapping
 from agent.telemetry.masking import Masker
-from agent.telemetry.setup import _MaskingSpanExporter, telemetry_for_tests
+from agent.telemetry.setup import MaskingSpanExporter, telemetry_for_tests
 
 
 def test_configured_secret_is_replaced_wherever_it_appears() -> None:
@@ -160,7 +160,7 @@ def test_a_batch_is_searched_once_and_only_its_dirty_spans_are_copied() -> None:
             return super().finds(value)
 
     exporter = InMemorySpanExporter()
-    masking = _MaskingSpanExporter(exporter, Counting(["whsec-0123456789"]))
+    masking = MaskingSpanExporter(exporter, Counting(["whsec-0123456789"]))
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
     tracer = provider.get_tracer("test")
