@@ -310,6 +310,8 @@ class _Batcher:
 
     def add(self, item: Any) -> None:
         """Queues one item; drops it (as the SDK does) when the queue is full."""
+        if self._stopping:
+            return  # as the SDK's processors after shutdown: ignored
         queue = self._queue
         if len(queue) >= self._max_queue:
             self.dropped += 1

@@ -305,3 +305,15 @@ def test_a_record_holding_a_value_marshal_cannot_write_is_delivered_as_text(
     assert values["a"].string_value == "odd"
     assert values["c"].int_value == 2
     assert telemetry.exports.status()["logs"]["failures"] == 0
+
+
+def test_spans_ended_after_shutdown_are_ignored_without_growing_the_queue(
+    collector: _Collector,
+) -> None:
+    telemetry = _telemetry(collector.url)
+    processor = cast(Any, telemetry.tracer_provider)._active_span_processor._span_processors[0]
+    telemetry.shutdown(5.0)
+    for index in range(10):
+        _span(telemetry, "late", index=index)
+    assert not processor._batcher._queue
+    assert processor._batcher.dropped == 0
