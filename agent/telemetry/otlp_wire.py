@@ -3,29 +3,28 @@
 The SDK's encoders build a Python protobuf object per span or record, attribute and value,
 then serialise them: about 35-60 µs per span here, paid on the export thread under the GIL that
 the pipeline needs. This module writes the same export requests (same fields, same presence
-rules) directly; the tests decode its output with the official classes and compare it with the
-SDK's encoding of the same data.
+rules) directly, from the rows of agent/telemetry/rows.py: the telemetry shipper process
+receives rows and encodes them without rebuilding SDK objects, and spans and records in this
+process become rows first. The tests decode the output with the official classes and compare it
+with the SDK's encoding of the same data.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExportResult
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.sdk.util import BoundedList
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
-from agent.telemetry.tracing import attribute_dict, own_attributes
+from agent.telemetry import rows
 
 # These exporters stand in for the SDK's, so they log where the SDK's exporters log: their errors
 # are then attributed to the signal in export health, and rate-limited to stderr, never exported.
@@ -45,8 +44,6 @@ _IS_REMOTE = 0x200
 # Encoded attribute keys and scopes repeat in every batch; caches are bounded.
 _CACHE_LIMIT = 4096
 _keys: dict[str, bytes] = {}
-# By identity: Resource hashes by dumping its attributes to JSON, on every lookup.
-_resources: dict[int, tuple[Resource, bytes]] = {}
 # Encoded attributes by (key, class, value), for values that compare exactly: not floats, since
 # -0.0 == 0.0 encode differently, and not containers. Long strings are not worth keeping.
 _pairs: dict[tuple[str, type, Any], bytes] = {}
@@ -56,189 +53,159 @@ _CACHED_TEXT = 256
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """An ExportTraceServiceRequest holding the spans, grouped by resource, then by scope."""
-    return _grouped((span.resource, span.instrumentation_scope, _span(span)) for span in spans)
+    return encode_span_rows(rows.span_batch(spans))
 
 
 def encode_logs(batch: Sequence[ReadableLogRecord]) -> bytes:
-    """An ExportLogsServiceRequest holding the records, grouped by resource, then by scope.
+    """An ExportLogsServiceRequest holding the records, grouped by resource, then by scope."""
+    return encode_log_rows(rows.log_batch(batch))
+
+
+def encode_span_rows(batch: rows.Batch) -> bytes:
+    """encode_spans of the spans a row batch (agent/telemetry/rows.py) was made of."""
+    return _grouped(batch, _span)
+
+
+def encode_log_rows(batch: rows.Batch) -> bytes:
+    """encode_logs of the records a row batch was made of.
 
     (ResourceLogs and ScopeLogs number their fields as ResourceSpans and ScopeSpans do.)
     """
-    return _grouped((item.resource, item.instrumentation_scope, _log(item)) for item in batch)
+    return _grouped(batch, _log)
 
 
-def _grouped(items: Iterable[tuple[Resource, InstrumentationScope | None, bytes]]) -> bytes:
+def _grouped(batch: rows.Batch, encode: Callable[[tuple[Any, ...]], bytes]) -> bytes:
     """Resource -> scope -> encoded items, as the export requests of spans and logs nest them."""
-    # Grouped by identity: the items of one provider share their Resource and scope objects.
-    groups: dict[int, tuple[Resource, dict[int, tuple[InstrumentationScope | None, list[bytes]]]]]
-    groups = {}
-    for resource, scope, encoded_item in items:
-        scope = scope or None
-        scopes = groups.setdefault(id(resource), (resource, {}))[1]
-        scopes.setdefault(id(scope), (scope, []))[1].append(_field(b"\x12", encoded_item))
+    resources, scopes, items = batch
+    groups: dict[int, dict[int, list[bytes]]] = {}
+    for row in items:
+        encoded = encode(row)
+        groups.setdefault(row[0], {}).setdefault(row[1], []).append(
+            b"\x12" + _varint(len(encoded)) + encoded
+        )
     out: list[bytes] = []
-    for resource, scopes in groups.values():
-        parts = [_field(b"\x0a", _resource(resource))]
-        for scope, encoded in scopes.values():
-            scope_parts = [_field(b"\x0a", _scope(scope)), *encoded]
-            if scope is not None and scope.schema_url:
-                scope_parts.append(_string(b"\x1a", scope.schema_url))
+    for resource_index, by_scope in groups.items():
+        attributes, resource_schema = resources[resource_index]
+        parts = [_field(b"\x0a", _attributes(b"\x0a", attributes) if attributes else b"")]
+        for scope_index, encoded_items in by_scope.items():
+            scope = scopes[scope_index]
+            scope_parts = [_field(b"\x0a", _scope(scope)), *encoded_items]
+            if scope is not None and scope[2]:
+                scope_parts.append(_string(b"\x1a", scope[2]))
             parts.append(_field(b"\x12", b"".join(scope_parts)))
-        if resource.schema_url:
-            parts.append(_string(b"\x1a", resource.schema_url))
+        if resource_schema:
+            parts.append(_string(b"\x1a", resource_schema))
         out.append(_field(b"\x0a", b"".join(parts)))
     return b"".join(out)
 
 
-def _log(item: ReadableLogRecord) -> bytes:
-    record = item.log_record
+def _log(row: tuple[Any, ...]) -> bytes:
+    (_, _, timestamp, observed, trace_id, span_id, flags, severity, severity_text, body,
+     attributes, dropped, event_name) = row  # fmt: skip
     parts: list[bytes] = []
-    if record.timestamp:
-        parts.append(b"\x09" + _pack_fixed64(record.timestamp))
-    severity = getattr(record.severity_number, "value", None)
+    if timestamp:
+        parts.append(b"\x09" + _pack_fixed64(timestamp))
     if severity:
         parts.append(b"\x10" + _varint(severity))
-    if record.severity_text:
-        parts.append(_string(b"\x1a", record.severity_text))
-    parts.append(_field(b"\x2a", _any_value(record.body)))
-    if record.attributes:
-        parts.append(_attributes(b"\x32", record.attributes))
-    if item.dropped_attributes:
-        parts.append(b"\x38" + _varint(item.dropped_attributes))
-    if record.trace_flags:
-        parts.append(b"\x45" + _pack_fixed32(int(record.trace_flags)))
-    if record.trace_id:
-        parts.append(b"\x4a\x10" + record.trace_id.to_bytes(16, "big"))
-    if record.span_id:
-        parts.append(b"\x52\x08" + record.span_id.to_bytes(8, "big"))
-    if record.observed_timestamp:
-        parts.append(b"\x59" + _pack_fixed64(record.observed_timestamp))
-    if record.event_name:
-        parts.append(_string(b"\x62", record.event_name))
+    if severity_text:
+        parts.append(_string(b"\x1a", severity_text))
+    parts.append(_field(b"\x2a", _any_value(body)))
+    if attributes:
+        parts.append(_attributes(b"\x32", attributes))
+    if dropped:
+        parts.append(b"\x38" + _varint(dropped))
+    if flags:
+        parts.append(b"\x45" + _pack_fixed32(flags))
+    if trace_id:
+        parts.append(b"\x4a\x10" + trace_id.to_bytes(16, "big"))
+    if span_id:
+        parts.append(b"\x52\x08" + span_id.to_bytes(8, "big"))
+    if observed:
+        parts.append(b"\x59" + _pack_fixed64(observed))
+    if event_name:
+        parts.append(_string(b"\x62", event_name))
     return b"".join(parts)
 
 
-def _span(span: ReadableSpan) -> bytes:
-    context = span.context
-    if context is None:
-        raise ValueError("span without a context")
-    parts = [
-        b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
-        b"\x12\x08" + context.span_id.to_bytes(8, "big"),
-    ]
-    state = context.trace_state
+def _span(row: tuple[Any, ...]) -> bytes:
+    (_, _, name, context, parent, kind, start, end, code, description, attributes,
+     dropped_attributes, events, dropped_events, links, dropped_links) = row  # fmt: skip
+    trace_id, span_id, _, _, state = context
+    parts = [b"\x0a\x10" + trace_id.to_bytes(16, "big"), b"\x12\x08" + span_id.to_bytes(8, "big")]
     if state:
-        parts.append(_string(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items())))
-    parent = span.parent
-    if parent:
-        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    if span.name:
-        parts.append(_string(b"\x2a", span.name))
-    parts.append(_KINDS[span.kind._value_])
-    if span.start_time:
-        parts.append(b"\x39" + _pack_fixed64(span.start_time))
-    if span.end_time:
-        parts.append(b"\x41" + _pack_fixed64(span.end_time))
-    # The span's own containers, not the copies its properties make (a proxy, tuples).
-    attributes = own_attributes(span)
+        parts.append(_string(b"\x1a", ",".join(f"{k}={v}" for k, v in state)))
+    if parent is not None:
+        parts.append(b"\x22\x08" + parent[1].to_bytes(8, "big"))
+    if name:
+        parts.append(_string(b"\x2a", name))
+    parts.append(_KINDS[kind])
+    if start:
+        parts.append(b"\x39" + _pack_fixed64(start))
+    if end:
+        parts.append(b"\x41" + _pack_fixed64(end))
     if attributes:
         parts.append(_attributes(b"\x4a", attributes))
-        dropped = getattr(attributes, "dropped", 0)
-        if dropped:
-            parts.append(b"\x50" + _varint(dropped))
-    events = _own(span, "_events", "events")
-    if len(events):
-        for event in events:
-            parts.append(_field(b"\x5a", _event(event)))
-        if span.dropped_events:
-            parts.append(b"\x60" + _varint(span.dropped_events))
-    links = _own(span, "_links", "links")
-    if len(links):
-        for link in links:
-            parts.append(_field(b"\x6a", _link(link)))
-        if span.dropped_links:
-            parts.append(b"\x70" + _varint(span.dropped_links))
-    status = span.status
-    if status.description:
-        status_body = (
-            _string(b"\x12", status.description) + _STATUS_CODES[status.status_code._value_]
-        )
-        parts.append(_field(b"\x7a", status_body))
+    if dropped_attributes:
+        parts.append(b"\x50" + _varint(dropped_attributes))
+    for event in events or ():
+        parts.append(_field(b"\x5a", _event(event)))
+    if dropped_events:
+        parts.append(b"\x60" + _varint(dropped_events))
+    for link in links or ():
+        parts.append(_field(b"\x6a", _link(link)))
+    if dropped_links:
+        parts.append(b"\x70" + _varint(dropped_links))
+    if description:
+        parts.append(_field(b"\x7a", _string(b"\x12", description) + _STATUS_CODES[code]))
     else:
-        parts.append(
-            _STATUSES[status.status_code._value_]
-        )  # present even when empty, as the SDK has it
-    parts.append(_SPAN_FLAGS_REMOTE if parent is not None and parent.is_remote else _SPAN_FLAGS)
+        parts.append(_STATUSES[code])  # present even when empty, as the SDK has it
+    parts.append(_SPAN_FLAGS_REMOTE if parent is not None and parent[2] else _SPAN_FLAGS)
     return b"".join(parts)
 
 
-def _own(span: ReadableSpan, field: str, public: str) -> Collection[Any]:
-    """A span's own events or links container, or the copy its property makes when it has none."""
-    items = getattr(span, field, None)
-    if items.__class__ in _SEQUENCES or isinstance(items, Collection):
-        return items
-    found: Collection[Any] = getattr(span, public)
-    return found
-
-
-def _event(event: Event) -> bytes:
-    parts = [b"\x09" + _pack_fixed64(event.timestamp)] if event.timestamp else []
-    if event.name:
-        parts.append(_string(b"\x12", event.name))
-    if event.attributes:
-        parts.append(_attributes(b"\x1a", event.attributes))
-    if event.dropped_attributes:
-        parts.append(b"\x20" + _varint(event.dropped_attributes))
+def _event(row: tuple[Any, ...]) -> bytes:
+    name, timestamp, attributes, dropped = row
+    parts = [b"\x09" + _pack_fixed64(timestamp)] if timestamp else []
+    if name:
+        parts.append(_string(b"\x12", name))
+    if attributes:
+        parts.append(_attributes(b"\x1a", attributes))
+    if dropped:
+        parts.append(b"\x20" + _varint(dropped))
     return b"".join(parts)
 
 
-def _link(link: Link) -> bytes:
-    parts = [
-        b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big"),
-        b"\x12\x08" + link.context.span_id.to_bytes(8, "big"),
-    ]
-    if link.attributes:
-        parts.append(_attributes(b"\x22", link.attributes))
-    if link.dropped_attributes:
-        parts.append(b"\x28" + _varint(link.dropped_attributes))
-    parts.append(b"\x35" + _pack_fixed32(_flags(link.context)))
+def _link(row: tuple[Any, ...]) -> bytes:
+    (trace_id, span_id, is_remote, _, _), attributes, dropped = row
+    parts = [b"\x0a\x10" + trace_id.to_bytes(16, "big"), b"\x12\x08" + span_id.to_bytes(8, "big")]
+    if attributes:
+        parts.append(_attributes(b"\x22", attributes))
+    if dropped:
+        parts.append(b"\x28" + _varint(dropped))
+    parts.append(
+        b"\x35" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE if is_remote else _HAS_IS_REMOTE)
+    )
     return b"".join(parts)
 
 
-def _flags(parent: SpanContext | None) -> int:
-    if parent is not None and parent.is_remote:
-        return _HAS_IS_REMOTE | _IS_REMOTE
-    return _HAS_IS_REMOTE
-
-
-def _resource(resource: Resource) -> bytes:
-    """The encoded Resource message, cached per resource object."""
-    cached = _resources.get(id(resource))
-    if cached is not None and cached[0] is resource:
-        return cached[1]
-    encoded = _attributes(b"\x0a", resource.attributes) if resource.attributes else b""
-    if len(_resources) >= _CACHE_LIMIT:
-        _resources.clear()
-    _resources[id(resource)] = (resource, encoded)
-    return encoded
-
-
-def _scope(scope: InstrumentationScope | None) -> bytes:
+def _scope(scope: tuple[Any, ...] | None) -> bytes:
+    if scope is None:
+        return b""
+    name, version, _, attributes = scope
     parts: list[bytes] = []
-    if scope is not None:
-        if scope.name:
-            parts.append(_string(b"\x0a", scope.name))
-        if scope.version:
-            parts.append(_string(b"\x12", scope.version))
-        if scope.attributes:
-            parts.append(_attributes(b"\x1a", scope.attributes))
+    if name:
+        parts.append(_string(b"\x0a", name))
+    if version:
+        parts.append(_string(b"\x12", version))
+    if attributes:
+        parts.append(_attributes(b"\x1a", attributes))
     return b"".join(parts)
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
     """Repeated KeyValue under tag; an attribute that cannot be encoded is left out."""
     parts: list[bytes] = []
-    for key, value in attribute_dict(attributes).items():
+    for key, value in attributes.items():
         kind = value.__class__
         if kind in _CACHED_KINDS and (kind is not str or len(value) <= _CACHED_TEXT):
             # Mailboxes, outcomes, methods, URLs, ports: most values repeat from span to span.
@@ -335,8 +302,8 @@ _STATUS_CODES = {
 _STATUSES = {code: _field(b"\x7a", body) for code, body in _STATUS_CODES.items()}
 _SPAN_FLAGS = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE)
 _SPAN_FLAGS_REMOTE = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
-# The containers SDK spans keep their events and links in (BoundedList, or LeanSpan's tuple).
-_SEQUENCES = frozenset({BoundedList, tuple, list})
+_LINK_FLAGS = b"\x35" + _pack_fixed32(_HAS_IS_REMOTE)
+_LINK_FLAGS_REMOTE = b"\x35" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
 
 
 def _post(
@@ -381,7 +348,11 @@ class WireSpanExporter(OTLPSpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Encodes the batch and posts it, as the SDK exporter does."""
-        if _post(self, "span", lambda: encode_spans(spans), len(spans)):
+        return self.export_rows(rows.span_batch(spans))
+
+    def export_rows(self, batch: rows.Batch) -> SpanExportResult:
+        """Posts the spans of a row batch."""
+        if _post(self, "span", lambda: encode_span_rows(batch), len(batch[2])):
             return SpanExportResult.SUCCESS
         return SpanExportResult.FAILURE
 
@@ -391,6 +362,10 @@ class WireLogExporter(OTLPLogExporter):
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         """Encodes the batch and posts it, as the SDK exporter does."""
-        if _post(self, "log", lambda: encode_logs(batch), len(batch)):
+        return self.export_rows(rows.log_batch(batch))
+
+    def export_rows(self, batch: rows.Batch) -> LogRecordExportResult:
+        """Posts the records of a row batch."""
+        if _post(self, "log", lambda: encode_log_rows(batch), len(batch[2])):
             return LogRecordExportResult.SUCCESS
         return LogRecordExportResult.FAILURE

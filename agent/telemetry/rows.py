@@ -25,6 +25,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
+from agent.telemetry.masking import strings_in
 from agent.telemetry.tracing import attribute_dict, bounded_attributes, own_attributes
 
 # A batch: (resources, scopes, rows). A resource is (attributes, schema_url); a scope is
@@ -83,6 +84,24 @@ def log_batch(
     tables = _Tables()
     rows = [_log_row(tables, record, copy) for record in records]
     return tables.resources, tables.scopes, rows
+
+
+def span_texts(batch: Batch) -> list[str]:
+    """Every string of a span batch that masking reads: names, statuses, attribute values."""
+    out: list[str] = []
+    for row in batch[2]:
+        out.append(row[2])
+        out.append(row[9] or "")
+        if row[10]:
+            strings_in(out, row[10])
+        for name, _, attributes, _ in row[12] or ():
+            out.append(name)
+            if attributes:
+                strings_in(out, attributes)
+        for _, attributes, _ in row[14] or ():
+            if attributes:
+                strings_in(out, attributes)
+    return out
 
 
 def spans_from(batch: Batch) -> list[ReadableSpan]:

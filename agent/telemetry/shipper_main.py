@@ -116,16 +116,30 @@ def _exporters(env: dict[str, str], masker: Masker) -> dict[str, Callable[[rows.
     from opentelemetry.sdk._logs.export import LogRecordExportResult
     from opentelemetry.sdk.trace.export import SpanExportResult
 
+    from agent.telemetry.otlp_wire import WireLogExporter, WireSpanExporter
     from agent.telemetry.setup import MaskingSpanExporter, otlp_exporter
 
-    spans = MaskingSpanExporter(otlp_exporter(env, "traces"), masker)
+    span_exporter = otlp_exporter(env, "traces")
+    masking = MaskingSpanExporter(span_exporter, masker)
     logs = otlp_exporter(env, "logs")
 
     def export_spans(batch: rows.Batch) -> bool:
-        return bool(spans.export(rows.spans_from(batch)) == SpanExportResult.SUCCESS)
+        # The wire exporter encodes rows as they are; a batch holding a secret, or an exporter
+        # that needs SDK spans (gRPC), takes the SDK objects rebuilt from them.
+        if isinstance(span_exporter, WireSpanExporter) and not masker.finds(
+            "\x00".join(rows.span_texts(batch))
+        ):
+            result = span_exporter.export_rows(batch)
+        else:
+            result = masking.export(rows.spans_from(batch))
+        return bool(result == SpanExportResult.SUCCESS)
 
     def export_logs(batch: rows.Batch) -> bool:
-        return bool(logs.export(rows.logs_from(batch)) == LogRecordExportResult.SUCCESS)
+        if isinstance(logs, WireLogExporter):
+            result = logs.export_rows(batch)
+        else:
+            result = logs.export(rows.logs_from(batch))
+        return bool(result == LogRecordExportResult.SUCCESS)
 
     return {"traces": export_spans, "logs": export_logs}
 
