@@ -19,6 +19,7 @@ per `_RESTART_DELAY` doubling to `_RESTART_DELAY_MAX`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import marshal
@@ -42,6 +43,7 @@ _logger = logging.getLogger("opentelemetry.sdk.shipper")
 _RESTART_DELAY = 1.0
 _RESTART_DELAY_MAX = 30.0
 _FRAME_HEADER = 4
+_LOCK_WAIT = 0.1
 
 # (variable prefix, SDK defaults): schedule delay ms, queue size, batch size.
 _BATCH_DEFAULTS = {"traces": ("OTEL_BSP", 5000, 2048, 512), "logs": ("OTEL_BLRP", 1000, 2048, 512)}
@@ -160,7 +162,10 @@ class Shipper:
     def flush(self, signal: str, timeout: float) -> bool:
         """True once the child has exported every batch of `signal` sent before this call."""
         ack = threading.Event()
-        with self._lock:
+        deadline = time.monotonic() + timeout
+        if not self._lock.acquire(timeout=timeout):
+            return False  # a sender is blocked on a child that stopped reading
+        try:
             process = self._process
             if process is None or process.poll() is not None or process.stdin is None:
                 return process is None  # nothing was ever sent, or it is lost
@@ -171,23 +176,29 @@ class Shipper:
             except (OSError, ValueError):
                 self._acks.pop(flush_id, None)
                 return False
-        done = ack.wait(timeout)
+        finally:
+            self._lock.release()
+        done = ack.wait(max(0.0, deadline - time.monotonic()))
         with self._lock:
             self._acks.pop(flush_id, None)
         return done and self._process is process and process.poll() is None
 
     def close(self, timeout: float) -> None:
         """Closes the child's input, waits up to timeout seconds for it to finish, then kills it."""
-        with self._lock:
-            self._closed = True
-            process, self._process = self._process, None
+        # A sender blocked writing to a child that stopped reading holds the lock: not waited on.
+        acquired = self._lock.acquire(timeout=max(timeout, _LOCK_WAIT))
+        self._closed = True
+        process, self._process = self._process, None
+        if acquired:
+            self._lock.release()
         if process is None:
             return
-        try:
-            if process.stdin is not None:
+        if not acquired:
+            _logger.warning("telemetry shipper stopped reading; killed")
+            process.kill()  # the blocked write then fails and its sender lets go
+        elif process.stdin is not None:
+            with contextlib.suppress(OSError):
                 process.stdin.close()
-        except OSError:
-            pass
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:

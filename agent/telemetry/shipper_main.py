@@ -6,8 +6,7 @@ this process's arguments or environment). Each signal has its own export thread 
 backlog, so a slow trace export never holds log records back; a batch over the backlog is
 dropped and reported as a failed export. It runs at a lower CPU priority (nice 10) than the
 sidecar: on a busy node, mail comes first and export catches up when a CPU is free. At the end
-of input every backlog is exported (each export bounded by the exporter's own timeout) and the
-process exits.
+of input what is left is exported for at most DRAIN_SECONDS, and the process exits.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
@@ -27,6 +27,7 @@ from agent.telemetry.masking import Masker
 from agent.telemetry.shipper import read_frame, write_frame
 
 BACKLOG_BATCHES = 16
+DRAIN_SECONDS = 5.0
 NICENESS = 10
 _STOP = ("stop",)
 
@@ -177,8 +178,11 @@ def main(argv: Sequence[str]) -> int:
             signals[kind].put(("batch", message[1]))
     for signal in signals.values():
         signal.put(_STOP)
+    # The sidecar flushes before it closes this input; if it was killed instead, what is left
+    # gets a bounded time, so the process never outlives it by more than that.
+    deadline = time.monotonic() + DRAIN_SECONDS
     for signal in signals.values():
-        signal.thread.join()
+        signal.thread.join(max(0.0, deadline - time.monotonic()))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -28,6 +29,8 @@ from agent.config import ConfigError, Settings, settings_from_mapping
 from agent.telemetry.logs import configure_logging, get_logger
 from agent.telemetry.setup import Telemetry, setup_telemetry
 from agent.telemetry.shipper import ShippingSpanProcessor
+from agent.telemetry.shipper_main import DRAIN_SECONDS
+from tests.fixtures.blackhole import BlackHole
 from tests.fixtures.collector import TelemetryStack
 from tests.support.components import ROOT
 from tests.support.net import free_port
@@ -317,3 +320,56 @@ def test_spans_ended_after_shutdown_are_ignored_without_growing_the_queue(
         _span(telemetry, "late", index=index)
     assert not processor._batcher._queue
     assert processor._batcher.dropped == 0
+
+
+def test_shutdown_is_bounded_when_the_shipper_hangs_with_a_full_pipe(
+    collector: _Collector,
+) -> None:
+    telemetry = _telemetry(collector.url, OTEL_BSP_MAX_EXPORT_BATCH_SIZE="10")
+    _span(telemetry, "start")
+    telemetry.force_flush(10.0)
+    shipper = telemetry.shipper
+    assert shipper is not None
+    pid = shipper.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # alive but never reading: the sender blocks on the pipe
+    try:
+        for index in range(5_000):
+            _span(telemetry, "while hung", index=index, padding="x" * 400)
+        time.sleep(0.5)
+        started = time.monotonic()
+        telemetry.shutdown(2.0)
+        assert time.monotonic() - started <= 4.0
+        assert _gone(pid, 5.0), "the hung shipper was left running"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_a_shipper_stuck_on_a_silent_collector_ends_soon_after_the_sidecar_is_killed(
+    blackhole: BlackHole,
+) -> None:
+    script = textwrap.dedent(f"""
+        import time
+        from agent.config import Settings
+        from agent.telemetry.setup import setup_telemetry
+        telemetry = setup_telemetry(Settings(), {{"OTEL_EXPORTER_OTLP_ENDPOINT": "{blackhole.url}",
+                                                  "OTEL_EXPORTER_OTLP_TIMEOUT": "60000",
+                                                  "OTEL_METRICS_EXPORTER": "none"}})
+        for index in range(3):
+            with telemetry.tracer("t").start_as_current_span(f"stuck {{index}}"):
+                pass
+            telemetry.force_flush(0.5)  # each batch waits on the silent server for 60 s
+        print(telemetry.shipper.pid, flush=True)
+        time.sleep(60)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        child = int(process.stdout.readline())
+        assert blackhole.accepted >= 1  # the export really is stuck
+        process.kill()
+        process.wait(10)
+        assert _gone(child, DRAIN_SECONDS + 5.0), "the shipper outlived the sidecar"
+    finally:
+        process.kill()
