@@ -8,55 +8,26 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from opentelemetry import context as otel_context
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs as sdk_encode_logs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk._logs import LoggerProvider, LogRecordLimits
-from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import (
-    Link,
-    NonRecordingSpan,
-    SpanContext,
     SpanKind,
     StatusCode,
-    TraceFlags,
-    TraceState,
-    set_span_in_context,
 )
 
 from agent.telemetry.exporters import ExportTracker, TrackedSpanExporter
 from agent.telemetry.otlp_wire import WireLogExporter, WireSpanExporter, encode_logs, encode_spans
 from tests.fixtures.collector import TelemetryStack
-
-REMOTE = SpanContext(trace_id=0x1234, span_id=0x5678, is_remote=True,
-                     trace_flags=TraceFlags(TraceFlags.SAMPLED),
-                     trace_state=TraceState([("vendor", "v1"), ("other", "x")]))  # fmt: skip
-VALUES: dict[str, Any] = {
-    "text": "délivré ✓",
-    "empty": "",
-    "yes": True,
-    "no": False,
-    "zero": 0,
-    "negative": -42,
-    "huge": 2**62,
-    "ratio": 0.25,
-    "float_zero": 0.0,
-    "words": ("a", "", "ü"),
-    "numbers": (1, -2, 0),
-    "flags": (True, False),
-    "floats": (1.5, -0.0),
-    "nothing": (),
-}
-
-
-LIMITS = SpanLimits(max_span_attributes=20, max_events=2, max_links=1, max_event_attributes=1)
+from tests.telemetry.otlp_samples import LIMITS, VALUES, varied_log_records, varied_spans
 
 
 @pytest.fixture
@@ -86,33 +57,8 @@ def test_every_attribute_type_encodes_as_the_sdk_encodes_it(
     _same(list(exporter.get_finished_spans()))
 
 
-def test_kinds_statuses_events_links_and_parents_encode_as_the_sdk_encodes_them(
-    provider: tuple[TracerProvider, InMemorySpanExporter],
-) -> None:
-    tracer_provider, exporter = provider
-    tracer = tracer_provider.get_tracer("scope", "1.2.3", schema_url="https://s/2",
-                                        attributes={"scope.attr": "x"})  # fmt: skip
-    other = tracer_provider.get_tracer("other-scope")
-    remote_parent = set_span_in_context(NonRecordingSpan(REMOTE))
-    for kind in SpanKind:
-        with tracer.start_as_current_span(f"kind {kind.name}", kind=kind):
-            pass
-    with tracer.start_as_current_span("child of remote", context=remote_parent) as span:
-        span.set_status(StatusCode.ERROR, "it broke: ✗")
-        span.add_event("first", {"n": 1, "dropped": "over the event limit"})
-        span.add_event("second", timestamp=123)
-        span.add_event("third")  # over max_events: counted as dropped
-        with other.start_as_current_span("local child", links=[Link(REMOTE, {"why": "batch"})]):
-            pass
-    with tracer.start_as_current_span("ok") as span:
-        span.set_status(StatusCode.OK)
-    with tracer.start_as_current_span("error without text") as span:
-        span.set_status(StatusCode.ERROR)
-    with tracer.start_as_current_span("many", attributes={f"k{i}": i for i in range(25)}):
-        pass
-    with tracer.start_as_current_span("", links=[Link(REMOTE), Link(REMOTE)]):
-        pass
-    _same(list(exporter.get_finished_spans()))
+def test_kinds_statuses_events_links_and_parents_encode_as_the_sdk_encodes_them() -> None:
+    _same(varied_spans(TracerProvider))
 
 
 def test_repeated_values_encode_from_the_cache_without_equal_values_of_other_types_mixing(
@@ -201,37 +147,12 @@ def test_the_exporter_delivers_every_attribute_type_to_jaeger(
 
 @pytest.mark.filterwarnings("ignore::opentelemetry.sdk._logs.LogRecordDroppedAttributesWarning")
 def test_log_records_encode_as_the_sdk_encodes_them() -> None:
-    exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
-    provider = LoggerProvider(
-        resource=Resource.create({"service.name": "wire-logs"}, "https://s/3"),
-        log_record_limits=LogRecordLimits(max_attributes=3),
-    )
-    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
-    tracer_provider = TracerProvider()
-    imap = provider.get_logger("signal-sidecar.imap")
-    webhook = provider.get_logger("signal-sidecar.webhook", "1.0")
-    with tracer_provider.get_tracer("t").start_as_current_span("inside"):
-        imap.emit(
-            timestamp=time.time_ns(),
-            context=otel_context.get_current(),
-            severity_number=SeverityNumber.WARN,
-            severity_text="WARNING",
-            body="poller.cycle_failed",
-            attributes={"mailbox": "INBOX", "attempt": 3, "fatal": False},
-        )
-    webhook.emit(severity_number=SeverityNumber.INFO, body="webhook.delivery",
-                 attributes=dict(list(VALUES.items())[:6]))  # fmt: skip
-    webhook.emit(body=None, event_name="sidecar.event")
-    webhook.emit(body={"nested": [1, "two"]}, severity_text="")
-    provider.force_flush()
-    batch = list(exporter.get_finished_logs())
+    batch = varied_log_records()
     assert len(batch) == 4
     expected = sdk_encode_logs(batch)
     actual = ExportLogsServiceRequest.FromString(encode_logs(batch))
     assert actual == expected
     assert actual.resource_logs[0].scope_logs[1].log_records[0].attributes  # not vacuous
-    provider.shutdown()
-    tracer_provider.shutdown()
 
 
 def test_the_log_exporter_delivers_records_to_the_collector(

@@ -106,6 +106,16 @@ def _span(telemetry: Telemetry, name: str, **attributes: Any) -> None:
         pass
 
 
+def _running_shipper(telemetry: Telemetry) -> int:
+    """The pid of the telemetry's shipper, once a first span has gone through it."""
+    _span(telemetry, "start")
+    telemetry.force_flush(10.0)
+    assert telemetry.shipper is not None
+    pid = telemetry.shipper.pid
+    assert pid is not None
+    return pid
+
+
 def _gone(pid: int, within: float) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -191,12 +201,9 @@ def test_a_killed_shipper_is_reported_as_a_failed_export_and_started_again(
     collector: _Collector,
 ) -> None:
     telemetry = _telemetry(collector.url)
-    _span(telemetry, "before")
-    telemetry.force_flush(10.0)
+    first = _running_shipper(telemetry)
     shipper = telemetry.shipper
     assert shipper is not None
-    first = shipper.pid
-    assert first is not None
     assert telemetry.exports.status()["traces"]["failures"] == 0
     os.kill(first, signal.SIGKILL)
     assert _gone(first, 10.0)
@@ -218,12 +225,7 @@ def test_a_stalled_shipper_never_blocks_a_span_and_drops_over_the_queue(
     telemetry = _telemetry(
         collector.url, OTEL_BSP_MAX_QUEUE_SIZE="50", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="10"
     )
-    _span(telemetry, "start")
-    telemetry.force_flush(10.0)
-    shipper = telemetry.shipper
-    assert shipper is not None
-    pid = shipper.pid
-    assert pid is not None
+    pid = _running_shipper(telemetry)
     os.kill(pid, signal.SIGSTOP)
     try:
         # 20,000 spans of 400 bytes: far more than the pipe to a stopped process holds.
@@ -237,30 +239,42 @@ def test_a_stalled_shipper_never_blocks_a_span_and_drops_over_the_queue(
     telemetry.shutdown(5.0)
 
 
-def test_the_shipper_ends_when_the_sidecar_is_killed(collector: _Collector) -> None:
+def _doomed_sidecar(
+    endpoint: str, *, spans: int, flush: float, timeout_ms: int
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A process that sets telemetry up, sends spans (flushing after each), and waits to be killed.
+
+    Returns it and its shipper's pid.
+    """
     script = textwrap.dedent(f"""
-        import sys, time
+        import time
         from agent.config import Settings
         from agent.telemetry.setup import setup_telemetry
-        telemetry = setup_telemetry(Settings(), {{"OTEL_EXPORTER_OTLP_ENDPOINT": "{collector.url}",
+        telemetry = setup_telemetry(Settings(), {{"OTEL_EXPORTER_OTLP_ENDPOINT": "{endpoint}",
+                                                  "OTEL_EXPORTER_OTLP_TIMEOUT": "{timeout_ms}",
                                                   "OTEL_METRICS_EXPORTER": "none"}})
-        with telemetry.tracer("t").start_as_current_span("from a doomed process"):
-            pass
-        telemetry.force_flush(10.0)
+        for index in range({spans}):
+            with telemetry.tracer("t").start_as_current_span(f"from a doomed process {{index}}"):
+                pass
+            telemetry.force_flush({flush})
         print(telemetry.shipper.pid, flush=True)
         time.sleep(60)
     """)
     process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    return process, int(process.stdout.readline())
+
+
+def test_the_shipper_ends_when_the_sidecar_is_killed(collector: _Collector) -> None:
+    process, child = _doomed_sidecar(collector.url, spans=1, flush=10.0, timeout_ms=10_000)
     try:
-        assert process.stdout is not None
-        child = int(process.stdout.readline())
         assert psutil.pid_exists(child)
         process.kill()
         process.wait(10)
         assert _gone(child, 10.0), "the shipper outlived the sidecar"
     finally:
         process.kill()
-    assert [span.name for span in collector.spans()] == ["from a doomed process"]
+    assert [span.name for span in collector.spans()] == ["from a doomed process 0"]
 
 
 def test_batch_settings_that_are_not_positive_integers_name_the_variable() -> None:
@@ -326,12 +340,7 @@ def test_shutdown_is_bounded_when_the_shipper_hangs_with_a_full_pipe(
     collector: _Collector,
 ) -> None:
     telemetry = _telemetry(collector.url, OTEL_BSP_MAX_EXPORT_BATCH_SIZE="10")
-    _span(telemetry, "start")
-    telemetry.force_flush(10.0)
-    shipper = telemetry.shipper
-    assert shipper is not None
-    pid = shipper.pid
-    assert pid is not None
+    pid = _running_shipper(telemetry)
     os.kill(pid, signal.SIGSTOP)  # alive but never reading: the sender blocks on the pipe
     try:
         for index in range(5_000):
@@ -349,24 +358,9 @@ def test_shutdown_is_bounded_when_the_shipper_hangs_with_a_full_pipe(
 def test_a_shipper_stuck_on_a_silent_collector_ends_soon_after_the_sidecar_is_killed(
     blackhole: BlackHole,
 ) -> None:
-    script = textwrap.dedent(f"""
-        import time
-        from agent.config import Settings
-        from agent.telemetry.setup import setup_telemetry
-        telemetry = setup_telemetry(Settings(), {{"OTEL_EXPORTER_OTLP_ENDPOINT": "{blackhole.url}",
-                                                  "OTEL_EXPORTER_OTLP_TIMEOUT": "60000",
-                                                  "OTEL_METRICS_EXPORTER": "none"}})
-        for index in range(3):
-            with telemetry.tracer("t").start_as_current_span(f"stuck {{index}}"):
-                pass
-            telemetry.force_flush(0.5)  # each batch waits on the silent server for 60 s
-        print(telemetry.shipper.pid, flush=True)
-        time.sleep(60)
-    """)
-    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE)
+    # Each batch waits on the silent server for 60 s; the flushes give up after 0.5 s.
+    process, child = _doomed_sidecar(blackhole.url, spans=3, flush=0.5, timeout_ms=60_000)
     try:
-        assert process.stdout is not None
-        child = int(process.stdout.readline())
         assert blackhole.accepted >= 1  # the export really is stuck
         process.kill()
         process.wait(10)
