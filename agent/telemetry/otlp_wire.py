@@ -41,7 +41,7 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
 
-# Encoded attribute keys and scopes repeat in every batch; caches are bounded.
+# Encoded attribute keys and key-value pairs repeat in every batch; the caches are bounded.
 _CACHE_LIMIT = 4096
 _keys: dict[str, bytes] = {}
 # Encoded attributes by (key, class, value), for values that compare exactly: not floats, since

@@ -44,6 +44,8 @@ _RESTART_DELAY = 1.0
 _RESTART_DELAY_MAX = 30.0
 _FRAME_HEADER = 4
 _LOCK_WAIT = 0.1
+# The providers' shutdown takes no timeout; Telemetry.shutdown bounds the whole of it anyway.
+_SHUTDOWN_TIMEOUT = 10.0
 
 # (variable prefix, SDK defaults): schedule delay ms, queue size, batch size.
 _BATCH_DEFAULTS = {"traces": ("OTEL_BSP", 5000, 2048, 512), "logs": ("OTEL_BLRP", 1000, 2048, 512)}
@@ -132,6 +134,10 @@ class Shipper:
             last = self._users <= 0
         if last:
             self.close(timeout)
+
+    def failed(self, signal: str, error: str) -> None:
+        """Records a failed export of `signal` that never reached the child."""
+        self._tracker.failure(signal, error)
 
     def start(self, signal: str) -> None:
         """Starts the child now rather than with the first batch (a failure is one of `signal`)."""
@@ -364,7 +370,7 @@ class _Batcher:
                 try:
                     data = self._frame(items)
                 except Exception as exc:  # a batch that cannot be written fails, never raises
-                    self._shipper._tracker.failure(self._signal, f"batch not written: {exc}")
+                    self._shipper.failed(self._signal, f"batch not written: {exc}")
                     continue
                 self._shipper.send(self._signal, data, len(items))
 
@@ -416,10 +422,6 @@ class ShippingLogRecordProcessor(LogRecordProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """True when every record emitted so far has been exported."""
         return self._batcher.flush(timeout_millis / 1000.0)
-
-
-# The providers' shutdown takes no timeout; Telemetry.shutdown bounds the whole of it anyway.
-_SHUTDOWN_TIMEOUT = 10.0
 
 
 def _positive(env: Mapping[str, str], variable: str, default: int) -> int:
