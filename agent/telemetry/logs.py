@@ -62,6 +62,9 @@ class _Pipeline:
         self._reentry = threading.local()
 
     def otel_logger(self, domain: str) -> Any:
+        found = self._otel_loggers.get(domain)  # one dict read; the lock guards creation only
+        if found is not None:
+            return found
         with self._lock:
             found = self._otel_loggers.get(domain)
             if found is None and self.logger_provider is not None:

@@ -78,9 +78,15 @@ def span_batch(spans: Iterable[ReadableSpan], *, copy: bool = False) -> Batch:
 
 
 def log_batch(
-    records: Iterable[ReadWriteLogRecord | ReadableLogRecord], *, copy: bool = False
+    records: Iterable[ReadWriteLogRecord | ReadableLogRecord | tuple[Any, ...]],
+    *,
+    copy: bool = False,
 ) -> Batch:
-    """The rows of emitted log records, with their resource and scope tables (as span_batch)."""
+    """The rows of emitted log records, with their resource and scope tables (as span_batch).
+
+    A record may already be a row whose first two fields are its Resource and scope objects
+    (log_records.emit makes those when the shipper is the only processor).
+    """
     tables = _Tables()
     rows = [_log_row(tables, record, copy) for record in records]
     return tables.resources, tables.scopes, rows
@@ -176,8 +182,11 @@ def _link_row(link: Link) -> tuple[Any, ...]:
 
 
 def _log_row(
-    tables: _Tables, item: ReadWriteLogRecord | ReadableLogRecord, copy: bool
+    tables: _Tables, item: ReadWriteLogRecord | ReadableLogRecord | tuple[Any, ...], copy: bool
 ) -> tuple[Any, ...]:
+    if isinstance(item, tuple):  # made as a row by log_records.emit: resource and scope objects
+        return (tables.resource(item[0]), tables.scope(item[1]), *item[2:10],
+                _attribute_values(item[10], copy), *item[11:])  # fmt: skip
     record = item.log_record
     attributes = record.attributes
     severity = record.severity_number

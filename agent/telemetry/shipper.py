@@ -415,6 +415,10 @@ class ShippingLogRecordProcessor(LogRecordProcessor):
         """Queues the record (turned into a row on the sender thread)."""
         self._batcher.add(log_record)
 
+    def ship_row(self, row: tuple[Any, ...]) -> None:
+        """Queues a record that log_records.emit already made into a row."""
+        self._batcher.add(row)
+
     def shutdown(self) -> None:
         """Flushes, then lets the shipper close."""
         self._batcher.shutdown(_SHUTDOWN_TIMEOUT)

@@ -9,12 +9,19 @@ import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry._logs import SeverityNumber
-from opentelemetry.sdk._logs import LoggerProvider, LogRecordLimits, ReadableLogRecord
+from opentelemetry.sdk._logs import (
+    LoggerProvider,
+    LogRecordLimits,
+    LogRecordProcessor,
+    ReadableLogRecord,
+    ReadWriteLogRecord,
+)
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from agent.telemetry import log_records
+from agent.telemetry import log_records, rows
+from agent.telemetry.shipper import frame
 
 ATTRIBUTES: dict[str, Any] = {
     "text": "délivré",
@@ -36,16 +43,38 @@ LIMITS = {
 }
 
 
-def _export(
-    limits: LogRecordLimits, lean: bool, attributes: dict[str, Any]
-) -> list[dict[str, Any]]:
-    exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+class _Intake(LogRecordProcessor):
+    """What reaches a processor that takes SDK records only."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def on_emit(self, log_record: ReadWriteLogRecord) -> None:
+        self.items.append(log_record)
+
+    def shutdown(self) -> None:
+        """Nothing to stop."""
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class _RowIntake(_Intake):
+    """What reaches a processor that also takes rows, as the shipper's does."""
+
+    def ship_row(self, row: tuple[Any, ...]) -> None:
+        self.items.append(row)
+
+
+def _emit_all(
+    processor: LogRecordProcessor, limits: LogRecordLimits, lean: bool, attributes: dict[str, Any]
+) -> None:
     provider = LoggerProvider(
         resource=Resource.create({"service.name": "logs"}),
         shutdown_on_exit=False,
         log_record_limits=limits,
     )
-    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    provider.add_log_record_processor(processor)
     logger = provider.get_logger("signal-sidecar.webhook", "1.0")
 
     def one(context: otel_context.Context, body: Any) -> None:
@@ -72,7 +101,26 @@ def _export(
         finally:
             otel_context.detach(token)
         one(otel_context.get_current(), {"structured": ["body"]})
+
+
+def _export(
+    limits: LogRecordLimits, lean: bool, attributes: dict[str, Any]
+) -> list[dict[str, Any]]:
+    exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    _emit_all(SimpleLogRecordProcessor(exporter), limits, lean, attributes)
     return [_fields(item) for item in exporter.get_finished_logs()]
+
+
+def _shipped(intake: _Intake, limits: LogRecordLimits, attributes: dict[str, Any]) -> Any:
+    """The batch the shipper would send, observed times zeroed, attribute order kept."""
+    _emit_all(intake, limits, lean=True, attributes=attributes)
+    resources, scopes, batch = rows.log_batch(intake.items)
+    frame(("logs", (resources, scopes, batch)))  # marshal can write it
+    return (
+        resources,
+        scopes,
+        [(*row[:3], 0, *row[4:10], list((row[10] or {}).items()), *row[11:]) for row in batch],
+    )
 
 
 def _fields(item: ReadableLogRecord) -> dict[str, Any]:
@@ -104,6 +152,43 @@ def test_the_lean_path_exports_what_the_sdk_path_exports(
     expected = _export(limits, lean=False, attributes=attributes)
     assert [item["trace"][0] for item in expected] == [0, 0x1234, 0x1234, 0]
     assert _export(limits, lean=True, attributes=attributes) == expected
+
+
+@pytest.mark.parametrize("limits", LIMITS.values(), ids=LIMITS.keys())
+@pytest.mark.parametrize(
+    "attributes",
+    [ATTRIBUTES, {"plain": "only", "n": 1, "yes": True, "r": 0.5}, {}],
+    ids=["every kind", "plain values", "no attributes"],
+)
+def test_a_record_made_as_a_row_is_the_row_the_sdk_record_becomes(
+    limits: LogRecordLimits, attributes: dict[str, Any]
+) -> None:
+    expected = _shipped(_Intake(), limits, attributes)
+    intake = _RowIntake()
+    assert _shipped(intake, limits, attributes) == expected
+    made_as_rows = [isinstance(item, tuple) for item in intake.items]
+    # Rows only where the SDK would store every value as it is and the body is a string.
+    plain = attributes is not ATTRIBUTES and limits.max_attribute_length is None
+    assert made_as_rows == [plain, plain, plain, False]
+
+
+def test_a_processor_beside_the_shipper_gets_sdk_records() -> None:
+    shipper, other = _RowIntake(), _Intake()
+    provider = LoggerProvider(resource=Resource.create({}), shutdown_on_exit=False)
+    provider.add_log_record_processor(shipper)
+    provider.add_log_record_processor(other)
+    logger = provider.get_logger("signal-sidecar.webhook")
+    log_records.emit(
+        logger,
+        timestamp=1,
+        context=otel_context.get_current(),
+        severity_number=SeverityNumber.INFO,
+        severity_text="INFO",
+        body="b",
+        attributes={"k": "v"},
+    )
+    assert shipper.items == other.items
+    assert isinstance(other.items[0], ReadWriteLogRecord)
 
 
 def test_a_logger_that_is_not_the_sdks_is_asked_to_emit_itself() -> None:
