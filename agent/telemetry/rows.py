@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace.span import TraceState
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 
 from agent.telemetry.masking import strings_in
 from agent.telemetry.tracing import attribute_dict, bounded_attributes, own_attributes
@@ -38,8 +38,10 @@ _SEVERITIES = {severity.value: severity for severity in SeverityNumber}
 _NO_LIMITS = LogRecordLimits()
 
 
-class _Tables:
+class Tables:
     """Index of each resource and scope of one batch, by identity (they are shared objects)."""
+
+    __slots__ = ("_resource_index", "_scope_index", "resources", "scopes")
 
     def __init__(self) -> None:
         self.resources: list[Any] = []
@@ -66,14 +68,18 @@ class _Tables:
         return index
 
 
-def span_batch(spans: Iterable[ReadableSpan], *, copy: bool = False) -> Batch:
+def span_batch(spans: Iterable[ReadableSpan | tuple[Any, ...]], *, copy: bool = False) -> Batch:
     """The rows of ended spans, with their resource and scope tables.
 
     An ended span's attributes no longer change, so its rows share the span's attribute dict
-    unless `copy` asks for plain copies (for values marshal cannot write).
+    unless `copy` asks for plain copies (for values marshal cannot write). A span may already
+    be a row whose first two fields are its Resource and scope objects (a RowSpan's).
     """
-    tables = _Tables()
-    rows = [_span_row(tables, span, copy) for span in spans]
+    tables = Tables()
+    rows = [
+        _indexed(tables, span, copy) if isinstance(span, tuple) else _span_row(tables, span, copy)
+        for span in spans
+    ]
     return tables.resources, tables.scopes, rows
 
 
@@ -87,7 +93,7 @@ def log_batch(
     A record may already be a row whose first two fields are its Resource and scope objects
     (log_records.emit makes those when the shipper is the only processor).
     """
-    tables = _Tables()
+    tables = Tables()
     rows = [_log_row(tables, record, copy) for record in records]
     return tables.resources, tables.scopes, rows
 
@@ -122,7 +128,7 @@ def logs_from(batch: Batch) -> list[ReadableLogRecord]:
     return [_log(resources, scopes, row) for row in batch[2]]
 
 
-def _span_row(tables: _Tables, span: ReadableSpan, copy: bool) -> tuple[Any, ...]:
+def _span_row(tables: Tables, span: ReadableSpan, copy: bool) -> tuple[Any, ...]:
     context = span._context
     if context is None:
         raise ValueError("span without a context")
@@ -135,8 +141,8 @@ def _span_row(tables: _Tables, span: ReadableSpan, copy: bool) -> tuple[Any, ...
         tables.resource(span._resource),
         tables.scope(span._instrumentation_scope),
         span._name,
-        _context_row(context),
-        None if parent is None else _context_row(parent),
+        context_row(context),
+        None if parent is None else context_row(parent),
         span._kind._value_,
         span._start_time,
         span._end_time,
@@ -144,25 +150,26 @@ def _span_row(tables: _Tables, span: ReadableSpan, copy: bool) -> tuple[Any, ...
         status.description,
         _attribute_values(attributes, copy),
         getattr(attributes, "dropped", 0),
-        tuple(_event_row(event) for event in events) if len(events) else None,
+        tuple(event_row(event) for event in events) if len(events) else None,
         getattr(events, "dropped", 0),
-        tuple(_link_row(link) for link in links) if len(links) else None,
+        tuple(link_row(link) for link in links) if len(links) else None,
         getattr(links, "dropped", 0),
     )
 
 
-def _context_row(context: SpanContext) -> tuple[Any, ...]:
-    state = context.trace_state
+def context_row(context: SpanContext) -> tuple[Any, ...]:
+    """(trace id, span id, remote, flags, trace state items or None) of a span context."""
+    trace_id, span_id, is_remote, flags, state = context[:5]  # a SpanContext is a tuple
     return (
-        context.trace_id,
-        context.span_id,
-        context.is_remote,
-        int(context.trace_flags),
-        tuple(state.items()) if state else None,
+        trace_id,
+        span_id,
+        is_remote,
+        int(flags),
+        None if state is DEFAULT_TRACE_STATE or not state else tuple(state.items()),
     )
 
 
-def _event_row(event: Event) -> tuple[Any, ...]:
+def event_row(event: Event) -> tuple[Any, ...]:
     attributes = event.attributes
     return (
         event.name,
@@ -172,21 +179,20 @@ def _event_row(event: Event) -> tuple[Any, ...]:
     )
 
 
-def _link_row(link: Link) -> tuple[Any, ...]:
+def link_row(link: Link) -> tuple[Any, ...]:
     attributes = link.attributes
     return (
-        _context_row(link.context),
+        context_row(link.context),
         _plain(attributes) if attributes else None,
         getattr(attributes, "dropped", 0),
     )
 
 
 def _log_row(
-    tables: _Tables, item: ReadWriteLogRecord | ReadableLogRecord | tuple[Any, ...], copy: bool
+    tables: Tables, item: ReadWriteLogRecord | ReadableLogRecord | tuple[Any, ...], copy: bool
 ) -> tuple[Any, ...]:
-    if isinstance(item, tuple):  # made as a row by log_records.emit: resource and scope objects
-        return (tables.resource(item[0]), tables.scope(item[1]), *item[2:10],
-                _attribute_values(item[10], copy), *item[11:])  # fmt: skip
+    if isinstance(item, tuple):  # made as a row by log_records.emit
+        return _indexed(tables, item, copy)
     record = item.log_record
     attributes = record.attributes
     severity = record.severity_number
@@ -205,6 +211,15 @@ def _log_row(
         getattr(attributes, "dropped", 0),
         record.event_name,
     )
+
+
+def _indexed(tables: Tables, row: tuple[Any, ...], copy: bool) -> tuple[Any, ...]:
+    """A row made with its Resource and scope objects, naming their entries in the tables.
+
+    Span and log rows both hold their attribute values at index 10.
+    """
+    return (tables.resource(row[0]), tables.scope(row[1]), *row[2:10],
+            _attribute_values(row[10], copy), *row[11:])  # fmt: skip
 
 
 def _attribute_values(attributes: Mapping[str, Any] | None, copy: bool) -> Any:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import marshal
@@ -37,6 +38,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from agent.config import ConfigError
 from agent.telemetry import rows
 from agent.telemetry.exporters import ExportTracker
+from agent.telemetry.row_spans import RowSpan
 
 _logger = logging.getLogger("opentelemetry.sdk.shipper")
 
@@ -385,7 +387,13 @@ class ShippingSpanProcessor(SpanProcessor):
     """The SDK BatchSpanProcessor's contract, exporting through the shipper process."""
 
     def __init__(self, shipper: Shipper, env: Mapping[str, str]) -> None:
-        self._batcher = _Batcher(shipper, "traces", rows.span_batch, env)
+        self._use(_Batcher(shipper, "traces", rows.span_batch, env))
+
+    def _use(self, batcher: _Batcher) -> None:
+        self._batcher = batcher
+        # What LeanTracer makes sampled spans with while this is the only processor: they
+        # end by queueing their own rows into the batcher.
+        self.span_maker = functools.partial(RowSpan, ship=batcher.add)
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         """Nothing to do when a span starts."""

@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation import _SPAN_KEY
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 from opentelemetry.util import types
 
 _logger = logging.getLogger("opentelemetry.sdk.trace")
@@ -109,6 +110,23 @@ class LeanTracer(SdkTracer):
         self._sdk = tracer
         self._inline_sampling = _default_sampler(self.sampler)
         self._random_ids = self.id_generator.is_trace_id_random()
+        self._span_maker: tuple[Any, Callable[..., trace_api.Span] | None] = (None, None)
+
+    def _maker(self) -> tuple[Any, Callable[..., trace_api.Span] | None]:
+        """The processors, and the span maker of the only one when it offers one (the shipper).
+
+        A processor that makes its own spans is told nothing when they start and receives
+        them itself when they end (row_spans.RowSpan); any other set of processors gets
+        LeanSpans. Looked up again whenever the provider's processors change.
+        """
+        processors = getattr(self.span_processor, "_span_processors", None)
+        known = self._span_maker
+        if known[0] is not processors:
+            maker = None
+            if processors is not None and len(processors) == 1:
+                maker = getattr(processors[0], "span_maker", None)
+            known = self._span_maker = (processors, maker)
+        return known
 
     def _is_enabled(self) -> bool:
         # The provider's tracer configurator updates the SDK tracer of this scope.
@@ -175,16 +193,17 @@ class LeanTracer(SdkTracer):
             flags = _SAMPLED_RANDOM if random_id else _SAMPLED
         else:
             flags = _RANDOM if random_id else _DEFAULT
-        span_context = SpanContext(
-            trace_id,
-            self.id_generator.generate_span_id(),
-            is_remote=False,
-            trace_flags=flags,
-            trace_state=trace_state,
-        )
+        span_context = _span_context(trace_id, self.id_generator.generate_span_id(), flags,
+                                     trace_state)  # fmt: skip
         record_end_metrics = self._tracer_metrics.start_span(parent_context, decision)
         if decision is sampling.Decision.DROP:
             return trace_api.NonRecordingSpan(context=span_context)
+        if decision is sampling.Decision.RECORD_AND_SAMPLE:
+            processors, maker = self._maker()
+            if maker is not None:
+                return maker(self, name, span_context, parent_context, attributes, links, kind,
+                             record_exception, set_status_on_exception, record_end_metrics,
+                             start_time, processors)  # fmt: skip
         span = LeanSpan.create(
             self,
             name,
@@ -316,7 +335,7 @@ class LeanSpan(SdkSpan):
             if self._end_time is not None:
                 _logger.warning("Setting attribute on ended span.")
                 return
-            _store(cast(BoundedAttributes, self._attributes), attributes)
+            store_attributes(cast(BoundedAttributes, self._attributes), attributes)
 
     def _add_event(self, event: Any) -> None:
         with self._lock:
@@ -354,6 +373,17 @@ class LeanSpan(SdkSpan):
 
 
 _UNSET = Status(StatusCode.UNSET)
+_TRACE_ID_MAX = (1 << 128) - 1
+_SPAN_ID_MAX = (1 << 64) - 1
+
+
+def _span_context(
+    trace_id: int, span_id: int, flags: TraceFlags, state: TraceState | None
+) -> SpanContext:
+    """SpanContext(trace_id, span_id, is_remote=False, ...) as its __new__ builds it, directly."""
+    valid = 0 < trace_id <= _TRACE_ID_MAX and 0 < span_id <= _SPAN_ID_MAX
+    state = DEFAULT_TRACE_STATE if state is None else state
+    return tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, valid))
 
 
 def _attributes(limits: SpanLimits, initial: Mapping[str, types.AnyValue]) -> BoundedAttributes:
@@ -372,7 +402,7 @@ def bounded_attributes(
     attributes.max_value_len = max_value_len
     attributes._lock = threading.Lock()
     attributes._immutable = False
-    _store(attributes, initial)
+    store_attributes(attributes, initial)
     return attributes
 
 
@@ -388,7 +418,7 @@ def attribute_dict(attributes: Mapping[str, Any]) -> Mapping[str, Any]:
     return inner if isinstance(inner, dict) else attributes
 
 
-def _store(attributes: BoundedAttributes, values: Mapping[str, types.AnyValue]) -> None:
+def store_attributes(attributes: BoundedAttributes, values: Mapping[str, types.AnyValue]) -> None:
     """Plain values straight in, until the first other one: from there on, the SDK's way.
 
     Keeping the order keeps the SDK's result exactly, eviction at the count limit included.
