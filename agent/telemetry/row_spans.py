@@ -101,7 +101,13 @@ class RowSpan(trace_api.Span):
         if attributes:
             self._set_items(attributes)
         if links:
-            self._links = SdkSpan._new_links(self, links)  # type: ignore[arg-type]
+            maximum = self._limits.max_links
+            if (maximum is None or len(links) <= maximum) and all(
+                link and not link.attributes and link.context.is_valid for link in links
+            ):
+                self._links = tuple(links)  # what the SDK keeps of them, without the copies
+            else:
+                self._links = SdkSpan._new_links(self, links)  # type: ignore[arg-type]
         self._start_time = start_time if start_time is not None else time_ns()
 
     # The API, with the SDK's behaviour.
@@ -285,8 +291,8 @@ class RowSpan(trace_api.Span):
             status.description,
             values,
             dropped,
-            tuple(rows.event_row(event) for event in events) if len(events) else None,
-            getattr(events, "dropped", 0),
-            tuple(rows.link_row(link) for link in links) if len(links) else None,
-            getattr(links, "dropped", 0),
+            tuple(rows.event_row(event) for event in events) if events else None,
+            0 if type(events) is tuple else events.dropped,  # type: ignore[attr-defined]
+            tuple(rows.link_row(link) for link in links) if links else None,
+            0 if type(links) is tuple else links.dropped,  # type: ignore[attr-defined]
         )

@@ -166,6 +166,13 @@ def _contexts(tracer: trace.Tracer) -> None:
     links = [Link(REMOTE_SAMPLED, {"poll": "cycle"}), Link(SpanContext(0, 0, False))]
     with tracer.start_as_current_span("linked", links=links, start_time=1_000):
         pass
+    # Links without attributes, as the pipeline links an email to its poll: one, then two.
+    with tracer.start_as_current_span("linked plainly", links=[Link(REMOTE_SAMPLED)]):
+        pass
+    with tracer.start_as_current_span(
+        "linked plainly twice", links=[Link(REMOTE_SAMPLED), Link(REMOTE_UNSAMPLED)]
+    ):
+        pass
     span = tracer.start_span("manual", start_time=2_000)
     with (
         trace.use_span(span),
