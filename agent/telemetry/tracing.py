@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from time import time_ns
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 from opentelemetry import context as context_api
 from opentelemetry import trace as trace_api
@@ -51,6 +51,21 @@ _SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 _DEFAULT = TraceFlags(TraceFlags.DEFAULT)
 _RANDOM = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
 _NO_ATTRIBUTES: Mapping[str, types.AnyValue] = {}
+_RECORD_AND_SAMPLE = sampling.Decision.RECORD_AND_SAMPLE
+_DROP = sampling.Decision.DROP
+# Classes seen to be trace_api.Span: isinstance against the ABC costs more than a set lookup.
+_SPAN_CLASSES: set[type] = set()
+
+
+def _is_span(value: object) -> TypeGuard[trace_api.Span]:
+    """isinstance(value, trace_api.Span), remembering the classes that are."""
+    kind = value.__class__
+    if kind in _SPAN_CLASSES:
+        return True
+    if isinstance(value, trace_api.Span):
+        _SPAN_CLASSES.add(kind)
+        return True
+    return False
 
 
 def _default_sampler(sampler: sampling.Sampler) -> bool:
@@ -171,34 +186,38 @@ class LeanTracer(SdkTracer):
             )  # fmt: skip
         links = links or ()
         parent = context_api.get_value(_SPAN_KEY, context)
-        parent_context = parent.get_span_context() if isinstance(parent, trace_api.Span) else None
-        if parent_context is None or not parent_context.is_valid:
+        parent_context = parent.get_span_context() if _is_span(parent) else None
+        # A SpanContext is a tuple: (trace id, span id, remote, flags, trace state, valid).
+        if parent_context is None or not parent_context[5]:
             parent_context = None
             trace_id = self.id_generator.generate_trace_id()
             random_id = self._random_ids
         else:
-            trace_id = parent_context.trace_id
-            random_id = parent_context.trace_flags.random_trace_id
+            trace_id = parent_context[0]
+            random_id = bool(parent_context[3] & TraceFlags.RANDOM_TRACE_ID)
         if self._inline_sampling:
             # ParentBased(ALWAYS_ON): a root or a sampled parent records, an unsampled one drops;
             # the parent's trace state is kept, as the SDK's static samplers keep it.
-            sampled = parent_context is None or parent_context.trace_flags.sampled
-            decision = sampling.Decision.RECORD_AND_SAMPLE if sampled else sampling.Decision.DROP
-            trace_state = parent_context.trace_state if parent_context is not None else None
+            if parent_context is None:
+                decision, trace_state = _RECORD_AND_SAMPLE, None
+            else:
+                sampled = parent_context[3] & TraceFlags.SAMPLED
+                decision = _RECORD_AND_SAMPLE if sampled else _DROP
+                trace_state = parent_context[4]
         else:
             result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
             decision, trace_state = result.decision, result.trace_state
             attributes = result.attributes
-        if decision is sampling.Decision.RECORD_AND_SAMPLE:
+        if decision is _RECORD_AND_SAMPLE:
             flags = _SAMPLED_RANDOM if random_id else _SAMPLED
         else:
             flags = _RANDOM if random_id else _DEFAULT
         span_context = _span_context(trace_id, self.id_generator.generate_span_id(), flags,
                                      trace_state)  # fmt: skip
         record_end_metrics = self._tracer_metrics.start_span(parent_context, decision)
-        if decision is sampling.Decision.DROP:
+        if decision is _DROP:
             return trace_api.NonRecordingSpan(context=span_context)
-        if decision is sampling.Decision.RECORD_AND_SAMPLE:
+        if decision is _RECORD_AND_SAMPLE:
             processors, maker = self._maker()
             if maker is not None:
                 return maker(self, name, span_context, parent_context, attributes, links, kind,
