@@ -26,13 +26,12 @@ from typing import Any
 from opentelemetry import trace as trace_api
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import SpanLimits
-from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util import types
 
 from agent.telemetry import rows
-from agent.telemetry.tracing import LeanTracer, bounded_attributes, store_attributes
+from agent.telemetry.tracing import LeanSpan, LeanTracer, bounded_attributes, store_attributes
 
 _logger = logging.getLogger("opentelemetry.sdk.trace")
 _UNSET = Status(StatusCode.UNSET)
@@ -212,22 +211,10 @@ class RowSpan(trace_api.Span):
     # What the SDK's methods above read and call.
 
     def _add_event(self, event: Any) -> None:
-        with self._lock:
-            if self._end_time is not None:
-                _logger.warning("Tried calling %s on an ended span.", "_add_event")
-                return
-            if type(self._events) is tuple:
-                self._events = BoundedList(self._limits.max_events)
-            self._events.append(event)  # type: ignore[attr-defined]
+        LeanSpan._add_event(self, event)  # type: ignore[arg-type]
 
     def _add_link(self, link: trace_api.Link) -> None:
-        with self._lock:
-            if self._end_time is not None:
-                _logger.warning("Tried calling %s on an ended span.", "_add_link")
-                return
-            if type(self._links) is tuple:
-                self._links = BoundedList(self._limits.max_links)
-            self._links.append(link)  # type: ignore[attr-defined]
+        LeanSpan._add_link(self, link)  # type: ignore[arg-type]
 
     def _set_items(self, values: Mapping[str, types.AnyValue]) -> None:
         """Plain values into the dict while the SDK would store them as they are; else its way."""

@@ -172,12 +172,7 @@ def test_a_record_made_as_a_row_is_the_row_the_sdk_record_becomes(
     assert made_as_rows == [plain, plain, plain, False]
 
 
-def test_a_processor_beside_the_shipper_gets_sdk_records() -> None:
-    shipper, other = _RowIntake(), _Intake()
-    provider = LoggerProvider(resource=Resource.create({}), shutdown_on_exit=False)
-    provider.add_log_record_processor(shipper)
-    provider.add_log_record_processor(other)
-    logger = provider.get_logger("signal-sidecar.webhook")
+def _emit_info(logger: Any) -> None:
     log_records.emit(
         logger,
         timestamp=1,
@@ -187,6 +182,15 @@ def test_a_processor_beside_the_shipper_gets_sdk_records() -> None:
         body="b",
         attributes={"k": "v"},
     )
+
+
+def test_a_processor_beside_the_shipper_gets_sdk_records() -> None:
+    shipper, other = _RowIntake(), _Intake()
+    provider = LoggerProvider(resource=Resource.create({}), shutdown_on_exit=False)
+    provider.add_log_record_processor(shipper)
+    provider.add_log_record_processor(other)
+    logger = provider.get_logger("signal-sidecar.webhook")
+    _emit_info(logger)
     assert shipper.items == other.items
     assert isinstance(other.items[0], ReadWriteLogRecord)
 
@@ -198,13 +202,5 @@ def test_a_logger_that_is_not_the_sdks_is_asked_to_emit_itself() -> None:
         def emit(self, **arguments: Any) -> None:
             calls.append(arguments)
 
-    log_records.emit(
-        Other(),
-        timestamp=1,
-        context=otel_context.get_current(),
-        severity_number=SeverityNumber.INFO,
-        severity_text="INFO",
-        body="b",
-        attributes={"k": "v"},
-    )
+    _emit_info(Other())
     assert calls[0]["attributes"] == {"k": "v"}
