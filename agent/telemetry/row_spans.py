@@ -101,8 +101,10 @@ class RowSpan(trace_api.Span):
             self._set_items(attributes)
         if links:
             maximum = self._limits.max_links
-            if (maximum is None or len(links) <= maximum) and all(
-                link and not link.attributes and link.context.is_valid for link in links
+            if (
+                type(links) in (list, tuple)  # not any iterable: one pass must stay possible
+                and (maximum is None or len(links) <= maximum)
+                and all(link and not link.attributes and link.context.is_valid for link in links)
             ):
                 self._links = tuple(links)  # what the SDK keeps of them, without the copies
             else:

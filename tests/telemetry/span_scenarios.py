@@ -173,6 +173,9 @@ def _contexts(tracer: trace.Tracer) -> None:
         "linked plainly twice", links=[Link(REMOTE_SAMPLED), Link(REMOTE_UNSAMPLED)]
     ):
         pass
+    generated = (Link(context) for context in (REMOTE_SAMPLED, REMOTE_UNSAMPLED))
+    with tracer.start_as_current_span("links from a generator", links=generated):  # type: ignore[arg-type]
+        pass
     span = tracer.start_span("manual", start_time=2_000)
     with (
         trace.use_span(span),
