@@ -170,6 +170,7 @@ def context_row(context: SpanContext) -> tuple[Any, ...]:
 
 
 def event_row(event: Event) -> tuple[Any, ...]:
+    """(name, timestamp, plain attributes or None, dropped attributes) of a span event."""
     attributes = event.attributes
     return (
         event.name,
@@ -180,6 +181,7 @@ def event_row(event: Event) -> tuple[Any, ...]:
 
 
 def link_row(link: Link) -> tuple[Any, ...]:
+    """(context row, plain attributes or None, dropped attributes) of a span link."""
     attributes = link.attributes
     return (
         context_row(link.context),

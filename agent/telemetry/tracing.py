@@ -13,6 +13,9 @@ exporter reads them unchanged) built with fewer allocations:
 - empty event and link lists are shared empty tuples until something is added;
 - an ended span goes to the processors as it is, not as a copy (it can no longer change).
 
+When the provider's only span processor offers a `span_maker` (the telemetry shipper's does),
+sampled spans are made by it instead: agent/telemetry/row_spans.py.
+
 Everything observable is the SDK's behaviour: tests/telemetry/test_tracing.py runs the same
 calls through both tracers and compares what reaches the exporter.
 """
