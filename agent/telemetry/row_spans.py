@@ -26,6 +26,7 @@ from typing import Any
 from opentelemetry import trace as trace_api
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import SpanLimits
+from opentelemetry.sdk.trace._tracer_metrics import noop as _no_metrics
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util import types
@@ -66,6 +67,7 @@ class RowSpan(trace_api.Span):
 
     def __init__(
         self,
+        ship: Ship,
         tracer: LeanTracer,
         name: str,
         context: SpanContext,
@@ -78,7 +80,6 @@ class RowSpan(trace_api.Span):
         record_end_metrics: Callable[[], None],
         start_time: int | None,
         shipped_by: Any,
-        ship: Ship,
     ) -> None:
         self._tracer = tracer
         self._name = name
@@ -92,7 +93,8 @@ class RowSpan(trace_api.Span):
         self._links: Sequence[trace_api.Link] = ()
         self._record_exception = record_exception
         self._set_status_on_exception = set_status_on_exception
-        self._record_end_metrics = record_end_metrics
+        # The SDK's own span metrics are off unless asked for: then there is nothing to call.
+        self._record_end_metrics = None if record_end_metrics is _no_metrics else record_end_metrics
         self._ship = ship
         self._shipped_by = shipped_by
         self._end_time: int | None = None
@@ -198,7 +200,8 @@ class RowSpan(trace_api.Span):
                 _logger.warning("Calling end() on an ended span.")
                 return
             self._end_time = end_time if end_time is not None else time_ns()
-        self._record_end_metrics()
+        if self._record_end_metrics is not None:
+            self._record_end_metrics()
         processor = self._tracer.span_processor
         row = self._row()
         if getattr(processor, "_span_processors", None) is self._shipped_by:
@@ -260,24 +263,30 @@ class RowSpan(trace_api.Span):
             values, dropped = attributes or None, 0
         else:
             values, dropped = attributes._dict or None, attributes.dropped
-        state = context[4]  # a SpanContext is a tuple; its own state is the parent's or default
+        # A SpanContext is a tuple. The trace state is usually the parent's own object.
+        state = context[4]
+        state_row = None if state is DEFAULT_TRACE_STATE or not state else tuple(state.items())
+        if parent is None:
+            parent_row = None
+        elif parent[4] is state:
+            parent_row = (parent[0], parent[1], parent[2], int(parent[3]), state_row)
+        else:
+            parent_row = rows.context_row(parent)
+        if status is _UNSET:
+            code, description = 0, None
+        else:
+            code, description = status.status_code._value_, status.description
         return (
             tracer.resource,
             tracer._instrumentation_scope,
             self._name,
-            (
-                context[0],
-                context[1],
-                False,
-                int(context[3]),
-                None if state is DEFAULT_TRACE_STATE or not state else tuple(state.items()),
-            ),
-            None if parent is None else rows.context_row(parent),
+            (context[0], context[1], False, int(context[3]), state_row),
+            parent_row,
             self._kind._value_,
             self._start_time,
             self._end_time,
-            status.status_code._value_,
-            status.description,
+            code,
+            description,
             values,
             dropped,
             tuple(rows.event_row(event) for event in events) if events else None,

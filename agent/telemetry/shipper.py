@@ -393,7 +393,7 @@ class ShippingSpanProcessor(SpanProcessor):
         self._batcher = batcher
         # What LeanTracer makes sampled spans with while this is the only processor: they
         # end by queueing their own rows into the batcher.
-        self.span_maker = functools.partial(RowSpan, ship=batcher.add)
+        self.span_maker = functools.partial(RowSpan, batcher.add)
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         """Nothing to do when a span starts."""

@@ -269,7 +269,7 @@ class _CurrentSpan:
         try:
             context_api.detach(self._token)
             # As use_span: only Exception subclasses are errors (not GeneratorExit and the like).
-            if isinstance(exc, Exception) and span.is_recording():
+            if exc is not None and isinstance(exc, Exception) and span.is_recording():
                 if self._arguments[6]:
                     span.record_exception(exc)
                 if self._arguments[7]:
