@@ -32,11 +32,16 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util import types
 
 from agent.telemetry import rows
-from agent.telemetry.tracing import LeanSpan, LeanTracer, bounded_attributes, store_attributes
+from agent.telemetry.tracing import (
+    PLAIN_TYPES,
+    LeanSpan,
+    LeanTracer,
+    bounded_attributes,
+    store_attributes,
+)
 
 _logger = logging.getLogger("opentelemetry.sdk.trace")
 _UNSET = Status(StatusCode.UNSET)
-_PLAIN = frozenset({bool, int, float})
 
 Ship = Callable[[tuple[Any, ...]], None]
 
@@ -125,23 +130,7 @@ class RowSpan(trace_api.Span):
 
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
         """As the SDK: stored within the span limits; ignored with a warning after the end."""
-        with self._lock:
-            if self._end_time is not None:
-                _logger.warning("Setting attribute on ended span.")
-                return
-            attributes = self._attributes
-            # The common case first: a plain value under a new key, within the limits.
-            if type(attributes) is dict and key.__class__ is str and key and key not in attributes:
-                limits = self._limits
-                kind = value.__class__
-                length = limits.max_span_attribute_length
-                maximum = limits.max_span_attributes
-                if (
-                    kind in _PLAIN or (kind is str and (length is None or len(value) <= length))  # type: ignore[arg-type]
-                ) and (maximum is None or len(attributes) < maximum):
-                    attributes[key] = value
-                    return
-            self._set_items({key: value})
+        self.set_attributes({key: value})
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
         """As the SDK: each value stored as set_attribute would, in order."""
@@ -208,9 +197,7 @@ class RowSpan(trace_api.Span):
             self._ship(row)
             return
         # Another processor came (or went) while this span was open: SDK objects for them all.
-        tables = rows.Tables()
-        indexed = (tables.resource(row[0]), tables.scope(row[1]), *row[2:])
-        (readable,) = rows.spans_from((tables.resources, tables.scopes, [indexed]))
+        (readable,) = rows.spans_from(rows.span_batch([row]))
         processor.on_end(readable)
 
     # What the SDK's methods above read and call.
@@ -232,7 +219,10 @@ class RowSpan(trace_api.Span):
             for key, value in items:
                 kind = value.__class__
                 if (
-                    (kind in _PLAIN or (kind is str and (length is None or len(value) <= length)))  # type: ignore[arg-type]
+                    (
+                        kind in PLAIN_TYPES
+                        or (kind is str and (length is None or len(value) <= length))  # type: ignore[arg-type]
+                    )
                     and key.__class__ is str
                     and key
                 ):

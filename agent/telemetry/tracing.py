@@ -48,7 +48,8 @@ from opentelemetry.util import types
 
 _logger = logging.getLogger("opentelemetry.sdk.trace")
 
-_PLAIN = frozenset({bool, int, float})
+# Attribute values the SDK stores as they are (a str too, within the length limit).
+PLAIN_TYPES = frozenset({bool, int, float})
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 _DEFAULT = TraceFlags(TraceFlags.DEFAULT)
@@ -463,7 +464,7 @@ def _plain_into(attributes: BoundedAttributes, key: str, value: types.AnyValue) 
         limit = attributes.max_value_len
         if limit is not None and len(cast(str, value)) > limit:
             return False
-    elif kind not in _PLAIN:
+    elif kind not in PLAIN_TYPES:
         return False
     if type(key) is not str or not key:
         return False
