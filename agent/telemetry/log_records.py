@@ -28,10 +28,11 @@ from opentelemetry.sdk._logs import (
 )
 from opentelemetry.util import types
 
-from agent.telemetry.tracing import bounded_attributes
+from agent.telemetry.tracing import PLAIN_TYPES, bounded_attributes
 
 _NO_ATTRIBUTES: dict[str, types.AnyValue] = {}
-_ROW_VALUES = frozenset({str, int, float, bool})
+# Attribute values a log record stores as they are (no length limit applies by default).
+PLAIN_VALUES = PLAIN_TYPES | {str}
 
 
 def emit(
@@ -130,6 +131,6 @@ def _row_ready(limits: Any, attributes: dict[str, types.AnyValue]) -> bool:
     if maximum is not None and len(attributes) > maximum:
         return False
     for key, value in attributes.items():
-        if value.__class__ not in _ROW_VALUES or key.__class__ is not str or not key:
+        if value.__class__ not in PLAIN_VALUES or key.__class__ is not str or not key:
             return False
     return True

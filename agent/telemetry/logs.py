@@ -18,6 +18,7 @@ from opentelemetry.sdk._logs import LoggerProvider
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 from agent.telemetry import log_records
+from agent.telemetry.log_records import PLAIN_VALUES
 from agent.telemetry.masking import Masker
 from agent.telemetry.setup import Telemetry
 
@@ -46,7 +47,6 @@ _SEVERITY = {
 }
 # Keys that are fields of the OTLP record itself, not attributes.
 _RECORD_KEYS = frozenset({"event", "level", "timestamp", "trace_id", "span_id"})
-_PLAIN = frozenset({str, int, float, bool})
 _FIRST_KEYS = ("timestamp", "level", "logger", "event", "trace_id", "span_id")
 _SDK_LOG_INTERVAL = 60.0
 
@@ -190,7 +190,7 @@ def _emit_otlp(pipeline: _Pipeline, method: str, event: Mapping[str, Any]) -> No
             continue
         if key == "exception":
             attributes["exception.stacktrace"] = str(value)
-        elif value.__class__ in _PLAIN:
+        elif value.__class__ in PLAIN_VALUES:
             attributes[key] = value  # most fields: stored without a call
         else:
             _flatten(attributes, key, value)
@@ -216,7 +216,7 @@ def _flatten(out: dict[str, Any], key: str, value: Any) -> None:
             _flatten(out, f"{key}.{sub_key}", sub_value)
     elif isinstance(value, list | tuple):
         kinds = {type(item) for item in value}
-        if len(kinds) == 1 and kinds <= _PLAIN:
+        if len(kinds) == 1 and kinds <= PLAIN_VALUES:
             out[key] = list(value)
         else:
             out[key] = json.dumps(value, default=str, ensure_ascii=False)
