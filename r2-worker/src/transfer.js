@@ -133,10 +133,6 @@ async function copy({ env, settings, job, resolver, file, what, folder, sofar, w
     const before = sofar > 0 ? ` after ${sofar} bytes of the share` : "";
     throw tooLarge(`${what} is ${declared} bytes${before}, above the ${settings.maxBytes} byte limit`);
   }
-  if (file.size !== null && declared !== null && declared !== file.size) {
-    await cancelBody(response);
-    throw mismatch(what, file.size, declared);
-  }
   const source = new CappedSource(response.body, { remaining, limit: settings.maxBytes, watchdog });
   const first = await source.peek();
   const contentType = response.headers.get("Content-Type") || "";
@@ -144,6 +140,10 @@ async function copy({ env, settings, job, resolver, file, what, folder, sofar, w
   if (page !== null) {
     source.cancel(new Error("landing page"));
     throw unresolved(`${what} answered with an HTML page (${page}), not a file: a landing page is never stored`);
+  }
+  if (file.size !== null && declared !== null && declared !== file.size) {
+    source.cancel(new Error("size mismatch"));
+    throw mismatch(what, file.size, declared);
   }
   const type = storedType(contentType, file.contentType);
   const filename =

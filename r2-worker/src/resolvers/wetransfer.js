@@ -46,9 +46,9 @@ export const wetransfer = {
       (item) => item && typeof item === "object" && item.content_identifier !== "folder",
     );
     if (transfer.per_file_download_available === false || items.length === 0) {
+      // The size WeTransfer lists is its files' total, not the size of the archive it serves.
       return [shareFile({
         name: transfer.recommended_filename || null,
-        size: transfer.size,
         locate: (step) => directLink(step, share.transfer, { intent: "entire_transfer", ...ids }),
       })];
     }
