@@ -222,7 +222,9 @@ class R2Settings:
     fetch_token: str = setting("", "R2_FETCH_TOKEN", secret=True, doc="Sent as X-R2-FETCH-TOKEN.")
     max_attempts: int = setting(3, doc="Attempts per link for retryable failures.")
     retry_budget: Duration = setting(
-        Duration(300.0), doc="Total time the retries of one link may take."
+        Duration(300.0),
+        doc="Total time one link may take: every attempt and every file of a share "
+        "(each file also has its provider's timeout).",
     )
     concurrency: int = setting(4, doc="Transfers at once across all mailboxes.")
 

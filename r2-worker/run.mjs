@@ -34,7 +34,16 @@ if (!env.R2_FETCH_TOKEN) {
 }
 
 const bindings = { R2_FETCH_TOKEN: env.R2_FETCH_TOKEN };
-for (const name of ["MAX_BYTES", "R2_ALLOWED_HOSTS", "UPSTREAM_TIMEOUT_MS", "R2_PUBLIC_URL"]) {
+for (const name of [
+  "MAX_BYTES",
+  "MAX_FILES",
+  "R2_ALLOWED_HOSTS",
+  "R2_HTML_ALLOWED_ORIGINS",
+  "UPSTREAM_TIMEOUT_MS",
+  "R2_PUBLIC_URL",
+  // Test-only: points provider API origins at loopback stand-ins. Never set in a deployment.
+  "TEST_ONLY_PROVIDER_ORIGINS",
+]) {
   if (env[name] !== undefined) bindings[name] = env[name];
 }
 
@@ -43,6 +52,8 @@ const mf = new Miniflare({
   // R2_WORKER_SCRIPT lets the benchmark run its baseline Worker under the same runner.
   scriptPath: resolve(env.R2_WORKER_SCRIPT || join(here, "src", "index.js")),
   modulesRoot: dirname(resolve(env.R2_WORKER_SCRIPT || join(here, "src", "index.js"))),
+  // The Worker is several ES modules (as wrangler, which bundles them, reads them too).
+  modulesRules: [{ type: "ESModule", include: ["**/*.js"] }],
   compatibilityDate: compatibilityDate(),
   r2Buckets: ["BUCKET"],
   r2Persist: dataDir,

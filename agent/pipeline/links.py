@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit
 
 from agent.config import LinkSettings
 
@@ -51,10 +51,6 @@ class Provider(Protocol):
 
     def timeout_for(self, url: str) -> float:
         """Seconds a transfer of this URL may take."""
-        ...
-
-    def direct_url(self, url: str) -> str:
-        """The URL that downloads the file itself rather than a landing page."""
         ...
 
 
@@ -210,18 +206,9 @@ class Dropbox:
             return self._folder_timeout
         return self._timeout
 
-    def direct_url(self, url: str) -> str:
-        """The same link with dl=1, which serves the file instead of the preview page."""
-        parts = _split(url)
-        if parts is None or normalize_host(parts.hostname or "") not in self._HOSTS:
-            return url
-        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "dl"]
-        query.append(("dl", "1"))
-        return urlunsplit(parts._replace(query=urlencode(query)))
-
 
 class _SimpleProvider:
-    """A provider known by its domain, with one timeout and no direct-URL rewrite."""
+    """A provider known by its domain, with one timeout (the R2 Worker resolves its links)."""
 
     id = ""
 
@@ -239,10 +226,6 @@ class _SimpleProvider:
     def timeout_for(self, url: str) -> float:
         """This provider's timeout."""
         return self._timeout
-
-    def direct_url(self, url: str) -> str:
-        """The URL unchanged: the R2 Worker resolves the landing page."""
-        return url
 
 
 class FromSmash(_SimpleProvider):
@@ -298,10 +281,6 @@ class Generic:
     def timeout_for(self, url: str) -> float:
         """The default timeout."""
         return self._timeout
-
-    def direct_url(self, url: str) -> str:
-        """The URL unchanged."""
-        return url
 
 
 class LinkRegistry:
@@ -373,10 +352,6 @@ class LinkRegistry:
     def timeout_for(self, link: DeliveryLink) -> float:
         """Seconds the transfer of this link may take."""
         return self.provider(link.provider).timeout_for(link.url)
-
-    def direct_url(self, link: DeliveryLink) -> str:
-        """The URL to fetch for this link."""
-        return self.provider(link.provider).direct_url(link.url)
 
 
 def _candidates(texts: Iterable[str], hrefs: Iterable[str], max_url_length: int) -> Iterable[str]:

@@ -48,7 +48,7 @@ class LinkTransfers(Protocol):
     async def transfer_all(
         self, links: list[DeliveryLink], *, email_id: str
     ) -> list[dict[str, Any]]:
-        """One delivery_links entry per link, with status, key, r2_url, size and error."""
+        """One delivery_links entry per link: status, key, r2_url, size (total), error, files."""
 
 
 def email_id_for(mailbox: str, uidvalidity: int, uid: int) -> str:
@@ -75,6 +75,7 @@ def skipped_links(links: list[DeliveryLink]) -> list[dict[str, Any]]:
             "r2_url": None,
             "size": None,
             "error": None,
+            "files": [],
         }
         for link in links
     ]

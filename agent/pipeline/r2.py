@@ -1,4 +1,8 @@
-"""Has the R2 fetch Worker copy each delivery link into the bucket, with per-provider timeouts.
+"""Has the R2 fetch Worker copy each delivery link's files into the bucket, and reports each link.
+
+The Worker resolves a share link to its files; the sidecar sends the provider's timeout (applied
+per file) and what is left of the link's retry budget (the whole transfer's deadline), retries
+only what a retry can fix, and turns the answer into the link's webhook entry.
 
 `requests` (instrumented by opentelemetry-instrumentation-requests, so each call has an HTTP
 client span and sends `traceparent` to the Worker) runs in a small thread pool off the event loop.
@@ -11,7 +15,7 @@ import contextvars
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import requests
@@ -24,11 +28,71 @@ from agent.telemetry.catalogue import Instruments
 from agent.telemetry.logs import get_logger
 from agent.telemetry.masking import Masker
 
-Outcome = Literal["success", "failure", "timeout", "rejected", "unauthorized"]
+Outcome = Literal[
+    "success", "failure", "timeout", "rejected", "unauthorized", "unresolved", "unavailable"
+]
+# The link's status in the webhook, by outcome; everything else is "failed".
+_STATUS: dict[str, str] = {
+    "success": "transferred",
+    "rejected": "rejected",
+    "unresolved": "unresolved",
+    "unavailable": "unavailable",
+}
+# Worker outcomes that no retry can change: the link leads to no files, or the provider says the
+# files are gone or locked.
+_FINAL: frozenset[str] = frozenset({"unresolved", "unavailable"})
 _CONNECT_TIMEOUT = 5.0
-_MAX_ANSWER_BYTES = 64 * 1024
+# The Worker answers its own deadline first; past this margin the client stops waiting.
+_ANSWER_GRACE = 2.0
+_MAX_ANSWER_BYTES = 256 * 1024
 _instrument_lock = threading.Lock()
 _instrumented: list[bool] = []
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One file the Worker stored, as its answer lists it."""
+
+    key: str
+    r2_url: str
+    size: int
+    filename: str
+    content_type: str
+    started_ms: int
+    duration_ms: int
+
+    @classmethod
+    def parse(cls, entry: object) -> StoredFile | None:
+        """The file from one `files[]` entry, or None when the entry is not well formed."""
+        if not isinstance(entry, dict):
+            return None
+        texts = ("key", "r2_url", "filename")
+        numbers = ("size", "started_ms", "duration_ms")
+        if not all(isinstance(entry.get(k), str) and entry[k] for k in texts):
+            return None
+        if not isinstance(entry.get("content_type"), str):
+            return None
+        if not all(_count(entry.get(k)) for k in numbers):
+            return None
+        return cls(
+            entry["key"],
+            entry["r2_url"],
+            entry["size"],
+            entry["filename"],
+            entry["content_type"],
+            entry["started_ms"],
+            entry["duration_ms"],
+        )
+
+    def entry(self) -> dict[str, Any]:
+        """The file as the webhook lists it under `files[]`."""
+        return {
+            "key": self.key,
+            "r2_url": self.r2_url,
+            "size": self.size,
+            "filename": self.filename,
+            "content_type": self.content_type,
+        }
 
 
 @dataclass(frozen=True)
@@ -38,6 +102,8 @@ class _Attempt:
     error: str
     answer: dict[str, Any]
     status: int | None = None
+    files: list[StoredFile] = field(default_factory=list)
+    sent_ns: int = 0
 
 
 def instrument_requests(masker: Masker, tracer_provider: Any = None) -> None:
@@ -64,7 +130,7 @@ def instrument_requests(masker: Masker, tracer_provider: Any = None) -> None:
 
 
 class TransferClient:
-    """POSTs {source_url, provider, email_id, filename?} to the Worker for each link."""
+    """POSTs {source_url, provider, email_id, file_timeout_ms, deadline_ms} per link."""
 
     def __init__(
         self, settings: Settings, *, telemetry: Any, registry: LinkRegistry | None = None
@@ -115,6 +181,7 @@ class TransferClient:
             "r2_url": None,
             "size": None,
             "error": None,
+            "files": [],
         }
         started = time.perf_counter()
         with self._tracer.start_as_current_span(
@@ -137,24 +204,15 @@ class TransferClient:
             duration = time.perf_counter() - started
             span.set_attribute("outcome", result.outcome)
             span.set_attribute("r2.attempts", attempts)
+            entry["status"] = _STATUS.get(result.outcome, "failed")
             if result.outcome == "success":
-                answer = result.answer
-                entry.update(
-                    status="transferred",
-                    key=answer.get("key"),
-                    r2_url=answer.get("r2_url"),
-                    size=answer.get("size"),
-                    content_type=answer.get("content_type"),
-                    original_filename=answer.get("original_filename"),
-                )
-                span.set_attribute("r2.object.key", str(answer.get("key", "")))
-                if isinstance(answer.get("size"), int):
-                    span.set_attribute("r2.object.size", answer["size"])
-                    self._instruments.r2_transfer_size.record(
-                        answer["size"], {"r2.provider": link.provider}
-                    )
+                self._record_success(entry, result, link)
+                self._file_spans(result)
+                span.set_attribute("r2.files", len(result.files))
+                span.set_attribute("r2.object.size", entry["size"])
+                if entry["key"] is not None:
+                    span.set_attribute("r2.object.key", entry["key"])
             else:
-                entry["status"] = "rejected" if result.outcome == "rejected" else "failed"
                 entry["error"] = self._masker.mask(result.error)
                 span.set_status(StatusCode.ERROR, entry["error"])
                 span.set_attribute("error.type", result.outcome)
@@ -170,6 +228,7 @@ class TransferClient:
             url=self._masker.mask_url(link.url),
             key=entry["key"],
             size=entry["size"],
+            files=len(entry["files"]),
             error=entry["error"],
             attempts=attempts,
             timeout_s=timeout,
@@ -177,22 +236,58 @@ class TransferClient:
         )
         return entry
 
+    def _record_success(self, entry: dict[str, Any], result: _Attempt, link: DeliveryLink) -> None:
+        """Fills the entry from the Worker's answer: every file, and the total size."""
+        answer = result.answer
+        single = len(result.files) == 1
+        entry.update(
+            files=[stored.entry() for stored in result.files],
+            size=sum(stored.size for stored in result.files),
+            # One file keeps the flat fields it always had; several are only under files[].
+            key=result.files[0].key if single else None,
+            r2_url=result.files[0].r2_url if single else None,
+            content_type=answer.get("content_type") if single else None,
+            original_filename=answer.get("original_filename") if single else None,
+        )
+        self._instruments.r2_transfer_size.record(entry["size"], {"r2.provider": link.provider})
+
+    def _file_spans(self, result: _Attempt) -> None:
+        """One r2.file child per stored file, placed where the Worker says it copied it."""
+        now = time.time_ns()
+        for index, stored in enumerate(result.files):
+            start = result.sent_ns + stored.started_ms * 1_000_000
+            end = min(now, start + stored.duration_ms * 1_000_000)
+            span = self._tracer.start_span(
+                "r2.file",
+                start_time=min(start, now),
+                attributes={
+                    "r2.file.index": index,
+                    "r2.object.key": stored.key,
+                    "r2.object.size": stored.size,
+                    "r2.object.content_type": stored.content_type,
+                },
+            )
+            span.end(end_time=end)
+
     async def _with_retries(
-        self, link: DeliveryLink, email_id: str, read_timeout: float
+        self, link: DeliveryLink, email_id: str, file_timeout: float
     ) -> tuple[_Attempt, int]:
         r2 = self._settings.r2
         budget = RetryBudget(seconds=r2.retry_budget, max_attempts=r2.max_attempts)
         loop = asyncio.get_running_loop()
         while True:
             budget.attempts += 1
+            # The whole transfer (every file of a share) may use what is left of the budget.
+            deadline = max(budget.remaining(), 1.0)
             context = contextvars.copy_context()
             result = await loop.run_in_executor(
-                self._executor, context.run, self._post, link, email_id, read_timeout
+                self._executor, context.run, self._post, link, email_id, file_timeout, deadline
             )
             if result.outcome == "success" or not result.retryable:
                 return result, budget.attempts
             delay = self._backoff.delay(budget.attempts)
-            if not budget.allows(delay + read_timeout):
+            # Another attempt is only worth it when at least one file's timeout still fits.
+            if not budget.allows(delay + file_timeout):
                 return result, budget.attempts
             await asyncio.sleep(delay)
 
@@ -203,47 +298,74 @@ class TransferClient:
             self._local.session = session
         return session
 
-    def _post(self, link: DeliveryLink, email_id: str, timeout: float) -> _Attempt:
+    def _post(
+        self, link: DeliveryLink, email_id: str, file_timeout: float, deadline: float
+    ) -> _Attempt:
         body = {
-            "source_url": self._registry.direct_url(link),
+            # The link as the mail gave it: the Worker resolves it to its files.
+            "source_url": link.url,
             "provider": link.provider,
             "email_id": email_id,
+            "file_timeout_ms": max(1, int(file_timeout * 1000)),
             # The Worker stops copying when we stop waiting, so a given-up copy never lands.
-            "deadline_ms": max(1, int(timeout * 1000)),
+            "deadline_ms": max(1, int(deadline * 1000)),
         }
         headers = {"X-R2-FETCH-TOKEN": self._token, "Content-Type": "application/json"}
+        sent_ns = time.time_ns()
+        wait = deadline + _ANSWER_GRACE
         try:
             response = self._session().post(
                 self._endpoint,
                 json=body,
                 headers=headers,
-                timeout=(_CONNECT_TIMEOUT, timeout),
+                timeout=(_CONNECT_TIMEOUT, wait),
                 allow_redirects=False,
             )
         except requests.Timeout:
-            return _Attempt("timeout", True, f"timed out after {timeout:g}s", {})
+            return _Attempt("timeout", True, f"timed out after {wait:g}s", {})
         except requests.ConnectionError as exc:
             return _Attempt("failure", True, f"worker unreachable: {type(exc).__name__}", {})
         except requests.RequestException as exc:
             return _Attempt("failure", False, f"request failed: {type(exc).__name__}", {})
-        answer = _json(response)
-        status = response.status_code
-        if status == 401:
-            return _Attempt(
-                "unauthorized",
-                False,
-                "the Worker refused the token (check R2_FETCH_TOKEN)",
-                answer,
-                status,
-            )
-        if 200 <= status < 300 and answer.get("success") is True:
-            return _Attempt("success", False, "", answer, status)
-        error = str(answer.get("error") or f"HTTP {status}")[:500]
-        retryable = bool(answer.get("retryable", status >= 500 or status == 429))
-        outcome: Outcome = "rejected" if status == 403 else "failure"
-        if status == 504 or "timed out" in error.lower() or "timeout" in error.lower():
-            outcome = "timeout"
-        return _Attempt(outcome, retryable, f"HTTP {status}: {error}", answer, status)
+        return _interpret(response, sent_ns)
+
+
+def _interpret(response: requests.Response, sent_ns: int) -> _Attempt:
+    """The attempt's outcome from the Worker's answer."""
+    answer = _json(response)
+    status = response.status_code
+    if status == 401:
+        return _Attempt(
+            "unauthorized",
+            False,
+            "the Worker refused the token (check R2_FETCH_TOKEN)",
+            answer,
+            status,
+        )
+    if 200 <= status < 300 and answer.get("success") is True:
+        listed = answer.get("files")
+        files = [StoredFile.parse(entry) for entry in listed] if isinstance(listed, list) else []
+        stored = [f for f in files if f is not None]
+        if not stored or len(stored) != len(files):
+            # Never report a transfer whose files the answer does not show.
+            return _Attempt("failure", True, "the Worker's answer lists no stored files", answer)
+        return _Attempt("success", False, "", answer, status, stored, sent_ns)
+    error = str(answer.get("error") or f"HTTP {status}")[:500]
+    worker_outcome = answer.get("outcome")
+    retryable = bool(answer.get("retryable", status >= 500 or status == 429))
+    outcome: Outcome = "failure"
+    if worker_outcome in _FINAL:
+        outcome = "unresolved" if worker_outcome == "unresolved" else "unavailable"
+        retryable = False
+    elif status == 403:
+        outcome = "rejected"
+    elif status == 504 or worker_outcome == "timeout" or "timed out" in error.lower():
+        outcome = "timeout"
+    return _Attempt(outcome, retryable, f"HTTP {status}: {error}", answer, status)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _json(response: requests.Response) -> dict[str, Any]:

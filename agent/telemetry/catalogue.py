@@ -104,13 +104,18 @@ CATALOGUE: tuple[InstrumentSpec, ...] = (
         ("r2.provider", "outcome"),
     ),
     InstrumentSpec(
-        "r2.transfer.size", "histogram", "By", "Bytes stored by one R2 transfer.", ("r2.provider",)
+        "r2.transfer.size",
+        "histogram",
+        "By",
+        "Bytes stored by one R2 transfer (every file of a share together).",
+        ("r2.provider",),
     ),
     InstrumentSpec(
         "r2.transfers",
         "counter",
         "{transfer}",
-        "R2 transfers, by outcome.",
+        "R2 transfers of delivery links, by outcome: unresolved when the link leads to no "
+        "files (a landing page), unavailable when the provider says they are gone or locked.",
         ("r2.provider", "outcome"),
     ),
     InstrumentSpec(

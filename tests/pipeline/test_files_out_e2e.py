@@ -1,4 +1,7 @@
-"""Files out end to end: a real sidecar polls Dovecot, the Worker under Miniflare fills R2."""
+"""Files out end to end: a real sidecar polls Dovecot, the Worker under Miniflare fills R2.
+
+Provider shares are resolved against the loopback stand-ins in tests/fixtures/providers.py.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,13 @@ from tests.fixtures.collector import TelemetryStack
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.fileserver import FileServer, sha256_of
 from tests.fixtures.miniflare import R2Worker
+from tests.fixtures.providers import (
+    DROPBOX_FOLDER_LINK,
+    THREE_FILES,
+    ProviderStandIns,
+    swisstransfer_link,
+    wetransfer_link,
+)
 from tests.fixtures.receiver import Receiver
 from tests.pipeline import hostile
 from tests.support.net import free_port
@@ -33,9 +43,7 @@ interval = "500ms"
 Start = Callable[..., SidecarProcess]
 
 
-def _env(
-    dovecot: Dovecot, receiver: Receiver, file_server: FileServer, **extra: str
-) -> dict[str, str]:
+def _env(dovecot: Dovecot, receiver: Receiver, allowed: str = "", **extra: str) -> dict[str, str]:
     return {
         "IMAP_HOST": dovecot.host,
         "IMAP_PORT": str(dovecot.port),
@@ -44,7 +52,7 @@ def _env(
         "IMAP_TLS": "none",
         "IMAP_POLL_INTERVAL": "0.5",
         "WEBHOOK_URL": receiver.url + "/hook",
-        "LINK_ALLOWED_HOSTS": file_server.origin,
+        "LINK_ALLOWED_HOSTS": allowed,
         "OTEL_SDK_DISABLED": "true",
         **extra,
     }
@@ -80,13 +88,19 @@ async def _run(
     return body
 
 
-def _jaeger_trace(stack: TelemetryStack, service: str, trace_id: str) -> dict[str, Any]:
-    """The trace once Jaeger holds its r2.transfer span and the HTTP client span under it."""
+def _jaeger_trace(
+    stack: TelemetryStack,
+    service: str,
+    trace_id: str,
+    more: frozenset[str] | set[str] = frozenset(),
+) -> dict[str, Any]:
+    """The trace once Jaeger holds its r2.transfer span, the HTTP client span under it and more."""
     deadline = time.monotonic() + 30
+    wanted = {"email.process", "r2.transfer", "POST", *more}
     while True:
         for trace in stack.traces(service):
             names = {s["operationName"] for s in trace["spans"]}
-            if trace["traceID"] == trace_id and {"email.process", "r2.transfer", "POST"} <= names:
+            if trace["traceID"] == trace_id and wanted <= names:
                 return trace
         if time.monotonic() > deadline:
             raise AssertionError(f"trace {trace_id} of {service} not complete in Jaeger")
@@ -115,7 +129,7 @@ async def test_three_files_land_in_the_bucket_byte_for_byte_and_the_webhook_list
 ) -> None:
     sizes = [1024, 5 * MiB, 50 * MiB]
     links = [file_server.url(f"/bytes/{n}") for n in sizes]
-    env = _env(dovecot, receiver, file_server, **_worker_env(r2_worker))
+    env = _env(dovecot, receiver, file_server.origin, **_worker_env(r2_worker))
     body = await _run(sidecar_process, dovecot, receiver, links, env)
     entries = body["delivery_links"]
     assert [(e["url"], e["status"], e["size"], e["error"]) for e in entries] == [
@@ -141,7 +155,7 @@ async def test_jaeger_shows_email_process_r2_transfer_and_the_client_span_the_wo
     env = _env(
         dovecot,
         receiver,
-        file_server,
+        file_server.origin,
         **_worker_env(r2_worker),
         **_traced(telemetry_stack, service),
     )
@@ -177,7 +191,7 @@ async def test_a_wrong_token_fails_the_link_with_a_clear_error_and_is_printed_no
 ) -> None:
     token = f"wrong-{uuid.uuid4().hex}"
     service = f"files-out-{uuid.uuid4().hex[:8]}"
-    env = _env(dovecot, receiver, file_server, **_worker_env(r2_worker, token),
+    env = _env(dovecot, receiver, file_server.origin, **_worker_env(r2_worker, token),
                **_traced(telemetry_stack, service))  # fmt: skip
     started: list[SidecarProcess] = []
 
@@ -224,7 +238,7 @@ async def test_unsafe_links_are_not_links_and_a_redirect_to_a_private_address_is
         "file:///etc/passwd",
         redirect,
     ]
-    env = _env(dovecot, receiver, file_server, **_worker_env(r2_worker))
+    env = _env(dovecot, receiver, file_server.origin, **_worker_env(r2_worker))
     body = await _run(sidecar_process, dovecot, receiver, links, env)
     (entry,) = body["delivery_links"]
     assert (entry["url"], entry["status"]) == (redirect, "rejected")
@@ -240,8 +254,84 @@ async def test_without_r2_fetch_endpoint_links_are_delivered_as_skipped(
     dovecot: Dovecot, receiver: Receiver, sidecar_process: Start, file_server: FileServer
 ) -> None:
     link = file_server.url("/bytes/777")
-    env = _env(dovecot, receiver, file_server)
+    env = _env(dovecot, receiver, file_server.origin)
     body = await _run(sidecar_process, dovecot, receiver, [link], env)
     (entry,) = body["delivery_links"]
     assert (entry["provider"], entry["url"], entry["status"]) == ("generic", link, "skipped")
     assert "/bytes/777" not in file_server.requests
+
+
+async def test_a_wetransfer_and_a_swisstransfer_share_land_file_by_file_and_the_webhook_lists_them(
+    dovecot: Dovecot,
+    receiver: Receiver,
+    sidecar_process: Start,
+    provider_worker: R2Worker,
+) -> None:
+    links = [wetransfer_link("wt-three"), swisstransfer_link("st-three-0001")]
+    env = _env(dovecot, receiver, **_worker_env(provider_worker))
+    body = await _run(sidecar_process, dovecot, receiver, links, env)
+    entries = body["delivery_links"]
+    assert [(e["provider"], e["url"], e["status"]) for e in entries] == [
+        ("wetransfer", links[0], "transferred"),
+        ("swisstransfer", links[1], "transferred"),
+    ]
+    for entry in entries:
+        assert entry["size"] == sum(f.size for f in THREE_FILES)
+        assert [(f["filename"], f["size"]) for f in entry["files"]] == [
+            (f.name, f.size) for f in THREE_FILES
+        ]
+        for listed, file in zip(entry["files"], THREE_FILES, strict=True):
+            assert listed["r2_url"] == f"{provider_worker.url}/object/{listed['key']}"
+            digest = await asyncio.to_thread(provider_worker.object_sha256, listed["key"])
+            assert digest == file.sha256, listed["key"]
+
+
+async def test_each_link_says_plainly_when_it_led_to_a_page_or_an_expired_transfer(
+    dovecot: Dovecot,
+    receiver: Receiver,
+    sidecar_process: Start,
+    provider_worker: R2Worker,
+    provider_stand_ins: ProviderStandIns,
+) -> None:
+    landing = f"{provider_stand_ins.origin}/landing"
+    links = [landing, wetransfer_link("wt-expired"), DROPBOX_FOLDER_LINK]
+    before = len(provider_stand_ins.calls("POST", "/wt-expired/prepare-download"))
+    env = _env(dovecot, receiver, provider_stand_ins.origin, **_worker_env(provider_worker))
+    body = await _run(sidecar_process, dovecot, receiver, links, env)
+    page, expired, folder = body["delivery_links"]
+    assert (page["url"], page["status"], page["files"]) == (landing, "unresolved", [])
+    assert "landing page" in page["error"]
+    assert (expired["status"], expired["error"]) == (
+        "unavailable",
+        "HTTP 410: WeTransfer: Couldn't find Transfer (expired or deleted)",
+    )
+    calls = provider_stand_ins.calls("POST", "/wt-expired/prepare-download")[before:]
+    assert len(calls) == 1  # not retried, although r2.max_attempts is 2
+    assert (folder["status"], len(folder["files"])) == ("transferred", 1)
+    zipped = await asyncio.to_thread(provider_worker.get_object, folder["key"])
+    assert zipped == provider_stand_ins.dropbox_zip
+    stored = await asyncio.to_thread(provider_worker.list_objects)
+    assert [k for k in stored if f"/{body['email_id']}/" in k] == [folder["key"]]
+
+
+async def test_jaeger_shows_r2_transfer_with_one_child_per_file_and_its_size(
+    dovecot: Dovecot,
+    receiver: Receiver,
+    sidecar_process: Start,
+    provider_worker: R2Worker,
+    telemetry_stack: TelemetryStack,
+) -> None:
+    service = f"files-out-{uuid.uuid4().hex[:8]}"
+    env = _env(
+        dovecot, receiver, **_worker_env(provider_worker), **_traced(telemetry_stack, service)
+    )
+    body = await _run(sidecar_process, dovecot, receiver, [wetransfer_link("wt-three")], env)
+    (entry,) = body["delivery_links"]
+    trace_id = body["_traceparent"].split("-")[1]
+    trace = await asyncio.to_thread(_jaeger_trace, telemetry_stack, service, trace_id, {"r2.file"})
+    (transfer,) = _named(trace, "r2.transfer")
+    files = [s for s in _named(trace, "r2.file") if _parent(s) == transfer["spanID"]]
+    files.sort(key=lambda s: _tags(s)["r2.file.index"])
+    assert [_tags(s)["r2.object.size"] for s in files] == [f.size for f in THREE_FILES]
+    assert [_tags(s)["r2.object.key"] for s in files] == [f["key"] for f in entry["files"]]
+    assert _tags(transfer)["r2.object.size"] == entry["size"]

@@ -67,21 +67,6 @@ def test_dropbox_file_link_gets_the_default_timeout() -> None:
     assert REGISTRY.timeout_for(link) == 15.0
 
 
-def test_dropbox_direct_url_forces_dl_1_and_keeps_rlkey() -> None:
-    link = DeliveryLink("dropbox", "https://www.dropbox.com/scl/fi/abc/f.zip?rlkey=k&dl=0")
-    assert REGISTRY.direct_url(link) == "https://www.dropbox.com/scl/fi/abc/f.zip?rlkey=k&dl=1"
-
-
-def test_dropbox_direct_url_adds_dl_1_when_absent() -> None:
-    link = DeliveryLink("dropbox", "https://www.dropbox.com/s/abc/f.zip")
-    assert REGISTRY.direct_url(link) == "https://www.dropbox.com/s/abc/f.zip?dl=1"
-
-
-def test_other_providers_direct_url_is_unchanged() -> None:
-    link = DeliveryLink("wetransfer", "https://we.tl/t-abc")
-    assert REGISTRY.direct_url(link) == "https://we.tl/t-abc"
-
-
 @pytest.mark.parametrize("url", ["https://fromsmash.com/AbC-dt", "https://eu.fromsmash.com/AbC-dt"])
 def test_fromsmash_links_are_fromsmash(url: str) -> None:
     assert _provider(url) == "fromsmash"

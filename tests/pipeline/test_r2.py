@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,6 +24,7 @@ from agent.telemetry.logs import configure_logging
 from agent.telemetry.setup import Telemetry, telemetry_for_tests
 from tests.fixtures.fileserver import FileServer, sha256_of
 from tests.fixtures.miniflare import R2Worker, start_r2_worker
+from tests.fixtures.providers import THREE_FILES, ProviderStandIns, wetransfer_link
 from tests.support.net import free_port
 
 CAP = 1024 * 1024
@@ -140,9 +142,18 @@ async def test_a_link_is_copied_and_its_entry_is_transferred_with_key_size_and_r
     entry = await client.transfer(file_server.url("/bytes/300000"), "copied-1")
     assert entry["status"] == "transferred"
     assert entry["size"] == 300000
-    assert entry["key"].endswith("/copied-1/300000")
+    assert re.search(r"/copied-1/generic-[0-9a-f]{10}/300000$", entry["key"]), entry["key"]
     assert entry["r2_url"] == f"{r2_worker.url}/object/{entry['key']}"
     assert entry["error"] is None
+    assert entry["files"] == [
+        {
+            "key": entry["key"],
+            "r2_url": entry["r2_url"],
+            "size": 300000,
+            "filename": "300000",
+            "content_type": "application/octet-stream",
+        }
+    ]
     assert r2_worker.object_sha256(entry["key"]) == sha256_of(300000)
     span = client.span("copied-1")
     assert span.attributes is not None
@@ -151,7 +162,7 @@ async def test_a_link_is_copied_and_its_entry_is_transferred_with_key_size_and_r
 
 
 @pytest.mark.parametrize("timeout", [1.0, 2.0])
-async def test_the_client_gives_up_at_the_providers_timeout(
+async def test_a_file_is_given_up_at_the_providers_timeout(
     make_client: MakeClient, r2_worker: R2Worker, file_server: FileServer, timeout: float
 ) -> None:
     # The Worker waits up to 30 s (UPSTREAM_TIMEOUT_MS default) for a source that sleeps 6 s.
@@ -163,7 +174,8 @@ async def test_the_client_gives_up_at_the_providers_timeout(
     took = time.monotonic() - started
     assert timeout <= took < timeout + 1.0, took
     assert entry["status"] == "failed"
-    assert entry["error"] == f"timed out after {timeout:g}s"
+    ms = int(timeout * 1000)
+    assert entry["error"] == f"HTTP 504: file did not finish within {ms} ms"
     attributes = client.span("slow-1").attributes or {}
     assert (attributes["r2.timeout"], attributes["error.type"]) == (timeout, "timeout")
 
@@ -191,7 +203,7 @@ async def test_timeouts_are_retried_up_to_max_attempts_within_the_budget(
     entry = await client.transfer(file_server.url(path), "retried-1")
     took = time.monotonic() - started
     assert entry["status"] == "failed"
-    assert entry["error"] == "timed out after 1s"
+    assert entry["error"] == "HTTP 504: file did not finish within 1000 ms"
     # Three attempts of 1 s with backoff of about 1 s and 2 s between them.
     assert 3 * 1.0 + 0.8 + 1.6 <= took < 3 * 1.0 + 1.2 + 2.4 + 1.5, took
     assert file_server.requests.count(path) == 3
@@ -312,3 +324,84 @@ async def test_a_file_above_max_bytes_fails_with_the_reason_and_leaves_nothing_i
     assert entry["error"].startswith("HTTP 413:")
     assert (client.span("too-large").attributes or {})["r2.attempts"] == 1
     assert capped_worker.list_objects() == []
+
+
+async def _share(client: Client, url: str, email_id: str, provider: str) -> dict[str, Any]:
+    return await client.client.transfer(DeliveryLink(provider, url), email_id=email_id)
+
+
+async def test_a_share_entry_lists_every_file_and_its_size_is_the_total(
+    make_client: MakeClient, provider_worker: R2Worker
+) -> None:
+    client = await make_client(provider_worker)
+    entry = await _share(client, wetransfer_link("wt-three"), "share-1", "wetransfer")
+    assert entry["status"] == "transferred"
+    assert (entry["url"], entry["error"]) == (wetransfer_link("wt-three"), None)
+    assert [(f["filename"], f["size"], f["content_type"]) for f in entry["files"]] == [
+        (f.name, f.size, f.content_type) for f in THREE_FILES
+    ]
+    assert entry["size"] == sum(f.size for f in THREE_FILES)
+    # Several files: the flat key and URL would name only one of them, so they are empty.
+    assert (entry["key"], entry["r2_url"]) == (None, None)
+    for listed, file in zip(entry["files"], THREE_FILES, strict=True):
+        assert listed["r2_url"] == f"{provider_worker.url}/object/{listed['key']}"
+        assert provider_worker.object_sha256(listed["key"]) == file.sha256
+
+
+async def test_each_stored_file_is_an_r2_file_span_under_r2_transfer_with_its_size(
+    make_client: MakeClient, provider_worker: R2Worker
+) -> None:
+    client = await make_client(provider_worker)
+    entry = await _share(client, wetransfer_link("wt-three"), "share-2", "wetransfer")
+    parent = client.span("share-2")
+    assert parent.context is not None
+    files = [s for s in client.spans.get_finished_spans() if s.name == "r2.file"]
+    mine = [s for s in files if s.parent is not None and s.parent.span_id == parent.context.span_id]
+    assert [(s.attributes or {}).get("r2.object.size") for s in mine] == [
+        f.size for f in THREE_FILES
+    ]
+    assert [(s.attributes or {}).get("r2.object.key") for s in mine] == [
+        f["key"] for f in entry["files"]
+    ]
+    assert all(s.start_time is not None and s.end_time is not None for s in mine)
+    assert (parent.attributes or {})["r2.files"] == 3
+
+
+async def test_a_landing_page_is_unresolved_after_one_attempt_and_keeps_the_link(
+    make_client: MakeClient, provider_worker: R2Worker, provider_stand_ins: ProviderStandIns
+) -> None:
+    origin = provider_stand_ins.origin
+    client = await make_client(
+        provider_worker, r2={"max_attempts": 3}, links={"allowed_hosts": [origin]}
+    )
+    entry = await client.transfer(f"{origin}/landing", "landing-1")
+    assert (entry["status"], entry["url"], entry["files"]) == (
+        "unresolved", f"{origin}/landing", []
+    )  # fmt: skip
+    assert "landing page" in entry["error"]
+    assert (client.span("landing-1").attributes or {})["r2.attempts"] == 1
+    assert client.transfers_counted("unresolved") == 1
+
+
+async def test_an_expired_transfer_is_unavailable_with_the_reason_and_not_retried(
+    make_client: MakeClient, provider_worker: R2Worker, provider_stand_ins: ProviderStandIns
+) -> None:
+    client = await make_client(provider_worker, r2={"max_attempts": 3})
+    before = len(provider_stand_ins.calls("POST", "/wt-expired/prepare-download"))
+    entry = await _share(client, wetransfer_link("wt-expired"), "expired-1", "wetransfer")
+    assert entry["status"] == "unavailable"
+    assert entry["error"] == ("HTTP 410: WeTransfer: Couldn't find Transfer (expired or deleted)")
+    calls = provider_stand_ins.calls("POST", "/wt-expired/prepare-download")[before:]
+    assert len(calls) == 1
+    assert (client.span("expired-1").attributes or {})["r2.attempts"] == 1
+    assert client.transfers_counted("unavailable") == 1
+
+
+async def test_a_provider_5xx_is_retried_and_the_share_then_lands(
+    make_client: MakeClient, provider_worker: R2Worker
+) -> None:
+    client = await make_client(provider_worker, r2={"max_attempts": 3, "retry_budget": "60s"})
+    entry = await _share(client, wetransfer_link("wt-flaky-2"), "flaky-1", "wetransfer")
+    assert entry["status"] == "transferred"
+    assert len(entry["files"]) == 3
+    assert (client.span("flaky-1").attributes or {})["r2.attempts"] == 2

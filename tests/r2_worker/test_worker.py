@@ -70,7 +70,7 @@ def test_content_type_and_content_disposition_filename_are_kept(
     assert "report%202026.pdf" in stored.headers["Content-Disposition"]
 
 
-def test_key_is_utc_date_then_email_id_then_filename(
+def test_key_is_utc_date_then_email_id_then_link_folder_then_filename(
     r2_worker: R2Worker, file_server: FileServer
 ) -> None:
     before = datetime.now(UTC).strftime("%Y/%m/%d")
@@ -79,8 +79,23 @@ def test_key_is_utc_date_then_email_id_then_filename(
     ).json()
     after = datetime.now(UTC).strftime("%Y/%m/%d")
 
-    assert body["key"] in {f"{before}/msg-42/invoice.pdf", f"{after}/msg-42/invoice.pdf"}
-    assert body["r2_url"].endswith("/msg-42/invoice.pdf")
+    prefix, folder, name = body["key"].rsplit("/", 2)
+    assert prefix in {f"{before}/msg-42", f"{after}/msg-42"}
+    assert re.fullmatch(r"generic-[0-9a-f]{10}", folder), folder
+    assert name == "invoice.pdf"
+    assert body["r2_url"].endswith(f"/msg-42/{folder}/invoice.pdf")
+
+
+def test_the_same_link_keeps_its_folder_and_another_link_gets_its_own(
+    r2_worker: R2Worker, file_server: FileServer
+) -> None:
+    first = r2_worker.transfer(file_server.url("/bytes/11"), email_id="folders").json()["key"]
+    again = r2_worker.transfer(file_server.url("/bytes/11"), email_id="folders").json()["key"]
+    other = r2_worker.transfer(file_server.url("/hops/0/11"), email_id="folders").json()["key"]
+
+    assert again == first
+    assert other.rsplit("/", 2)[1] != first.rsplit("/", 2)[1]
+    assert other.rsplit("/", 1)[1] == first.rsplit("/", 1)[1] == "11"
 
 
 def test_path_traversal_in_filename_and_email_id_is_sanitised(
@@ -92,7 +107,7 @@ def test_path_traversal_in_filename_and_email_id_is_sanitised(
 
     key = body["key"]
     assert ".." not in key
-    assert re.fullmatch(r"\d{4}/\d{2}/\d{2}/[A-Za-z0-9._-]+/passwd", key), key
+    assert re.fullmatch(r"\d{4}/\d{2}/\d{2}/[A-Za-z0-9._-]+/generic-[0-9a-f]{10}/passwd", key), key
     assert r2_worker.object_sha256(key) == sha256_of(10)
 
 
@@ -100,7 +115,7 @@ def test_filename_falls_back_to_the_url_path(r2_worker: R2Worker, file_server: F
     body = r2_worker.transfer(file_server.url("/bytes/77"), email_id="fallback").json()
 
     assert body["original_filename"] == "77"
-    assert body["key"].endswith("/fallback/77")
+    assert re.search(r"/fallback/generic-[0-9a-f]{10}/77$", body["key"]), body["key"]
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token"], ids=["missing", "wrong"])

@@ -3,6 +3,7 @@
 import { Api, AuthRequired, Unreachable, clearToken, getToken, setToken, takeTokenFromFragment } from "./api.js";
 import { Rum } from "./rum.js";
 import { Poller } from "./schedule.js";
+import { RECENT_QUERY, renderRecentTransfers, renderTransferCounts } from "./transfers.js";
 import {
   renderAlerts, renderChecks, renderConnection, renderLogs, renderMetrics, renderOverall,
   renderPollers, setupLoggerOptions,
@@ -49,10 +50,11 @@ async function refresh() {
     api.get("/api/metrics"),
     api.get("/api/alerts"),
     api.get("/api/logs", logFilters()),
+    api.get("/api/logs", RECENT_QUERY),
   ]);
   const fatal = firstFatal(results);
   if (fatal) throw fatal;
-  const [status, metrics, alerts, logs] = results.map((r) => (r.status === "fulfilled" ? r.value : null));
+  const [status, metrics, alerts, logs, transfers] = results.map((r) => (r.status === "fulfilled" ? r.value : null));
   if (status) {
     lastStatus = status;
     renderOverall(status);
@@ -62,9 +64,11 @@ async function refresh() {
   if (metrics) {
     lastMetrics = metrics;
     renderMetrics(metrics, lastStatus);
+    renderTransferCounts(metrics);
   }
   if (alerts) renderAlerts(alerts);
   if (logs) renderLogs(logs, config.jaeger_ui_url);
+  if (transfers) renderRecentTransfers(transfers, config.jaeger_ui_url);
   await rum.flush(api);
   const failed = results.find((r) => r.status === "rejected");
   if (failed) throw failed.reason;

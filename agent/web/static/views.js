@@ -5,7 +5,7 @@ import { drawChart, meanPerInterval, perMinute, plain } from "./charts.js";
 export const KNOWN_LOGGERS = ["alerts", "app", "health", "http", "imap", "performance",
   "r2_transfer", "store", "telemetry", "webhook"];
 
-function el(tag, { text, className, title, attrs } = {}, children = []) {
+export function el(tag, { text, className, title, attrs } = {}, children = []) {
   const node = document.createElement(tag);
   if (text !== undefined && text !== null) node.textContent = String(text);
   if (className) node.className = className;
@@ -31,7 +31,7 @@ export function ago(value) {
   return `${Math.round(seconds / 3600)} h ago`;
 }
 
-function clock(value) {
+export function clock(value) {
   const date = toDate(value);
   return date ? date.toLocaleTimeString([], { hour12: false }) : "";
 }
@@ -136,7 +136,7 @@ export function renderAlerts(data) {
 
 const SHOWN = new Set(["timestamp", "level", "logger", "event", "trace_id", "span_id", "seq"]);
 
-function traceCell(traceId, jaegerUrl) {
+export function traceCell(traceId, jaegerUrl) {
   if (!traceId) return el("td");
   const short = traceId.slice(0, 8);
   if (!jaegerUrl || !/^[0-9a-f]{32}$/i.test(traceId)) {
