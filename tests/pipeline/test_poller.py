@@ -135,6 +135,21 @@ async def test_a_cycle_fetches_in_batches_bounded_by_bytes_and_asks_sizes_once(
     assert fetches == ["RFC822.SIZE", "BODY.PEEK[]", "BODY.PEEK[]", "BODY.PEEK[]"]
 
 
+async def test_mail_in_a_folder_with_a_non_ascii_name_is_delivered(
+    pipeline: Pipeline, dovecot: Dovecot, receiver: Receiver
+) -> None:
+    folder = "Q&A \U0001f4c1 Pi\u00e8ces"
+    # Created and filled by doveadm under its plain name, so Dovecot does its own encoding.
+    dovecot.create_folder("alice", folder)
+    for raw in _mails(2):
+        dovecot.save("alice", raw, folder)
+    poller = pipeline.poller(dovecot.settings("alice", folder=folder))
+    await _lead(poller)
+    await poller.cycle()
+    assert poller.last_error == ""
+    assert sorted(r.json["subject"] for r in receiver.requests) == ["mail 0", "mail 1"]
+
+
 async def test_a_second_cycle_without_new_mail_sends_nothing(
     pipeline: Pipeline, dovecot: Dovecot, receiver: Receiver
 ) -> None:
