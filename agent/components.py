@@ -8,7 +8,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import Settings
 from agent.pipeline.delivery_stats import DeliveryStats
@@ -18,6 +18,9 @@ from agent.pipeline.process import EmailProcessor
 from agent.pipeline.webhook import WebhookClient
 from agent.runtime import Sidecar, StartHook
 from agent.store.base import StoreError
+
+if TYPE_CHECKING:
+    from agent.pipeline.r2 import TransferClient
 
 
 def start_components(settings: Settings) -> list[StartHook]:
@@ -35,7 +38,7 @@ async def start_delivery_stats(sidecar: Sidecar) -> None:
         sidecar.store, sidecar.telemetry.instruments, active=lambda: _active_webhooks(sidecar)
     )
     await stats.refresh()
-    sidecar.components["delivery_stats"] = stats
+    sidecar.components.delivery_stats = stats
     sidecar.health_sources.deliveries = stats.health
     sidecar.spawn(
         stats.run(sidecar.stopping, min(15.0, sidecar.settings.health.interval)), "delivery-stats"
@@ -43,8 +46,8 @@ async def start_delivery_stats(sidecar: Sidecar) -> None:
 
 
 def _active_webhooks(sidecar: Sidecar) -> int:
-    webhook = sidecar.components.get("webhook")
-    return int(webhook.active) if isinstance(webhook, WebhookClient) else 0
+    webhook = sidecar.components.webhook
+    return webhook.active if webhook is not None else 0
 
 
 def replica_id() -> str:
@@ -69,7 +72,7 @@ async def start_pipeline(sidecar: Sidecar) -> None:
         masker=telemetry.masker,
         processed_ttl=settings.store.processed_ttl,
     )
-    sidecar.components["webhook"] = webhook
+    sidecar.components.webhook = webhook
     transfers = _transfers(sidecar)
     processor = EmailProcessor(
         settings,
@@ -93,7 +96,7 @@ async def start_pipeline(sidecar: Sidecar) -> None:
         )
         for box in settings.mailboxes
     ]
-    sidecar.components["pollers"] = pollers
+    sidecar.components.pollers = pollers
     replicas = _Replicas(
         sidecar, holder, interval=min(box.poll_interval for box in settings.mailboxes)
     )
@@ -108,16 +111,16 @@ async def start_pipeline(sidecar: Sidecar) -> None:
         sidecar.spawn(
             poller.run(sidecar.stopping, share), f"poller:{poller.mailbox.name}", drain=True
         )
-    sidecar.poller_status = lambda: _poller_status(pollers)
+    sidecar.health_sources.poller = lambda: _poller_status(pollers)
 
 
-def _transfers(sidecar: Sidecar) -> Any:
+def _transfers(sidecar: Sidecar) -> TransferClient | None:
     if not sidecar.settings.r2.fetch_endpoint:
         return None
     from agent.pipeline.r2 import TransferClient
 
     client = TransferClient(sidecar.settings, telemetry=sidecar.telemetry)
-    sidecar.components["r2"] = client
+    sidecar.components.transfers = client
     sidecar.on_stop(client.close)
     return client
 
