@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from agent.pipeline.delivery_stats import DeliveryStats
     from agent.pipeline.poller import MailboxPoller
     from agent.pipeline.r2 import TransferClient
+    from agent.pipeline.replicas import Replicas
     from agent.pipeline.webhook import WebhookClient
 
 # A component is anything started with the sidecar and stopped when it drains.
@@ -44,6 +45,7 @@ class Components:
     webhook: WebhookClient | None = None
     transfers: TransferClient | None = None
     pollers: list[MailboxPoller] = field(default_factory=list)
+    replicas: Replicas | None = None
     alerts: AlertEngine | None = None
 
 
