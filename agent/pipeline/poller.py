@@ -81,6 +81,7 @@ class MailboxPoller:
         self._backoff = Backoff(initial=interval, maximum=cap)
         self.started_at = clock()
         self.last_check: float | None = None
+        self.next_check: float | None = None
         self.last_success: float | None = None
         self.last_error = ""
         self.failures = 0
@@ -144,6 +145,7 @@ class MailboxPoller:
             "lock_acquired": self.leader,
             "leader": self.leader,
             "last_check": self.last_check,
+            "next_check": self.next_check,
             "last_success": self.last_success,
             "error": (why if self.ended else self.last_error) or None,
             "consecutive_failures": self.failures,
@@ -194,10 +196,23 @@ class MailboxPoller:
                     self._failed(exc, "store", event="poller.store_error")
                 except Exception as exc:  # the poller's boundary: only shutdown may end it
                     self._failed(exc, type(exc).__name__, event="poller.lease_failed")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self._pause())
+                await self._rest(stop, self._pause())
         finally:
             await self._close()
+
+    async def _rest(self, stop: asyncio.Event, seconds: float) -> None:
+        """Waits until the next attempt, or shutdown; also wakes when this replica's share
+        changes (unless backing off), so a leader above it hands back after one more cycle and
+        a standby below it takes a free lease now rather than a poll interval later."""
+        events = [stop] if self.failures else [stop, self._replicas.changed()]
+        waiters = {asyncio.ensure_future(event.wait()) for event in events}
+        self.next_check = self._clock() + seconds
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.next_check = None
+            for waiter in waiters:
+                waiter.cancel()
 
     def _pause(self) -> float:
         if not self.failures:

@@ -180,6 +180,7 @@ class Replicas:
         self._clock = clock
         self._peers: dict[str, ReplicaIdentity] = {}
         self._left = False
+        self._changed = asyncio.Event()
         self.count = 1
         self.lock = asyncio.Lock()
 
@@ -192,16 +193,25 @@ class Replicas:
         """How many mailboxes this replica may lead now."""
         return fair_share(self._mailboxes, self.count)
 
+    def changed(self) -> asyncio.Event:
+        """An event set at the next change of the live replica count (a new one after each)."""
+        return self._changed
+
     async def beat(self) -> None:
         """Announces this replica and recounts the live ones (a store outage keeps the count)."""
         if self._left:
             return
         now = self._clock()
+        count = self.count
         with contextlib.suppress(StoreError):
             await self._store.heartbeat(REPLICA_PREFIX + self.holder, now, self.identity.as_info())
             beats = await self._store.heartbeats(REPLICA_PREFIX)
             horizon = now - 3 * self._interval
-            self.count = max(1, sum(1 for b in beats.values() if float(b.get("at", 0)) >= horizon))
+            count = max(1, sum(1 for b in beats.values() if float(b.get("at", 0)) >= horizon))
+        if count != self.count:
+            self.count = count
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Beats every interval until stop is set."""

@@ -293,6 +293,42 @@ async def test_a_replica_takes_no_more_mailboxes_than_its_fair_share(
     assert await bob._hold_lease()
 
 
+async def test_a_leader_above_its_share_hands_a_lease_back_without_waiting_its_poll_interval(
+    make_pipeline: Callable[..., Awaitable[Pipeline]],
+    dovecot: Dovecot,
+    receiver: Receiver,
+    redis_server: RedisServer,
+) -> None:
+    pipeline = await make_pipeline(redis_url=redis_server.url)
+    dovecot.append_many("alice", _mails(3))
+    dovecot.append_many("bob", _mails(3, start=10))
+    first = pipeline.replicas("replica-a", mailboxes=2)
+    await first.beat()
+    slow = {"poll_interval": Duration(30.0)}
+    pollers = [pipeline.poller(dataclasses.replace(dovecot.settings(user), **slow),
+                               replicas=first) for user in ("alice", "bob")]  # fmt: skip
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(p.run(stop)) for p in pollers]
+    try:
+        await _until("replica-a leads both", lambda: all(p.leader for p in pollers))
+        await receiver.wait_for(6, timeout=20)
+        await _until("both rest until their next cycle", lambda: all(p.next_check for p in pollers))
+        await pipeline.replicas("replica-b", mailboxes=2).beat()
+        await first.beat()
+        await _until("one lease handed back", lambda: sum(p.leader for p in pollers) == 1, 10)
+        (handed,) = [p for p in pollers if not p.leader]
+        assert handed.status()["standby"] == "handed back: this replica led 2, its share is 1"
+        assert await pipeline.store.lease_holder(handed.lease_name) is None
+        mark = await pipeline.store.get_watermark(handed.mailbox.name)
+        assert mark is not None
+        assert mark.uid == 3
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await asyncio.gather(*tasks)
+    assert len(receiver.requests) == 6
+
+
 async def test_a_leader_whose_cycle_hangs_past_its_lease_is_reported_stalled(
     pipeline: Pipeline, dovecot: Dovecot
 ) -> None:
