@@ -1,9 +1,10 @@
 """The embedded state store: one SQLite file in the data dir, needing no other server."""
 
 # One process at a time: start() takes an exclusive lock (flock) on a file beside the database
-# and holds it until close(); the kernel drops it when the process ends, even by SIGKILL. So a
-# lease in the file held by any other holder belongs to a process that has ended, and a
-# restarted sidecar takes its mailboxes back at once instead of waiting out the lease.
+# (waiting up to lock_wait seconds for a predecessor that is still shutting down) and holds it
+# until close(); the kernel drops it when the process ends, even by SIGKILL. So a lease in the
+# file held by any other holder belongs to a process that has ended, and a restarted sidecar
+# takes its mailboxes back at once instead of waiting out the lease.
 
 from __future__ import annotations
 
@@ -90,8 +91,10 @@ class LocalStore:
         timeout: float = 2.0,
         delivery_retention: float = 7 * 86400.0,
         delivery_max_records: int = 100_000,
+        lock_wait: float = 10.0,
     ) -> None:
         self.path = Path(path)
+        self._lock_wait = float(lock_wait)
         self._timeout = float(timeout)
         self._retention = float(delivery_retention)
         self._max_records = int(delivery_max_records)
@@ -463,16 +466,23 @@ class LocalStore:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StoreError(f"sqlite store {self.path}: cannot open {lock_path}: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreError(
-                f"sqlite store {self.path} is in use by another process (pid {other}): the "
-                "embedded store serves one sidecar; give each its own SIDECAR_DATA_DIR, or "
-                "share REDIS_URL between replicas"
-            ) from None
+        # A restart may overlap the predecessor's shutdown (a few seconds): wait for it that long.
+        deadline = time.monotonic() + self._lock_wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)  # on the store's worker thread, never the event loop
+                    continue
+                other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise StoreError(
+                    f"sqlite store {self.path} is in use by another process (pid {other}): the "
+                    "embedded store serves one sidecar; give each its own SIDECAR_DATA_DIR, or "
+                    "share REDIS_URL between replicas"
+                ) from None
         with contextlib.suppress(OSError):  # the pid only makes the message above clearer
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)

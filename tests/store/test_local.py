@@ -45,7 +45,7 @@ async def test_a_second_store_on_the_same_file_is_refused_while_the_first_is_ope
     path = tmp_path / "state.sqlite3"
     first = LocalStore(path)
     await first.start()
-    second = LocalStore(path)
+    second = LocalStore(path, lock_wait=0.3)
     try:
         with pytest.raises(StoreError, match=r"in use by another process \(pid \d+\)"):
             await second.start()
@@ -72,13 +72,29 @@ async def test_the_file_is_free_again_once_its_process_is_killed(tmp_path: Path)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == b"open"
         with pytest.raises(StoreError, match=f"pid {proc.pid}"):
-            await LocalStore(path).start()
+            await LocalStore(path, lock_wait=0.3).start()
     finally:
         proc.kill()
         proc.wait(10)
-    store = LocalStore(path)
+    store = LocalStore(path, lock_wait=0)
     await store.start()
     await store.close()
+
+
+async def test_a_second_store_waits_for_the_first_to_close_within_its_lock_wait(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    first = LocalStore(path)
+    await first.start()
+    second = LocalStore(path, lock_wait=10)
+    opening = asyncio.create_task(second.start())
+    await asyncio.sleep(0.5)
+    assert not opening.done()
+    await first.close()
+    async with asyncio.timeout(5):
+        await opening
+    await second.close()
 
 
 async def test_start_creates_missing_parent_directories(tmp_path: Path) -> None:
