@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import socket
-import time
-import uuid
-from typing import Any
+from typing import TYPE_CHECKING
 
 from agent.config import Settings
 from agent.pipeline.delivery_stats import DeliveryStats
 from agent.pipeline.links import LinkRegistry
-from agent.pipeline.poller import REPLICA_PREFIX, MailboxPoller, fair_share
+from agent.pipeline.poller import MailboxPoller, pollers_status
 from agent.pipeline.process import EmailProcessor
+from agent.pipeline.replicas import Replicas, holder_id, this_process
 from agent.pipeline.webhook import WebhookClient
 from agent.runtime import Sidecar, StartHook
-from agent.store.base import StoreError
+
+if TYPE_CHECKING:
+    from agent.pipeline.r2 import TransferClient
 
 
 def start_components(settings: Settings) -> list[StartHook]:
@@ -35,7 +33,7 @@ async def start_delivery_stats(sidecar: Sidecar) -> None:
         sidecar.store, sidecar.telemetry.instruments, active=lambda: _active_webhooks(sidecar)
     )
     await stats.refresh()
-    sidecar.components["delivery_stats"] = stats
+    sidecar.components.delivery_stats = stats
     sidecar.health_sources.deliveries = stats.health
     sidecar.spawn(
         stats.run(sidecar.stopping, min(15.0, sidecar.settings.health.interval)), "delivery-stats"
@@ -43,14 +41,8 @@ async def start_delivery_stats(sidecar: Sidecar) -> None:
 
 
 def _active_webhooks(sidecar: Sidecar) -> int:
-    webhook = sidecar.components.get("webhook")
-    return int(webhook.active) if isinstance(webhook, WebhookClient) else 0
-
-
-def replica_id() -> str:
-    """A holder id unique to this process (pod name or host, pid, random suffix)."""
-    base = os.environ.get("K8S_POD_NAME") or socket.gethostname()
-    return f"{base}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    webhook = sidecar.components.webhook
+    return webhook.active if webhook is not None else 0
 
 
 async def start_pipeline(sidecar: Sidecar) -> None:
@@ -69,7 +61,7 @@ async def start_pipeline(sidecar: Sidecar) -> None:
         masker=telemetry.masker,
         processed_ttl=settings.store.processed_ttl,
     )
-    sidecar.components["webhook"] = webhook
+    sidecar.components.webhook = webhook
     transfers = _transfers(sidecar)
     processor = EmailProcessor(
         settings,
@@ -80,12 +72,19 @@ async def start_pipeline(sidecar: Sidecar) -> None:
         links=LinkRegistry(settings.links),
         transfers=transfers,
     )
-    holder = replica_id()
+    identity = await asyncio.to_thread(this_process, holder_id())
+    replicas = Replicas(
+        sidecar.store,
+        identity,
+        mailboxes=len(settings.mailboxes),
+        interval=min(box.poll_interval for box in settings.mailboxes),
+        lease_ttl=settings.imap.lease_ttl,
+    )
     pollers = [
         MailboxPoller(
             box,
             settings,
-            holder=holder,
+            replicas=replicas,
             store=sidecar.store,
             tracer=tracer,
             instruments=telemetry.instruments,
@@ -93,82 +92,30 @@ async def start_pipeline(sidecar: Sidecar) -> None:
         )
         for box in settings.mailboxes
     ]
-    sidecar.components["pollers"] = pollers
-    replicas = _Replicas(
-        sidecar, holder, interval=min(box.poll_interval for box in settings.mailboxes)
-    )
+    sidecar.components.pollers = pollers
+    sidecar.components.replicas = replicas
     await replicas.beat()
-    sidecar.spawn(replicas.run(), "replica-heartbeat")
-
-    def share() -> int:
-        return fair_share(len(pollers), replicas.count)
-
+    sidecar.spawn(replicas.run(sidecar.stopping), "replica-heartbeat")
+    # Runs after the pollers drained and released their leases: the others recount at once.
+    sidecar.on_stop(replicas.leave)
     for poller in pollers:
         sidecar.liveness_hooks[f"poller:{poller.mailbox.name}"] = poller.liveness
-        sidecar.spawn(
-            poller.run(sidecar.stopping, share), f"poller:{poller.mailbox.name}", drain=True
+        task = sidecar.spawn(
+            poller.run(sidecar.stopping), f"poller:{poller.mailbox.name}", drain=True
         )
-    sidecar.poller_status = lambda: _poller_status(pollers)
+        poller.watch(task, sidecar.stopping)
+    sidecar.health_sources.poller = lambda: pollers_status(pollers, replicas.holder)
 
 
-def _transfers(sidecar: Sidecar) -> Any:
+def _transfers(sidecar: Sidecar) -> TransferClient | None:
     if not sidecar.settings.r2.fetch_endpoint:
         return None
     from agent.pipeline.r2 import TransferClient
 
     client = TransferClient(sidecar.settings, telemetry=sidecar.telemetry)
-    sidecar.components["r2"] = client
+    sidecar.components.transfers = client
     sidecar.on_stop(client.close)
     return client
-
-
-def _poller_status(pollers: list[MailboxPoller]) -> dict[str, Any]:
-    boxes = {p.mailbox.name: p.status() for p in pollers}
-    statuses = [b["status"] for b in boxes.values()]
-    if "stalled" in statuses:
-        overall = "stalled"
-    elif "error" in statuses:
-        overall = "error"
-    elif "ok" in statuses:
-        overall = "ok"
-    else:
-        overall = "standby"
-    checks = [b["last_check"] for b in boxes.values() if b["last_check"]]
-    successes = [b["last_success"] for b in boxes.values() if b["last_success"]]
-    return {
-        "status": overall,
-        "lock_acquired": any(b["lock_acquired"] for b in boxes.values()),
-        "leader": any(b["leader"] for b in boxes.values()),
-        "last_check": max(checks) if checks else None,
-        "last_success": max(successes) if successes else None,
-        "mailboxes": boxes,
-    }
-
-
-class _Replicas:
-    """Heartbeats this replica and counts live ones, so each takes at most its fair share."""
-
-    def __init__(self, sidecar: Sidecar, holder: str, *, interval: float) -> None:
-        self._sidecar = sidecar
-        self._holder = holder
-        self._interval = max(1.0, min(interval, sidecar.settings.imap.lease_ttl / 3))
-        self.count = 1
-
-    async def beat(self) -> None:
-        store = self._sidecar.store
-        now = time.time()
-        with contextlib.suppress(StoreError):
-            await store.heartbeat(REPLICA_PREFIX + self._holder, now)
-            beats = await store.heartbeats(REPLICA_PREFIX)
-            horizon = now - 3 * self._interval
-            self.count = max(1, sum(1 for b in beats.values() if float(b.get("at", 0)) >= horizon))
-
-    async def run(self) -> None:
-        stop = self._sidecar.stopping
-        while not stop.is_set():
-            await self.beat()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._interval)
 
 
 async def start_alerts(sidecar: Sidecar) -> None:

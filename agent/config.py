@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from agent.pipeline.folder_name import folder_name_problem
+
 MASK = "***"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
@@ -113,7 +115,9 @@ class MailboxSettings:
     port: int = setting(0, "IMAP_PORT", doc="IMAP port; 0: 993 for ssl, 143 otherwise.")
     username: str = setting("", "IMAP_USERNAME", doc="IMAP login name.")
     password: str = setting("", "IMAP_PASSWORD", secret=True, doc="IMAP password.")
-    folder: str = setting("INBOX", "IMAP_FOLDER", doc="Folder to watch.")
+    folder: str = setting(
+        "INBOX", "IMAP_FOLDER", doc="Folder to watch, named as a mail client shows it."
+    )
     tls: TlsMode = setting("ssl", "IMAP_TLS", doc="ssl, starttls or none.")
     poll_interval: Duration = setting(
         Duration(30.0), "IMAP_POLL_INTERVAL", doc="Seconds between poll cycles."
@@ -594,6 +598,9 @@ def _check(settings: Settings) -> None:
             raise ConfigError(f"{source}: mailboxes[{index}].username (IMAP_USERNAME): required")
         if box.port and not 0 < box.port < 65536:
             raise ConfigError(f"{source}: mailboxes[{index}].port: expected 1-65535")
+        problem = folder_name_problem(box.folder)
+        if problem:
+            raise ConfigError(f"{source}: mailboxes[{index}].folder (IMAP_FOLDER): {problem}")
     for entry in settings.links.allowed_hosts:
         if not re.fullmatch(r"(https?://)?[A-Za-z0-9.\-\[\]:]+(:\d+)?", entry):
             raise ConfigError(

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -23,9 +24,29 @@ from agent.telemetry.logs import get_logger
 from agent.telemetry.sampler import ResourceSampler
 from agent.telemetry.setup import Telemetry
 
+if TYPE_CHECKING:
+    from agent.alerts.engine import AlertEngine
+    from agent.pipeline.delivery_stats import DeliveryStats
+    from agent.pipeline.poller import MailboxPoller
+    from agent.pipeline.r2 import TransferClient
+    from agent.pipeline.replicas import Replicas
+    from agent.pipeline.webhook import WebhookClient
+
 # A component is anything started with the sidecar and stopped when it drains.
 StartHook = Callable[["Sidecar"], Awaitable[None]]
 StopHook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Components:
+    """The parts start hooks built (None or empty when this configuration has none)."""
+
+    delivery_stats: DeliveryStats | None = None
+    webhook: WebhookClient | None = None
+    transfers: TransferClient | None = None
+    pollers: list[MailboxPoller] = field(default_factory=list)
+    replicas: Replicas | None = None
+    alerts: AlertEngine | None = None
 
 
 class Sidecar:
@@ -62,9 +83,8 @@ class Sidecar:
             memory=self._memory,
             required=list(settings.health.required),
         )
-        self.poller_status: Callable[[], dict[str, Any]] = self._poller_status
-        self.health_sources.poller = lambda: self.poller_status()
-        self.components: dict[str, Any] = {}
+        self.health_sources.poller = self._poller_status
+        self.components = Components()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stop_hooks: list[StopHook] = []

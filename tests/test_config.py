@@ -148,6 +148,20 @@ def test_duplicate_mailbox_names_are_an_error(tmp_path: Path) -> None:
         load_settings(path, env={})
 
 
+def test_a_non_ascii_folder_name_is_accepted_as_written() -> None:
+    env = {"IMAP_HOST": "imap.example", "IMAP_USERNAME": "ops", "IMAP_FOLDER": "Pi\u00e8ces"}
+    assert load_settings(None, env=env).mailboxes[0].folder == "Pi\u00e8ces"
+
+
+def test_an_already_encoded_folder_name_is_an_error_naming_the_key_and_the_fix() -> None:
+    env = {"IMAP_HOST": "imap.example", "IMAP_USERNAME": "ops", "IMAP_FOLDER": "Pi&AOg-ces"}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, env=env)
+    message = str(caught.value)
+    assert "mailboxes[0].folder (IMAP_FOLDER)" in message
+    assert "'Pi\u00e8ces'" in message
+
+
 def test_secrets_lists_every_configured_secret() -> None:
     settings = load_settings(
         None,

@@ -67,7 +67,7 @@ async def start_alert_engine(sidecar: Sidecar) -> None:
         external_url=external_url(settings),
     )
     telemetry.add_metric_listener(engine.on_metrics)
-    sidecar.components["alerts"] = engine
+    sidecar.components.alerts = engine
     sidecar.health_sources.alerts_firing = engine.firing_count
 
     async def stop() -> None:

@@ -47,17 +47,31 @@ class HealthSources:
     required: list[str] = field(default_factory=list)
 
 
+# Poller states that mean the sidecar itself does not do its work (a restart may help), and
+# the one that means its cycles fail (a dependency's fault, which that dependency's check shows).
+_POLLER_DOWN = ("dead", "stalled")
+_POLLER_FAILING = "error"
+
+
 def overall_status(sources: HealthSources) -> str:
-    """error: a required check fails; degraded: anything else fails; ok otherwise."""
+    """error: a required check fails, or a poller is dead or stalled; degraded: an optional
+    check fails or a poller's cycles fail; ok otherwise."""
     states = sources.registry.states()
     required = set(sources.required)
-    if any(s.status == "error" and name in required for name, s in states.items()):
+    poller = sources.poller().get("status")
+    if poller in _POLLER_DOWN or any(
+        s.status == "error" and name in required for name, s in states.items()
+    ):
         return "error"
-    if any(s.status == "error" for s in states.values()):
-        return "degraded"
-    if sources.poller().get("status") in ("error", "stalled"):
+    if poller == _POLLER_FAILING or any(s.status == "error" for s in states.values()):
         return "degraded"
     return "ok"
+
+
+def http_status(overall: str) -> int:
+    """503 only for error, as ASP.NET Core and Spring Boot answer: a degraded sidecar (an
+    optional check failing, such as the collector) still serves and answers 200."""
+    return 503 if overall == "error" else 200
 
 
 def _service(sources: HealthSources, name: str) -> dict[str, Any]:
@@ -106,16 +120,21 @@ def health_json_report(sources: HealthSources, now: float | None = None) -> dict
     """The same facts in the IETF draft format (draft-inadarei-api-health-check)."""
     now = time.time() if now is None else now
     status = {"ok": "pass", "degraded": "warn", "error": "fail"}[overall_status(sources)]
+    required = set(sources.required)
     checks: dict[str, list[dict[str, Any]]] = {}
     for name, state in sources.registry.states().items():
         if state.status in ("not_configured", "disabled"):
             continue
+        if state.status == "ok":
+            verdict = "pass"
+        elif state.status == "error" and name in required:
+            verdict = "fail"
+        else:
+            verdict = "warn"  # not checked yet, or an optional check in error
         entry: dict[str, Any] = {
             "componentId": name,
             "componentType": _COMPONENT_TYPES.get(name, "component"),
-            "status": "pass"
-            if state.status == "ok"
-            else ("warn" if state.status == "unknown" else "fail"),
+            "status": verdict,
             "time": _iso(state.last_run_at or now),
         }
         if state.last is not None and state.last.latency is not None:
@@ -137,16 +156,19 @@ def health_json_report(sources: HealthSources, now: float | None = None) -> dict
         ]
     poller = sources.poller()
     if poller:
+        poller_state = str(poller.get("status"))
+        if poller_state in _POLLER_DOWN:
+            verdict = "fail"
+        elif poller_state == _POLLER_FAILING:
+            verdict = "warn"
+        else:
+            verdict = "pass"  # ok, standby (another replica leads), disabled, starting
         checks["imap_poller:status"] = [
             {
                 "componentType": "component",
-                "status": {"ok": "pass", "disabled": "pass", "idle": "pass"}.get(
-                    str(poller.get("status")), "fail"
-                ),
+                "status": verdict,
                 "time": _iso(now),
-                "output": ""
-                if poller.get("status") in ("ok", "disabled", "idle")
-                else str(poller.get("status")),
+                "output": "" if poller_state == "ok" else poller_state,
             }
         ]
     return {

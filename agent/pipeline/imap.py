@@ -9,6 +9,8 @@
 # asyncio-level backstop (the timeout plus a little slack) still bounds each call, in case a
 # server drips bytes slowly enough to defeat the per-read socket timeout.
 #
+# Folder names are sent in modified UTF-7 (folder_name.py), which imaplib does not do itself.
+#
 # Folders are opened read-only (EXAMINE): the sidecar never changes mail, and BODY.PEEK leaves
 # the \Seen flag alone too, so the user's mail client sees the mailbox as it was. Flags can
 # still be read in a read-only folder, should the poller need them later.
@@ -30,6 +32,7 @@ from typing import Any, TypeVar
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from agent.config import ImapSettings, MailboxSettings
+from agent.pipeline.folder_name import FolderNameError, encode_folder
 from agent.retry import Backoff
 from agent.telemetry.catalogue import Instruments
 
@@ -165,9 +168,13 @@ class ImapClient:
         """Opens `folder` (default: the configured one) read-only and returns its status."""
         name = folder or self._mailbox.folder
         self._folder = name
+        try:
+            wire = encode_folder(name)
+        except FolderNameError as exc:
+            raise ImapProtocolError(f"EXAMINE {name}: {exc}") from None
 
         def examine(conn: imaplib.IMAP4) -> MailboxStatus:
-            typ, data = conn.select(_quote(name), readonly=True)
+            typ, data = conn.select(_quote(wire), readonly=True)
             _expect_ok(typ, data, f"EXAMINE {name}")
             uidvalidity = _response_int(conn, "UIDVALIDITY")
             if uidvalidity is None:

@@ -6,29 +6,41 @@ content key (Message-ID, Date, From, Subject) before anything is sent. Mail alre
 the old UIDs is recognised and skipped without a webhook; mail that arrived around the change is
 delivered. Nothing is lost, and nothing is delivered twice (mail without a Message-ID is the
 exception: it cannot be recognised, so it is delivered again with a new Idempotency-Key).
+
+Failure rule: whatever a cycle raises (IMAP, store, or anything unexpected) is a failed cycle:
+logged with its type, counted on imap.poll.duration {outcome="error", error.type}, and tried
+again after a backoff that starts at the poll interval and doubles up to
+min(imap.reconnect_max_backoff, imap.lease_ttl / 2), so the lease is still renewed in time.
+Only shutdown ends run(); a poller task that ends any other way is marked dead (watch()), which
+fails /livez and /health.
+
+Fair share: a leader above its share hands one lease back at a safe point, after a cycle
+(its watermark recorded), never in the middle of a batch; the replica that lacks one takes it
+on its next attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry.metrics import Observation
-from opentelemetry.trace import StatusCode, Tracer
+from opentelemetry.trace import Span, StatusCode, Tracer
 
 from agent.config import MailboxSettings, Settings
 from agent.pipeline.imap import FetchedMessage, ImapError, ReconnectingSession
 from agent.pipeline.process import EmailProcessor, ProcessOutcome
+from agent.pipeline.replicas import Replicas
+from agent.retry import Backoff
 from agent.store.base import Lease, Store, StoreError, Watermark
 from agent.telemetry.catalogue import Instruments
 from agent.telemetry.logs import get_logger
 
 LEASE_PREFIX = "lease:mailbox:"
-REPLICA_PREFIX = "replica:"
 
 
 class LeaseLost(RuntimeError):
@@ -43,7 +55,7 @@ class MailboxPoller:
         mailbox: MailboxSettings,
         settings: Settings,
         *,
-        holder: str,
+        replicas: Replicas,
         store: Store,
         tracer: Tracer,
         instruments: Instruments,
@@ -52,21 +64,31 @@ class MailboxPoller:
     ) -> None:
         self.mailbox = mailbox
         self._settings = settings
-        self._holder = holder
+        self._replicas = replicas
+        self._holder = replicas.holder
         self._store = store
         self._tracer = tracer
         self._instruments = instruments
         self._processor = processor
         self._clock = clock
         self._log = get_logger("imap")
-        self._session = ReconnectingSession(
-            mailbox, settings.imap, tracer=tracer, instruments=instruments
-        )
+        self._session = self._new_session()
         self._lease: Lease | None = None
+        interval = float(mailbox.poll_interval)
+        cap = max(
+            interval, min(float(settings.imap.reconnect_max_backoff), settings.imap.lease_ttl / 2)
+        )
+        self._backoff = Backoff(initial=interval, maximum=cap)
         self.started_at = clock()
         self.last_check: float | None = None
+        self.next_check: float | None = None
         self.last_success: float | None = None
         self.last_error = ""
+        self.failures = 0
+        self.retry_in: float | None = None
+        self.ended = ""
+        self.waiting_for: Lease | None = None
+        self.standby_reason = ""
         self.backlog = 0
         self.watermark: Watermark | None = None
         self._semaphore = asyncio.Semaphore(settings.imap.concurrency)
@@ -90,7 +112,10 @@ class MailboxPoller:
         return max(3 * self.mailbox.poll_interval, 300.0)
 
     def liveness(self) -> tuple[bool, str]:
-        """A leader with no successful cycle for stall_after seconds is stalled."""
+        """Fails when the poller task has ended, or a leader had no successful cycle for
+        stall_after seconds."""
+        if self.ended:
+            return False, f"poller task ended: {self.ended}"
         # A cycle that hangs stops renewing, so its lease expires long before stall_after: the
         # lease still held (even if expired) is what marks this poller as the one that should run.
         if self._lease is None:
@@ -103,8 +128,10 @@ class MailboxPoller:
 
     def status(self) -> dict[str, Any]:
         """This mailbox's part of /health's background_tasks.imap_poller."""
-        ok, _ = self.liveness()
-        if not ok:
+        ok, why = self.liveness()
+        if self.ended:
+            state = "dead"
+        elif not ok:
             state = "stalled"
         elif self.last_error and self.leader:
             state = "error"
@@ -112,98 +139,223 @@ class MailboxPoller:
             state = "ok"
         else:
             state = "standby"
+        waiting = self.waiting_for
         return {
             "status": state,
             "lock_acquired": self.leader,
             "leader": self.leader,
             "last_check": self.last_check,
+            "next_check": self.next_check,
             "last_success": self.last_success,
-            "error": self.last_error or None,
+            "error": (why if self.ended else self.last_error) or None,
+            "consecutive_failures": self.failures,
+            "retry_in": self.retry_in,
+            "standby": None if self.leader or self.ended else (self.standby_reason or None),
+            "waiting_for": None
+            if waiting is None or self.leader
+            else {"holder": waiting.holder, "until": _iso(waiting.expires_at)},
             "watermark": None if self.watermark is None else self.watermark.uid,
             "uidvalidity": None if self.watermark is None else self.watermark.uidvalidity,
             "backlog": self.backlog,
         }
 
-    async def run(self, stop: asyncio.Event, fair_share: Callable[[], int]) -> None:
-        """Polls until stop is set; a lost lease stops polling until it is won again."""
-        interval = self.mailbox.poll_interval
+    def watch(self, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+        """Marks this poller dead if its task ever ends before shutdown, whatever the cause."""
+
+        def ended(done: asyncio.Task[None]) -> None:
+            if stop.is_set():
+                return
+            if done.cancelled():
+                reason = "cancelled"
+            elif (exc := done.exception()) is not None:
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                reason = "returned before shutdown"
+            self.ended = reason
+            self._lease = None
+            self._log.error("poller.ended", mailbox=self.mailbox.name, reason=reason)
+
+        task.add_done_callback(ended)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Polls until stop is set; a lost lease stops polling until it is won again, and no
+        failure ends the loop (each is a failed cycle, tried again after a backoff)."""
         try:
             while not stop.is_set():
                 self.last_check = self._clock()
                 try:
-                    if await self._hold_lease(fair_share):
+                    if await self._hold_lease():
                         await self.cycle(stop)
+                        if not stop.is_set():
+                            await self._hand_back_above_share()
                 except LeaseLost:
                     self._log.warning("poller.lease_lost", mailbox=self.mailbox.name)
                     self._lease = None
-                    await self._session.close()
-                    self._session = ReconnectingSession(
-                        self.mailbox,
-                        self._settings.imap,
-                        tracer=self._tracer,
-                        instruments=self._instruments,
-                    )
+                    await self._reset_session()
                 except StoreError as exc:
-                    self.last_error = f"store: {exc}"
-                    self._log.error("poller.store_error", mailbox=self.mailbox.name, error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=interval)
+                    self._failed(exc, "store", event="poller.store_error")
+                except Exception as exc:  # the poller's boundary: only shutdown may end it
+                    self._failed(exc, type(exc).__name__, event="poller.lease_failed")
+                await self._rest(stop, self._pause())
         finally:
-            await self._session.close()
-            if self._lease is not None:
-                with contextlib.suppress(StoreError):
-                    await self._store.release_lease(self._lease)
-                self._lease = None
+            await self._close()
 
-    async def _hold_lease(self, fair_share: Callable[[], int]) -> bool:
+    async def _rest(self, stop: asyncio.Event, seconds: float) -> None:
+        """Waits until the next attempt, or shutdown; also wakes when this replica's share
+        changes (unless backing off), so a leader above it hands back after one more cycle and
+        a standby below it takes a free lease now rather than a poll interval later."""
+        events = [stop] if self.failures else [stop, self._replicas.changed()]
+        waiters = {asyncio.ensure_future(event.wait()) for event in events}
+        self.next_check = self._clock() + seconds
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.next_check = None
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _pause(self) -> float:
+        if not self.failures:
+            self.retry_in = None
+            return float(self.mailbox.poll_interval)
+        self.retry_in = max(float(self.mailbox.poll_interval), self._backoff.delay(self.failures))
+        return self.retry_in
+
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._session.close()
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            with contextlib.suppress(Exception):
+                await self._store.release_lease(lease)
+
+    def _new_session(self) -> ReconnectingSession:
+        return ReconnectingSession(
+            self.mailbox, self._settings.imap, tracer=self._tracer, instruments=self._instruments
+        )
+
+    async def _reset_session(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._session.close()
+        self._session = self._new_session()
+
+    def _failed(self, exc: BaseException, error_type: str, *, event: str) -> None:
+        """Counts one failed attempt and logs it with its type (with a traceback when it is
+        not one of the expected IMAP or store failures)."""
+        self.failures += 1
+        if isinstance(exc, ImapError):
+            self.last_error = f"imap {error_type}: {exc}"
+        elif isinstance(exc, StoreError):
+            self.last_error = f"store: {exc}"
+        else:
+            self.last_error = f"{error_type}: {exc}"
+        expected = isinstance(exc, ImapError | StoreError)
+        log = self._log.warning if expected else self._log.error
+        log(
+            event,
+            mailbox=self.mailbox.name,
+            error_type=error_type,
+            error=str(exc),
+            consecutive_failures=self.failures,
+            exc_info=None if expected else exc,
+        )
+
+    async def _hold_lease(self) -> bool:
         ttl = self._settings.imap.lease_ttl
         if self._lease is not None:
             self._lease = await self._store.renew_lease(self._lease, ttl)
             if self._lease is None:
                 raise LeaseLost(self.mailbox.name)
             return True
-        held = await self._store.count_leases(self._holder, LEASE_PREFIX)
-        if held >= fair_share():
+        # One decision at a time per replica, so two pollers cannot both fill the last place.
+        async with self._replicas.lock:
+            held = await self._store.count_leases(self._holder, LEASE_PREFIX)
+            share = self._replicas.share()
+            if held >= share:
+                self.waiting_for = None
+                self.standby_reason = f"fair share: this replica leads {held} of at most {share}"
+                return False
+            lease = await self._store.acquire_lease(self.lease_name, self._holder, ttl)
+            if lease is None:
+                lease = await self._take_over(ttl)
+        if lease is None:
             return False
-        self._lease = await self._store.acquire_lease(self.lease_name, self._holder, ttl)
-        if self._lease is not None:
-            self._log.info("poller.leader", mailbox=self.mailbox.name, token=self._lease.token)
-        return self._lease is not None
+        self._lease = lease
+        self.waiting_for = None
+        self.standby_reason = ""
+        self._log.info("poller.leader", mailbox=self.mailbox.name, token=lease.token)
+        return True
+
+    async def _take_over(self, ttl: float) -> Lease | None:
+        """The lease taken from a holder known to have ended; None: wait for whoever has it."""
+        current = await self._store.lease_holder(self.lease_name)
+        if current is None:  # expired or released since: free for the next attempt
+            return None
+        reason = await self._replicas.ended(current.holder)
+        if not reason:
+            self.waiting_for = current
+            self.standby_reason = "lease held by another replica"
+            return None
+        lease = await self._store.take_over_lease(current, self._holder, ttl)
+        if lease is not None:
+            self._log.warning(
+                "poller.lease_taken_over",
+                mailbox=self.mailbox.name,
+                previous_holder=current.holder,
+                reason=reason,
+                token=lease.token,
+            )
+        return lease
+
+    async def _hand_back_above_share(self) -> None:
+        """After a cycle (watermark recorded): gives this lease back if the replica leads more
+        mailboxes than its share, so a replica below its share takes it."""
+        if self._lease is None:
+            return
+        async with self._replicas.lock:
+            held = await self._store.count_leases(self._holder, LEASE_PREFIX)
+            share = self._replicas.share()
+            if held <= share:
+                return
+            lease, self._lease = self._lease, None
+            await self._store.release_lease(lease)
+        self.standby_reason = f"handed back: this replica led {held}, its share is {share}"
+        self._log.info(
+            "poller.lease_handed_back", mailbox=self.mailbox.name, leads=held - 1, share=share
+        )
+        await self._reset_session()
 
     async def cycle(self, stop: asyncio.Event | None = None) -> None:
         """One poll cycle in its own trace: select, search above the watermark, fetch, process."""
         started = time.perf_counter()
-        outcome = "ok"
         with self._tracer.start_as_current_span(
             "imap.poll",
             attributes={"imap.mailbox": self.mailbox.name, "server.address": self.mailbox.host},
         ) as span:
+            error_type = ""
             try:
                 processed = await self._cycle(span.get_span_context(), stop)
                 span.set_attribute("imap.messages", processed)
                 self.last_success = self._clock()
                 self.last_error = ""
-            except ImapError as exc:
-                outcome = "error"
-                self._session.mark_broken()
-                self.last_error = f"imap {exc.error_type}: {exc}"
-                span.set_status(StatusCode.ERROR, str(exc))
-                span.set_attribute("error.type", exc.error_type)
-                self._log.warning(
-                    "poller.cycle_failed",
-                    mailbox=self.mailbox.name,
-                    error_type=exc.error_type,
-                    error=str(exc),
-                )
-            except (LeaseLost, StoreError) as exc:
-                outcome = "error"
-                span.set_status(StatusCode.ERROR, str(exc))
-                span.set_attribute("error.type", type(exc).__name__)
+                self.failures = 0
+            except LeaseLost as exc:
+                error_type = "lease_lost"
+                _fail_span(span, exc, error_type)
                 raise
+            except Exception as exc:  # a failed cycle, whatever failed: the next one retries
+                error_type = _error_type(exc)
+                if not isinstance(exc, StoreError):
+                    # The connection may be mid-command or in an unknown state: start afresh.
+                    self._session.mark_broken()
+                _fail_span(span, exc, error_type)
+                self._failed(exc, error_type, event="poller.cycle_failed")
             finally:
+                attributes = {"imap.mailbox": self.mailbox.name, "outcome": "ok"}
+                if error_type:
+                    attributes |= {"outcome": "error", "error.type": error_type}
                 self._instruments.imap_poll_duration.record(
-                    time.perf_counter() - started,
-                    {"imap.mailbox": self.mailbox.name, "outcome": outcome},
+                    time.perf_counter() - started, attributes
                 )
                 await self._heartbeat()
 
@@ -332,6 +484,36 @@ def fetch_batches(
         yield batch
 
 
-def fair_share(mailboxes: int, replicas: int) -> int:
-    """The most mailboxes one replica may lead: ceil(M / N), at least 1."""
-    return max(1, math.ceil(mailboxes / max(1, replicas)))
+def pollers_status(pollers: list[MailboxPoller], replica: str = "") -> dict[str, Any]:
+    """/health's background_tasks.imap_poller: the worst mailbox state, and each mailbox."""
+    boxes = {p.mailbox.name: p.status() for p in pollers}
+    statuses = {b["status"] for b in boxes.values()}
+    overall = next((s for s in ("dead", "stalled", "error", "ok") if s in statuses), "standby")
+    checks = [b["last_check"] for b in boxes.values() if b["last_check"]]
+    successes = [b["last_success"] for b in boxes.values() if b["last_success"]]
+    return {
+        "status": overall,
+        "lock_acquired": any(b["lock_acquired"] for b in boxes.values()),
+        "leader": any(b["leader"] for b in boxes.values()),
+        "last_check": max(checks) if checks else None,
+        "last_success": max(successes) if successes else None,
+        "replica": replica,
+        "mailboxes": boxes,
+    }
+
+
+def _error_type(exc: BaseException) -> str:
+    if isinstance(exc, ImapError):
+        return exc.error_type
+    if isinstance(exc, StoreError):
+        return "store"
+    return type(exc).__name__
+
+
+def _fail_span(span: Span, exc: BaseException, error_type: str) -> None:
+    span.set_status(StatusCode.ERROR, str(exc))
+    span.set_attribute("error.type", error_type)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")

@@ -81,6 +81,9 @@ class Store(Protocol):
     """Everything the sidecar keeps between cycles and across restarts and replicas."""
 
     backend: str
+    # True when no other process can use this store at the same time (the embedded store locks
+    # its file), so a lease held by any other holder belongs to a process that has ended.
+    single_process: bool
 
     async def start(self) -> None:
         """Opens connections or files; must be called before any other method."""
@@ -103,6 +106,11 @@ class Store(Protocol):
 
     async def lease_holder(self, name: str) -> Lease | None:
         """The current unexpired lease of that name, whoever holds it."""
+
+    async def take_over_lease(self, lease: Lease, holder: str, ttl: float) -> Lease | None:
+        """Gives `lease` (as lease_holder returned it) to holder before it expires, if it is
+        still held with that token; None otherwise. Only for a holder known to have ended: the
+        token moves on, so the old holder can neither renew it nor write a fenced watermark."""
 
     async def count_leases(self, holder: str, prefix: str) -> int:
         """How many unexpired leases with names starting with prefix this holder has."""

@@ -1,9 +1,17 @@
 """The embedded state store: one SQLite file in the data dir, needing no other server."""
 
+# One process at a time: start() takes an exclusive lock (flock) on a file beside the database
+# (waiting up to lock_wait seconds for a predecessor that is still shutting down) and holds it
+# until close(); the kernel drops it when the process ends, even by SIGKILL. So a lease in the
+# file held by any other holder belongs to a process that has ended, and a restarted sidecar
+# takes its mailboxes back at once instead of waiting out the lease.
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import json
 import os
@@ -74,6 +82,7 @@ class LocalStore:
     """The Store protocol on SQLite; every query runs on one dedicated worker thread."""
 
     backend = "sqlite"
+    single_process = True
 
     def __init__(
         self,
@@ -82,13 +91,16 @@ class LocalStore:
         timeout: float = 2.0,
         delivery_retention: float = 7 * 86400.0,
         delivery_max_records: int = 100_000,
+        lock_wait: float = 10.0,
     ) -> None:
         self.path = Path(path)
+        self._lock_wait = float(lock_wait)
         self._timeout = float(timeout)
         self._retention = float(delivery_retention)
         self._max_records = int(delivery_max_records)
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
         self._closed = False
         self._writes = 0
 
@@ -153,6 +165,10 @@ class LocalStore:
             return None if row is None else Lease(name, row[0], row[1], row[2])
 
         return await self._run(query)
+
+    async def take_over_lease(self, lease: Lease, holder: str, ttl: float) -> Lease | None:
+        """Takes the lease from its ended holder while it still has that token (next token)."""
+        return await self._run(self._take_over, lease, holder, ttl)
 
     async def count_leases(self, holder: str, prefix: str) -> int:
         """How many unexpired leases whose names start with prefix the holder has."""
@@ -423,9 +439,14 @@ class LocalStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"sqlite store {self.path}: cannot create directory: {exc}") from exc
-        # Autocommit mode: every multi-statement write opens its own BEGIN IMMEDIATE.
-        # timeout: how long a write waits for another process's lock before failing.
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._timeout)
+        self._lock()
+        try:
+            # Autocommit mode: every multi-statement write opens its own BEGIN IMMEDIATE.
+            # timeout: how long a write waits for another connection's lock before failing.
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._timeout)
+        except BaseException:
+            self._unlock()
+            raise
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             # FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on power loss, and a
@@ -435,13 +456,49 @@ class LocalStore:
             conn.executescript(_SCHEMA)
         except BaseException:
             conn.close()
+            self._unlock()
             raise
         self._conn = conn
+
+    def _lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"sqlite store {self.path}: cannot open {lock_path}: {exc}") from exc
+        # A restart may overlap the predecessor's shutdown (a few seconds): wait for it that long.
+        deadline = time.monotonic() + self._lock_wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)  # on the store's worker thread, never the event loop
+                    continue
+                other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise StoreError(
+                    f"sqlite store {self.path} is in use by another process (pid {other}): the "
+                    "embedded store serves one sidecar; give each its own SIDECAR_DATA_DIR, or "
+                    "share REDIS_URL between replicas"
+                ) from None
+        with contextlib.suppress(OSError):  # the pid only makes the message above clearer
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # closing the only descriptor releases the flock
 
     def _close_conn(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._unlock()
 
     def _maybe_purge(self, conn: sqlite3.Connection) -> None:
         self._writes += 1
@@ -487,6 +544,18 @@ class LocalStore:
         if cursor.rowcount != 1:
             return None
         return dataclasses.replace(lease, expires_at=expires_at)
+
+    @staticmethod
+    def _take_over(conn: sqlite3.Connection, lease: Lease, holder: str, ttl: float) -> Lease | None:
+        expires_at = time.time() + ttl
+        cursor = conn.execute(
+            "UPDATE leases SET holder = ?, token = token + 1, expires_at = ? "
+            "WHERE name = ? AND holder = ? AND token = ?",
+            (holder, expires_at, lease.name, lease.holder, lease.token),
+        )
+        if cursor.rowcount != 1:
+            return None
+        return Lease(lease.name, holder, lease.token + 1, expires_at)
 
     @staticmethod
     def _release(conn: sqlite3.Connection, lease: Lease) -> bool:

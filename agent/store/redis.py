@@ -85,6 +85,21 @@ redis.call('ZREM', KEYS[3], ARGV[3])
 return 1
 """
 
+# KEYS: lease, token counter, old holder's lease index, new holder's lease index.
+# ARGV: old holder, old token, new holder, ttl ms, expires_at, name, now.
+# Only while the old holder still has it with that token; the next token from the counter.
+_TAKE_OVER = """
+local cur = redis.call('HMGET', KEYS[1], 'holder', 'token')
+if not cur[1] or cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] then return false end
+local token = tostring(redis.call('INCR', KEYS[2]))
+redis.call('HSET', KEYS[1], 'holder', ARGV[3], 'token', token, 'expires_at', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[7])
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[6])
+return tonumber(token)
+"""
+
 # KEYS: lease, watermark. ARGV: holder, token, now, uidvalidity, uid.
 _FENCED_WATERMARK = """
 local cur = redis.call('HMGET', KEYS[1], 'holder', 'token', 'expires_at')
@@ -116,6 +131,7 @@ class RedisStore:
     """The Store protocol on Redis; leases and fenced watermarks are atomic Lua scripts."""
 
     backend = "redis"
+    single_process = False
 
     def __init__(
         self,
@@ -164,6 +180,7 @@ class RedisStore:
                 "acquire": _ACQUIRE,
                 "renew": _RENEW,
                 "release": _RELEASE,
+                "take_over": _TAKE_OVER,
                 "fenced_watermark": _FENCED_WATERMARK,
                 "append": _APPEND,
             }.items()
@@ -248,6 +265,32 @@ class RedisStore:
         if holder is None or float(expires_at) <= time.time():
             return None
         return Lease(name, str(holder), int(token), float(expires_at))
+
+    async def take_over_lease(self, lease: Lease, holder: str, ttl: float) -> Lease | None:
+        """Takes the lease from its ended holder while it still has that token (next token)."""
+        self._live()
+        now = time.time()
+        expires_at = now + ttl
+        token = await self._call(
+            lambda: self._scripts["take_over"](
+                keys=[
+                    self._key("lease", lease.name),
+                    self._key("lease-token", lease.name),
+                    self._key("leases-of", lease.holder),
+                    self._key("leases-of", holder),
+                ],
+                args=[
+                    lease.holder,
+                    str(lease.token),
+                    holder,
+                    _ms(ttl),
+                    repr(expires_at),
+                    lease.name,
+                    repr(now),
+                ],
+            )
+        )
+        return None if token is None else Lease(lease.name, holder, int(token), expires_at)
 
     async def count_leases(self, holder: str, prefix: str) -> int:
         """How many unexpired leases whose names start with prefix the holder has."""

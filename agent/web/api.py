@@ -18,7 +18,7 @@ def setup_api_routes(app: web.Application, sidecar: Sidecar, metrics: MetricsVie
         return web.json_response(metrics.snapshot())
 
     async def api_alerts(_request: web.Request) -> web.Response:
-        engine: Any = sidecar.components.get("alerts")
+        engine = sidecar.components.alerts
         instances = engine.instances() if engine is not None else []
         return web.json_response({"alerts": instances}, dumps=_dumps)
 

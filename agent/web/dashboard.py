@@ -103,7 +103,7 @@ def setup_dashboard_routes(app: web.Application, sidecar: Sidecar) -> None:
 def status_view(sidecar: Sidecar) -> dict[str, Any]:
     """What the page shows at the top: overall status, each check with history, each poller."""
     sources = sidecar.health_sources
-    pollers: list[Any] = sidecar.components.get("pollers") or []
+    pollers = sidecar.components.pollers
     view = {
         "status": overall_status(sources),
         "version": sources.version,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from agent.health.liveness import liveness, readiness
-from agent.health.report import health_json_report, overall_status, seed_report
+from agent.health.report import health_json_report, http_status, overall_status, seed_report
 
 if TYPE_CHECKING:
     from agent.runtime import Sidecar
@@ -40,7 +40,7 @@ class _Rendered:
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1], hit[2]
         sources = self._sidecar.health_sources
-        status = 200 if overall_status(sources) == "ok" else 503
+        status = http_status(overall_status(sources))
         report = health_json_report(sources) if health_json else seed_report(sources)
         body = json.dumps(report, default=str).encode()
         self._cache[health_json] = (now, status, body)

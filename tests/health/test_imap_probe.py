@@ -32,6 +32,19 @@ async def test_a_wrong_password_is_an_auth_error_naming_the_mailbox(dovecot: Dov
     assert "wrong" not in result.detail
 
 
+async def test_a_folder_that_does_not_exist_is_an_error_naming_it(dovecot: Dovecot) -> None:
+    result = await probe(_context(dovecot.settings("alice", folder="Pi\u00e8ces")))
+    assert result.status == "error"
+    assert result.data["error.type"] == "protocol"
+    assert "EXAMINE Pi\u00e8ces" in result.detail
+
+
+async def test_a_non_ascii_folder_that_exists_is_ok(dovecot: Dovecot) -> None:
+    dovecot.create_folder("alice", "Pi\u00e8ces")
+    result = await probe(_context(dovecot.settings("alice", folder="Pi\u00e8ces")))
+    assert result.status == "ok"
+
+
 async def test_a_stopped_server_is_a_connection_error(dovecot: Dovecot) -> None:
     mailbox = dovecot.settings("alice")
     dovecot.stop()

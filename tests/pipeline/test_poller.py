@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -12,19 +13,25 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
+import structlog
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agent.config import Duration, MailboxSettings, Settings, settings_from_mapping
 from agent.pipeline.links import LinkRegistry
-from agent.pipeline.poller import LeaseLost, MailboxPoller, fair_share, fetch_batches
+from agent.pipeline.poller import LeaseLost, MailboxPoller, fetch_batches
 from agent.pipeline.process import EmailProcessor
+from agent.pipeline.replicas import ReplicaIdentity, Replicas
 from agent.pipeline.webhook import WebhookClient
 from agent.store.base import Store, Watermark
 from agent.store.local import LocalStore
+from agent.store.redis import RedisStore
 from agent.telemetry.setup import Telemetry, telemetry_for_tests
 from tests.fixtures.blackhole import BlackHole
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.receiver import Receiver
+from tests.fixtures.redis import RedisServer
 from tests.pipeline.hostile import DROPBOX_URL, make_message
 
 _SECTIONS: dict[str, Any] = {
@@ -41,13 +48,19 @@ class Pipeline:
     store: Store
     telemetry: Telemetry
     spans: InMemorySpanExporter
+    metrics: InMemoryMetricReader
     session: aiohttp.ClientSession
+
+    def replicas(self, holder: str = "replica-a", *, mailboxes: int = 1) -> Replicas:
+        return Replicas(self.store, ReplicaIdentity(holder), mailboxes=mailboxes, interval=1.0,
+                        lease_ttl=self.settings.imap.lease_ttl)  # fmt: skip
 
     def poller(
         self,
         mailbox: MailboxSettings,
         *,
         holder: str = "replica-a",
+        replicas: Replicas | None = None,
         clock: Callable[[], float] = time.time,
     ) -> MailboxPoller:
         tracer = self.telemetry.tracer("test")
@@ -57,7 +70,8 @@ class Pipeline:
         processor = EmailProcessor(self.settings, store=self.store, tracer=tracer,
                                    instruments=self.telemetry.instruments, webhook=webhook,
                                    links=LinkRegistry(self.settings.links))  # fmt: skip
-        return MailboxPoller(mailbox, self.settings, holder=holder, store=self.store,
+        return MailboxPoller(mailbox, self.settings, replicas=replicas or self.replicas(holder),
+                             store=self.store,
                              tracer=tracer, instruments=self.telemetry.instruments,
                              processor=processor, clock=clock)  # fmt: skip
 
@@ -66,18 +80,23 @@ class Pipeline:
 async def make_pipeline(
     tmp_path: Path, receiver: Receiver
 ) -> AsyncIterator[Callable[..., Awaitable[Pipeline]]]:
-    """make_pipeline(**sections) -> a Pipeline (sections merge over the defaults), closed after."""
+    """make_pipeline(redis_url="", **sections) -> a Pipeline on SQLite (on Redis with a URL;
+    sections merge over the defaults), closed after."""
     opened: list[Pipeline] = []
 
-    async def make(**sections: dict[str, Any]) -> Pipeline:
+    async def make(redis_url: str = "", **sections: dict[str, Any]) -> Pipeline:
         merged = {name: {**_SECTIONS.get(name, {}), **sections.get(name, {})}
                   for name in {*_SECTIONS, *sections}}  # fmt: skip
         merged["webhook"].setdefault("url", receiver.url + "/hook")
         settings = settings_from_mapping(merged)
-        telemetry, spans, _reader, _logs = telemetry_for_tests(settings)
-        store = LocalStore(tmp_path / f"state-{len(opened)}.sqlite3")
+        telemetry, spans, reader, _logs = telemetry_for_tests(settings)
+        store: Store = (
+            RedisStore(redis_url, timeout=1.0)
+            if redis_url
+            else LocalStore(tmp_path / f"state-{len(opened)}.sqlite3")
+        )
         await store.start()
-        built = Pipeline(settings, store, telemetry, spans, aiohttp.ClientSession())
+        built = Pipeline(settings, store, telemetry, spans, reader, aiohttp.ClientSession())
         opened.append(built)
         return built
 
@@ -104,7 +123,7 @@ def _keys(receiver: Receiver) -> list[str]:
 
 
 async def _lead(poller: MailboxPoller) -> None:
-    assert await poller._hold_lease(lambda: 1), "the lease should be free"
+    assert await poller._hold_lease(), "the lease should be free"
 
 
 async def test_one_cycle_delivers_every_new_message_and_moves_the_watermark_to_the_last_uid(
@@ -133,6 +152,21 @@ async def test_a_cycle_fetches_in_batches_bounded_by_bytes_and_asks_sizes_once(
     fetches = [s.attributes["imap.fetch.items"] for s in pipeline.spans.get_finished_spans()
                if s.name == "imap.fetch" and s.attributes]  # fmt: skip
     assert fetches == ["RFC822.SIZE", "BODY.PEEK[]", "BODY.PEEK[]", "BODY.PEEK[]"]
+
+
+async def test_mail_in_a_folder_with_a_non_ascii_name_is_delivered(
+    pipeline: Pipeline, dovecot: Dovecot, receiver: Receiver
+) -> None:
+    folder = "Q&A \U0001f4c1 Pi\u00e8ces"
+    # Created and filled by doveadm under its plain name, so Dovecot does its own encoding.
+    dovecot.create_folder("alice", folder)
+    for raw in _mails(2):
+        dovecot.save("alice", raw, folder)
+    poller = pipeline.poller(dovecot.settings("alice", folder=folder))
+    await _lead(poller)
+    await poller.cycle()
+    assert poller.last_error == ""
+    assert sorted(r.json["subject"] for r in receiver.requests) == ["mail 0", "mail 1"]
 
 
 async def test_a_second_cycle_without_new_mail_sends_nothing(
@@ -248,15 +282,51 @@ async def test_a_poller_whose_lease_was_taken_cannot_move_the_watermark(
 async def test_a_replica_takes_no_more_mailboxes_than_its_fair_share(
     pipeline: Pipeline, dovecot: Dovecot
 ) -> None:
-    alice = pipeline.poller(dovecot.settings("alice"))
-    bob = pipeline.poller(dovecot.settings("bob"))
-    assert await alice._hold_lease(lambda: 1)
-    assert not await bob._hold_lease(lambda: 1)
-    assert await bob._hold_lease(lambda: 2)
+    replicas = pipeline.replicas(mailboxes=2)
+    replicas.count = 2
+    alice = pipeline.poller(dovecot.settings("alice"), replicas=replicas)
+    bob = pipeline.poller(dovecot.settings("bob"), replicas=replicas)
+    assert await alice._hold_lease()
+    assert not await bob._hold_lease()
+    assert bob.status()["standby"] == "fair share: this replica leads 1 of at most 1"
+    replicas.count = 1
+    assert await bob._hold_lease()
 
 
-def test_fair_share_is_the_ceiling_of_mailboxes_over_replicas() -> None:
-    assert [fair_share(3, 2), fair_share(4, 2), fair_share(1, 3), fair_share(2, 0)] == [2, 2, 1, 2]
+async def test_a_leader_above_its_share_hands_a_lease_back_without_waiting_its_poll_interval(
+    make_pipeline: Callable[..., Awaitable[Pipeline]],
+    dovecot: Dovecot,
+    receiver: Receiver,
+    redis_server: RedisServer,
+) -> None:
+    pipeline = await make_pipeline(redis_url=redis_server.url)
+    dovecot.append_many("alice", _mails(3))
+    dovecot.append_many("bob", _mails(3, start=10))
+    first = pipeline.replicas("replica-a", mailboxes=2)
+    await first.beat()
+    slow = {"poll_interval": Duration(30.0)}
+    pollers = [pipeline.poller(dataclasses.replace(dovecot.settings(user), **slow),
+                               replicas=first) for user in ("alice", "bob")]  # fmt: skip
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(p.run(stop)) for p in pollers]
+    try:
+        await _until("replica-a leads both", lambda: all(p.leader for p in pollers))
+        await receiver.wait_for(6, timeout=20)
+        await _until("both rest until their next cycle", lambda: all(p.next_check for p in pollers))
+        await pipeline.replicas("replica-b", mailboxes=2).beat()
+        await first.beat()
+        await _until("one lease handed back", lambda: sum(p.leader for p in pollers) == 1, 10)
+        (handed,) = [p for p in pollers if not p.leader]
+        assert handed.status()["standby"] == "handed back: this replica led 2, its share is 1"
+        assert await pipeline.store.lease_holder(handed.lease_name) is None
+        mark = await pipeline.store.get_watermark(handed.mailbox.name)
+        assert mark is not None
+        assert mark.uid == 3
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await asyncio.gather(*tasks)
+    assert len(receiver.requests) == 6
 
 
 async def test_a_leader_whose_cycle_hangs_past_its_lease_is_reported_stalled(
@@ -301,7 +371,7 @@ async def test_the_poller_keeps_attempting_cycles_against_a_silent_server(
                               password="p", tls="none", poll_interval=Duration(0.1))  # fmt: skip
     poller = pipeline.poller(mailbox)
     stop = asyncio.Event()
-    task = asyncio.create_task(poller.run(stop, lambda: 1))
+    task = asyncio.create_task(poller.run(stop))
     try:
         async with asyncio.timeout(20):
             while blackhole.accepted < 2:
@@ -312,6 +382,103 @@ async def test_the_poller_keeps_attempting_cycles_against_a_silent_server(
             await task
     assert poller.last_success is None
     assert "timeout" in poller.last_error
+
+
+async def _until(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.02)
+
+
+def _failed_poll_starts(pipeline: Pipeline, error_type: str) -> list[float]:
+    return sorted(s.start_time / 1e9 for s in pipeline.spans.get_finished_spans()
+                  if s.name == "imap.poll" and s.start_time is not None and s.attributes
+                  and s.attributes.get("error.type") == error_type)  # fmt: skip
+
+
+def _failed_polls_counted(pipeline: Pipeline, error_type: str) -> int:
+    data = pipeline.metrics.get_metrics_data()
+    assert data is not None
+    return sum(point.count for rm in data.resource_metrics for sm in rm.scope_metrics
+               for metric in sm.metrics if metric.name == "imap.poll.duration"
+               for point in metric.data.data_points  # type: ignore[union-attr]
+               if dict(point.attributes or {}).get("error.type") == error_type)  # fmt: skip
+
+
+async def test_a_cycle_that_raises_anything_is_a_failed_cycle_logged_counted_and_retried(
+    make_pipeline: Callable[..., Awaitable[Pipeline]],
+    dovecot: Dovecot,
+    receiver: Receiver,
+    redis_server: RedisServer,
+) -> None:
+    pipeline = await make_pipeline(redis_url=redis_server.url)
+    mailbox = dataclasses.replace(dovecot.settings("alice"), poll_interval=Duration(0.1))
+    # Hostile state in a real Redis: a watermark that no longer reads as numbers.
+    raw = redis.Redis.from_url(redis_server.url)
+    key = f"sidecar:watermark:{mailbox.name}"
+    raw.hset(key, mapping={"uidvalidity": "1", "uid": "not-a-number"})
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        poller = pipeline.poller(mailbox)
+        task = asyncio.create_task(poller.run(stop))
+        try:
+            await _until("five failed cycles", lambda: poller.failures >= 5)
+            assert not task.done()
+            assert poller.liveness() == (True, "")
+            status = poller.status()
+            assert status["status"] == "error"
+            assert status["error"].startswith("ValueError: ")
+            raw.delete(key)
+            dovecot.append("alice", _mails(1)[0])
+            await receiver.wait_for(1, timeout=20)
+            await _until("a successful cycle", lambda: poller.failures == 0)
+        finally:
+            stop.set()
+            async with asyncio.timeout(10):
+                await task
+    failed = [e for e in logs if e["event"] == "poller.cycle_failed"]
+    assert len(failed) >= 5
+    assert {e["error_type"] for e in failed} == {"ValueError"}
+    assert [e["consecutive_failures"] for e in failed[:5]] == [1, 2, 3, 4, 5]
+    assert _failed_polls_counted(pipeline, "ValueError") >= 5
+    # Tried again after 0.1, 0.2, 0.4, 0.8 s (+-20 %), not every 0.1 s.
+    starts = _failed_poll_starts(pipeline, "ValueError")
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert gaps[3] >= 0.6
+    assert gaps[3] > 2 * gaps[0]
+
+
+async def test_a_poller_task_that_ends_before_shutdown_is_dead_and_fails_liveness(
+    pipeline: Pipeline, dovecot: Dovecot
+) -> None:
+    poller = pipeline.poller(dovecot.settings("alice"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(poller.run(stop))
+    poller.watch(task, stop)
+    await _until("the lease is won", lambda: poller.leader)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert poller.liveness() == (False, "poller task ended: cancelled")
+    assert poller.status()["status"] == "dead"
+    assert not poller.leader
+
+
+async def test_a_poller_task_ended_by_shutdown_is_not_dead(
+    pipeline: Pipeline, dovecot: Dovecot
+) -> None:
+    poller = pipeline.poller(dovecot.settings("alice"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(poller.run(stop))
+    poller.watch(task, stop)
+    await _until("the lease is won", lambda: poller.leader)
+    stop.set()
+    async with asyncio.timeout(10):
+        await task
+    assert poller.liveness() == (True, "")
+    assert poller.status()["status"] == "standby"
 
 
 async def test_a_frozen_dovecot_fails_the_cycle_within_the_imap_timeout(

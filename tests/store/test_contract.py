@@ -236,10 +236,53 @@ async def test_count_leases_counts_unexpired_leases_of_the_holder_under_the_pref
     assert await store.count_leases("r3", "mailbox:") == 0
 
 
-async def test_concurrent_acquires_from_two_replicas_give_the_lease_to_one(
-    open_store: OpenStore,
+async def test_take_over_gives_a_held_lease_to_the_successor_with_a_higher_token(
+    store: Store,
 ) -> None:
-    first, second = await open_store(), await open_store()
+    old = await store.acquire_lease("mailbox:a", "r1", 60)
+    assert old is not None
+    held = await store.lease_holder("mailbox:a")
+    assert held is not None
+    new = await store.take_over_lease(held, "r2", 5)
+    assert new is not None
+    assert (new.holder, new.token > old.token) == ("r2", True)
+    assert new.expires_at == pytest.approx(time.time() + 5, abs=1)
+    current = await store.lease_holder("mailbox:a")
+    assert current is not None
+    assert (current.holder, current.token) == ("r2", new.token)
+    assert (
+        await store.count_leases("r1", "mailbox:"),
+        await store.count_leases("r2", "mailbox:"),
+    ) == (0, 1)
+
+
+async def test_the_old_holder_can_neither_renew_nor_fence_a_watermark_after_a_take_over(
+    store: Store,
+) -> None:
+    old = await store.acquire_lease("mailbox:a", "r1", 60)
+    assert old is not None
+    assert await store.take_over_lease(old, "r2", 60) is not None
+    assert await store.renew_lease(old, 60) is None
+    assert await store.set_watermark("a", Watermark(7, 50), fence=old) is False
+    assert await store.release_lease(old) is False
+
+
+async def test_take_over_is_refused_once_the_lease_changed_hands(store: Store) -> None:
+    old = await store.acquire_lease("mailbox:a", "r1", 60)
+    assert old is not None
+    assert await store.take_over_lease(old, "r2", 60) is not None
+    # r3 read the lease before r2 took it: it must not take it from r2.
+    assert await store.take_over_lease(old, "r3", 60) is None
+    current = await store.lease_holder("mailbox:a")
+    assert current is not None
+    assert current.holder == "r2"
+
+
+async def test_concurrent_acquires_from_two_replicas_give_the_lease_to_one(
+    store: Store, open_store: OpenStore
+) -> None:
+    # The embedded store serves one process: its "replicas" share the one open store.
+    first, second = store, (store if store.single_process else await open_store())
     results = await asyncio.gather(
         *((first if i % 2 else second).acquire_lease("mailbox:a", f"r{i}", 5) for i in range(10))
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 
 from agent.store.base import DeliveryRecord, StoreError, Watermark
 from agent.store.local import LocalStore
+from tests.support.components import ROOT
 
 
 async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
@@ -34,6 +37,64 @@ async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
         assert await reopened.kv_get("alert") == {"state": "firing"}
     finally:
         await reopened.close()
+
+
+async def test_a_second_store_on_the_same_file_is_refused_while_the_first_is_open(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    first = LocalStore(path)
+    await first.start()
+    second = LocalStore(path, lock_wait=0.3)
+    try:
+        with pytest.raises(StoreError, match=r"in use by another process \(pid \d+\)"):
+            await second.start()
+    finally:
+        await first.close()
+    third = LocalStore(path)
+    await third.start()
+    await third.close()
+
+
+async def test_the_file_is_free_again_once_its_process_is_killed(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    script = (
+        "import asyncio, sys\n"
+        "from agent.store.local import LocalStore\n"
+        "async def main():\n"
+        f"    await LocalStore({str(path)!r}).start()\n"
+        "    print('open', flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"open"
+        with pytest.raises(StoreError, match=f"pid {proc.pid}"):
+            await LocalStore(path, lock_wait=0.3).start()
+    finally:
+        proc.kill()
+        proc.wait(10)
+    store = LocalStore(path, lock_wait=0)
+    await store.start()
+    await store.close()
+
+
+async def test_a_second_store_waits_for_the_first_to_close_within_its_lock_wait(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    first = LocalStore(path)
+    await first.start()
+    second = LocalStore(path, lock_wait=10)
+    opening = asyncio.create_task(second.start())
+    await asyncio.sleep(0.5)
+    assert not opening.done()
+    await first.close()
+    async with asyncio.timeout(5):
+        await opening
+    await second.close()
 
 
 async def test_start_creates_missing_parent_directories(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -11,11 +12,16 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from agent.components import start_components
 from agent.config import Settings, settings_from_mapping
 from agent.runtime import Sidecar
 from agent.telemetry.setup import telemetry_for_tests
 from agent.web.app import create_app
+from agent.web.probes import HEALTH_JSON
+from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.receiver import Receiver
 from tests.fixtures.redis import RedisServer
+from tests.support.net import free_port
 
 Factory = Callable[..., Awaitable[tuple[Sidecar, TestClient[Any, Any]]]]
 
@@ -130,6 +136,83 @@ async def test_health_json_format_on_request(make_client: Factory) -> None:
     assert body["status"] == "pass"
     assert "checks" in body
     assert "releaseId" in body
+
+
+async def test_an_optional_check_in_error_answers_200_degraded_and_health_json_warn(
+    make_client: Factory, receiver: Receiver
+) -> None:
+    receiver.default = 503
+    _sidecar, client = await make_client(APP_HEALTH_URL=f"{receiver.url}/health")
+
+    async def http_check_failed() -> bool:
+        body = await (await client.get("/health")).json()
+        return bool(body["services"]["http"]["status"] == "error")
+
+    await _wait_for(http_check_failed)
+    response = await client.get("/health")
+    assert (response.status, (await response.json())["status"]) == (200, "degraded")
+    response = await client.get("/health", headers={"Accept": HEALTH_JSON})
+    body = await response.json(content_type=None)
+    assert (response.status, body["status"]) == (200, "warn")
+    assert body["checks"]["http:responseTime"][0]["status"] == "warn"
+
+
+async def test_a_required_check_in_error_answers_503_error_and_health_json_fail(
+    make_client: Factory,
+) -> None:
+    _sidecar, client = await make_client(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+
+    async def redis_check_failed() -> bool:
+        body = await (await client.get("/health")).json()
+        return bool(body["services"]["redis"]["status"] == "error")
+
+    await _wait_for(redis_check_failed)
+    response = await client.get("/health")
+    assert (response.status, (await response.json())["status"]) == (503, "error")
+    response = await client.get("/health", headers={"Accept": HEALTH_JSON})
+    body = await response.json(content_type=None)
+    assert (response.status, body["status"]) == (503, "fail")
+    (entry,) = [v[0] for k, v in body["checks"].items() if k.startswith("redis:")]
+    assert entry["status"] == "fail"
+
+
+async def test_a_poller_task_that_ends_fails_livez_and_health_says_so(
+    tmp_path: Path, dovecot: Dovecot, receiver: Receiver
+) -> None:
+    settings = _settings(tmp_path, ENABLE_BACKGROUND_TASKS="true", IMAP_HOST=dovecot.host,
+                         IMAP_PORT=str(dovecot.port), IMAP_USERNAME="alice",
+                         IMAP_PASSWORD=dovecot.users["alice"], IMAP_TLS="none",
+                         IMAP_POLL_INTERVAL="0.2", WEBHOOK_URL=receiver.url)  # fmt: skip
+    telemetry, _spans, _reader, _logs = telemetry_for_tests(settings)
+    sidecar = Sidecar(settings, telemetry)
+    client = TestClient(TestServer(create_app(sidecar)))
+    await client.start_server()
+    await sidecar.start(start_components(settings))
+    try:
+
+        async def leads() -> bool:
+            body = await (await client.get("/health")).json()
+            return bool(body["services"]["background_tasks"]["imap_poller"]["leader"])
+
+        await _wait_for(leads)
+        assert (await client.get("/livez")).status == 200
+        (task,) = [t for t in asyncio.all_tasks() if t.get_name() == "poller:default"]
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.6)  # past the memos of /livez (0.2 s) and /health (0.5 s)
+        assert (await client.get("/livez")).status == 500
+        verbose = await (await client.get("/livez?verbose")).text()
+        assert "[-]poller:default failed: poller task ended: cancelled" in verbose
+        response = await client.get("/health")
+        body = await response.json()
+        assert (response.status, body["status"]) == (503, "error")
+        poller = body["services"]["background_tasks"]["imap_poller"]
+        assert poller["status"] == "dead"
+        assert poller["mailboxes"]["default"]["error"] == "poller task ended: cancelled"
+    finally:
+        await sidecar.stop(deadline=time.monotonic() + 2)
+        await client.close()
 
 
 async def test_readyz_turns_503_at_once_when_draining(make_client: Factory) -> None:

@@ -1,4 +1,4 @@
-"""IMAP probe: a short separate session per mailbox (connect, login, NOOP, logout)."""
+"""IMAP probe: a short separate session per mailbox (connect, login, EXAMINE its folder, logout)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from agent.telemetry.catalogue import Instruments
 
 
 async def probe(ctx: ProbeContext) -> ProbeResult:
-    """ok when every configured mailbox accepts a login; the first failure is the detail."""
+    """ok when every configured mailbox accepts a login and opens its folder; the first failure
+    is the detail (a folder that does not exist fails here, not only in the poller)."""
     mailboxes = ctx.settings.mailboxes
     if not mailboxes:
         return not_configured("no mailbox is configured")
@@ -31,7 +32,7 @@ async def probe(ctx: ProbeContext) -> ProbeResult:
         try:
             await client.connect()
             await client.login()
-            await client.noop()
+            await client.select()
             await client.logout()
         except ImapError as exc:
             return ProbeResult(
