@@ -21,6 +21,9 @@ _CLOSING = {")": "(", "]": "["}
 _HOST_CHARS = re.compile(r"[a-z0-9.\-_]+")
 _NUMERIC_LABEL = re.compile(r"(0x[0-9a-f]*|[0-9]+)")
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+# Distinct URLs examined per message: classifying one takes ~15 µs, so at most ~0.3 s of CPU,
+# while a 25 MB message of nothing but URLs holds about a million. A newsletter has hundreds.
+MAX_CANDIDATES = 20_000
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class AllowedOrigins:
 
     def allows(self, url: str) -> bool:
         """True when url is http(s), has no userinfo, and its origin is exactly one listed."""
+        if not self._origins:
+            return False  # the common case, and a URL split saved per candidate
         origin = url_origin(url)
         return origin is not None and origin in self._origins
 
@@ -161,7 +166,13 @@ def _as_parts(url: SplitResult | str) -> SplitResult | None:
 def _provider_host(url: SplitResult | str) -> tuple[str, str] | None:
     """(host, path) of an https URL on the default port without userinfo, else None."""
     parts = _as_parts(url)
-    if parts is None or parts.scheme != "https" or "@" in parts.netloc:
+    return None if parts is None else _https_host(parts)
+
+
+# Every provider asks this of the same URL in turn: the cache answers all but the first.
+@functools.lru_cache(maxsize=16)
+def _https_host(parts: SplitResult) -> tuple[str, str] | None:
+    if parts.scheme != "https" or "@" in parts.netloc:
         return None
     try:
         if parts.port not in (None, 443):
@@ -292,6 +303,8 @@ class Generic:
 
     def match(self, url: SplitResult | str) -> bool:
         """True when the URL's origin is allowed."""
+        if not self._origins:
+            return False
         text = url.geturl() if isinstance(url, SplitResult) else url
         return self._origins.allows(text)
 
@@ -346,6 +359,10 @@ class LinkRegistry:
                 return DeliveryLink(provider.id, url)
         return None
 
+    def collector(self, *, max_links: int, max_url_length: int) -> LinkCollector:
+        """An empty collector of one message's delivery links."""
+        return LinkCollector(self, max_links=max_links, max_url_length=max_url_length)
+
     def find_links(
         self,
         texts: Iterable[str],
@@ -355,20 +372,11 @@ class LinkRegistry:
         max_url_length: int,
     ) -> list[DeliveryLink]:
         """Delivery links in running text, then in hrefs: deduplicated, in order, capped."""
-        found: list[DeliveryLink] = []
-        seen: set[str] = set()
-        if max_links <= 0:
-            return found
-        for candidate in _candidates(texts, hrefs, max_url_length):
-            if candidate in seen:
-                continue
-            seen.add(candidate)
-            link = self.classify(candidate, max_url_length=max_url_length)
-            if link is not None:
-                found.append(link)
-                if len(found) >= max_links:
-                    break
-        return found
+        collector = self.collector(max_links=max_links, max_url_length=max_url_length)
+        for text in texts:
+            collector.add_text(text)
+        collector.add_hrefs(hrefs)
+        return collector.links
 
     def timeout_for(self, link: DeliveryLink) -> float:
         """Seconds the transfer of this link may take."""
@@ -379,13 +387,58 @@ class LinkRegistry:
         return self.provider(link.provider).direct_url(link.url)
 
 
-def _candidates(texts: Iterable[str], hrefs: Iterable[str], max_url_length: int) -> Iterable[str]:
-    for text in texts:
-        yield from _urls_in_text(text, max_url_length)
-    for href in hrefs:
-        href = href.strip()
-        if 0 < len(href) <= max_url_length:
-            yield href
+class LinkCollector:
+    """One message's delivery links, gathered part by part: deduplicated, in order, capped.
+
+    At most max_links links are kept and at most MAX_CANDIDATES distinct URLs are examined.
+    """
+
+    def __init__(self, registry: LinkRegistry, *, max_links: int, max_url_length: int) -> None:
+        self._registry = registry
+        self._max_links = max_links
+        self._max_url_length = max_url_length
+        self._seen: set[str] = set()
+        self.links: list[DeliveryLink] = []
+        self.candidates_exhausted = False
+
+    @property
+    def full(self) -> bool:
+        """True once nothing more will be kept: max_links found, or MAX_CANDIDATES examined."""
+        return len(self.links) >= self._max_links or self.candidates_exhausted
+
+    @property
+    def room(self) -> int:
+        """How many more distinct URLs may be examined."""
+        return 0 if self.full else MAX_CANDIDATES - len(self._seen)
+
+    def add_text(self, text: str) -> None:
+        """Examines the http(s) URLs in running text."""
+        if self.full:
+            return
+        for url in _urls_in_text(text, self._max_url_length):
+            self._examine(url)
+            if self.full:
+                return
+
+    def add_hrefs(self, hrefs: Iterable[str]) -> None:
+        """Examines link targets (HTML hrefs), each taken whole."""
+        for href in hrefs:
+            if self.full:
+                return
+            href = href.strip()
+            if 0 < len(href) <= self._max_url_length:
+                self._examine(href)
+
+    def _examine(self, candidate: str) -> None:
+        if candidate in self._seen:
+            return
+        if len(self._seen) >= MAX_CANDIDATES:
+            self.candidates_exhausted = True
+            return
+        self._seen.add(candidate)
+        link = self._registry.classify(candidate, max_url_length=self._max_url_length)
+        if link is not None:
+            self.links.append(link)
 
 
 def _urls_in_text(text: str, max_url_length: int) -> Iterable[str]:
