@@ -44,6 +44,8 @@ const mf = new Miniflare({
   scriptPath: resolve(env.R2_WORKER_SCRIPT || join(here, "src", "index.js")),
   modulesRoot: dirname(resolve(env.R2_WORKER_SCRIPT || join(here, "src", "index.js"))),
   compatibilityDate: compatibilityDate(),
+  // The Worker's own modules are ES modules (Miniflare reads a plain .js import as CommonJS).
+  modulesRules: [{ type: "ESModule", include: ["**/*.js"] }],
   r2Buckets: ["BUCKET"],
   r2Persist: dataDir,
   bindings,
