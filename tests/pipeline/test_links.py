@@ -18,7 +18,8 @@ from agent.pipeline.links import (
 )
 from agent.pipeline.parse import parse_email
 from tests.pipeline import hostile
-from tests.support.hosts import HostCase, host_cases
+from tests.support.host_strategies import EDGE_ADDRESSES
+from tests.support.hosts import HostCase, host_cases, reference_public
 
 REGISTRY = LinkRegistry(LinkSettings())
 
@@ -355,6 +356,15 @@ def test_classify_never_raises_on_random_url_like_strings() -> None:
 def test_host_rule_gives_the_shared_verdict(case: HostCase) -> None:
     host = urlsplit(case.url).hostname or ""
     assert (host_refusal(host) is None) is case.public, host_refusal(host)
+
+
+def test_host_rule_gives_the_reference_verdict_at_every_special_range_edge() -> None:
+    wrong = [
+        address
+        for address in EDGE_ADDRESSES
+        if (host_refusal(str(address)) is None) is not reference_public(address)
+    ]
+    assert wrong == []
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.fixtures.miniflare import R2Worker
-from tests.support.hosts import HostCase, host_cases
+from tests.support.host_strategies import EDGE_ADDRESSES
+from tests.support.hosts import HostCase, host_cases, reference_public
 
 
 def _outbound_urls(worker: R2Worker) -> list[str]:
@@ -34,3 +35,15 @@ def test_a_refused_host_is_never_fetched(public_web_worker: R2Worker) -> None:
 
     public_web_worker.wait_for_log(marker)
     assert _outbound_urls(public_web_worker)[before:] == [marker]
+
+
+def test_worker_gives_the_reference_verdict_at_every_special_range_edge(
+    public_web_worker: R2Worker,
+) -> None:
+    wrong = []
+    for address in EDGE_ADDRESSES:
+        host = str(address) if address.version == 4 else f"[{address}]"
+        status = public_web_worker.transfer(f"https://{host}/", email_id="edge", timeout=30)
+        if status.status_code != (200 if reference_public(address) else 403):
+            wrong.append((str(address), status.status_code))
+    assert wrong == []
