@@ -111,19 +111,24 @@ def html_bomb(size: int = 10 * MEGABYTE) -> bytes:
     return raw.encode("utf-8")
 
 
-def many_parts(count: int = 5000) -> bytes:
-    """A flat multipart/mixed with count small text parts."""
-    boundary = "==many-parts=="
+def many_parts(count: int = 5000, *, linked: bool = False) -> bytes:
+    """A flat multipart/mixed with count small text parts; linked: each holds its own link."""
+    name = "linked parts" if linked else "many parts"
+    boundary = f"=={name.replace(' ', '-')}=="
     out = [
-        f"{_HEADERS}Subject: many parts\r\nMessage-ID: {_message_id('many-parts')}\r\n"
+        f"{_HEADERS}Subject: {name}\r\nMessage-ID: {_message_id(name.replace(' ', '-'))}\r\n"
         f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'
     ]
     for index in range(count):
-        out.append(
-            f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\npart {index}\r\n"
-        )
+        text = f"part {index}: {part_link(index)}" if linked else f"part {index}"
+        out.append(f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n")
     out.append(f"--{boundary}--\r\n")
     return "".join(out).encode("ascii")
+
+
+def part_link(index: int) -> str:
+    """The WeTransfer link in part index of many_parts(linked=True)."""
+    return f"https://we.tl/t-part{index}"
 
 
 def nesting_bomb(levels: int = 1000) -> bytes:
@@ -254,27 +259,6 @@ def apple_mail(link: str = SWISSTRANSFER_URL, *, html: bool = False) -> bytes:
         f"{body}--{boundary}--\r\n"
     )
     return raw.encode("ascii")
-
-
-def part_link(index: int) -> str:
-    """The WeTransfer link in part index of linked_parts()."""
-    return f"https://we.tl/t-part{index}"
-
-
-def linked_parts(count: int = 20_000) -> bytes:
-    """A flat multipart/mixed with count small text parts, each holding its own link."""
-    boundary = "==linked-parts=="
-    out = [
-        f"{_HEADERS}Subject: linked parts\r\nMessage-ID: {_message_id('linked-parts')}\r\n"
-        f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'
-    ]
-    for index in range(count):
-        out.append(
-            f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-            f"part {index}: {part_link(index)}\r\n"
-        )
-    out.append(f"--{boundary}--\r\n")
-    return "".join(out).encode("ascii")
 
 
 def random_bytes(seed: int, count: int = 200, max_size: int = 4096) -> list[bytes]:

@@ -316,7 +316,7 @@ async def test_links_in_later_and_forwarded_parts_reach_the_app_in_delivery_link
         "<apple-mail@hostile.example>": [("swisstransfer", hostile.SWISSTRANSFER_URL)],
         "<linked-parts@hostile.example>": [("wetransfer", hostile.part_link(i)) for i in range(50)],
     }
-    mails = [hostile.forwarded(), hostile.apple_mail(), hostile.linked_parts(20_000)]
+    mails = [hostile.forwarded(), hostile.apple_mail(), hostile.many_parts(20_000, linked=True)]
     dovecot.append_many("alice", mails)
     await _start(sidecar_process, _env(dovecot, receiver))
     await receiver.wait_for(3, timeout=60)
