@@ -362,9 +362,12 @@ class _MimeWalker:
         charset = part.get_content_charset()
         # UTF-8 and ASCII bytes go to the parser as they are: no decoded copy of the body.
         html: str | bytes = data if _is_utf8(charset) else _decode(data, charset, self)
-        room = 0 if self.links is None else self.links.room
+        # Every href while links are searched: the collector bounds the distinct ones examined,
+        # and the hrefs of at most max_html_bytes of HTML take less memory than its tree.
         try:
-            text, truncated, hrefs = html_to_text(html, cap, max_hrefs=room)
+            text, truncated, hrefs = html_to_text(
+                html, cap, max_hrefs=None if self.searching else 0
+            )
         except Exception as exc:  # the fallback: a short plain-text excerpt still goes out
             self.defect(f"html_error:{type(exc).__name__}")
             plain = html if isinstance(html, str) else html.decode("utf-8", "replace")

@@ -301,6 +301,16 @@ def test_a_link_that_is_the_last_of_max_candidates_urls_is_found() -> None:
     )
 
 
+def test_an_href_after_many_repeats_of_one_other_url_is_found() -> None:
+    repeats = '<a href="https://example.com/same">x</a>' * (links_module.MAX_CANDIDATES + 5)
+    raw = hostile.make_message(text=None, html=f"<p>{repeats}</p>", links=[hostile.WETRANSFER_URL])
+    parsed = parse_email(raw, LIMITS, links=REGISTRY)
+    assert (parsed.links, parsed.limits_hit) == (
+        [DeliveryLink("wetransfer", hostile.WETRANSFER_URL)],
+        [],
+    )
+
+
 def test_href_longer_than_max_url_length_is_skipped() -> None:
     long_url = "https://we.tl/t-" + "a" * LIMITS.max_url_length
     raw = hostile.make_message(text=None, html="<p>x</p>", links=[long_url, hostile.WETRANSFER_URL])
