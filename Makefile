@@ -46,3 +46,9 @@ demo: deps
 
 clean:
 	rm -rf $(VENV) tools/bin r2-worker/node_modules .pytest_cache
+
+# The property tests with far more inputs than `make test` draws (several minutes): see
+# docs/operations.md, "Fuzzing the parsers".
+.PHONY: fuzz
+fuzz: deps
+	HYPOTHESIS_PROFILE=fuzz bash scripts/run-tests.sh $(wildcard tests/*/test_*_properties.py)

@@ -14,6 +14,7 @@ from email.utils import parsedate_to_datetime
 from lxml import etree
 
 from agent.config import ParseSettings
+from agent.pipeline.links import DeliveryLink, LinkCollector, LinkRegistry
 
 # Elements whose content is never text a reader sees.
 _SKIPPED = ("script", "style", "head", "title", "noscript", "template", "object", "iframe")
@@ -78,7 +79,7 @@ class ParsedEmail:
     date: str = ""
     text: str = ""
     html_text: str = ""
-    html_links: list[str] = field(default_factory=list)
+    links: list[DeliveryLink] = field(default_factory=list)
     html_truncated: bool = False
     html_bytes: int = 0
     parts_seen: int = 0
@@ -120,30 +121,43 @@ def html_to_text(
     return _collapse(raw_text), truncated, hrefs
 
 
-def parse_email(raw: bytes, limits: ParseSettings, *, partial: bool = False) -> ParsedEmail:
-    """Parses one raw message within limits; partial means raw is only the message's start."""
-    state = _State(limits)
+def parse_email(
+    raw: bytes,
+    limits: ParseSettings,
+    *,
+    partial: bool = False,
+    links: LinkRegistry | None = None,
+) -> ParsedEmail:
+    """Parses one raw message within limits; partial means raw is only the message's start.
+
+    With links, the delivery links of every text/plain and text/html part are collected.
+    """
+    walker = _MimeWalker(limits, links)
     try:
         if partial:
-            state.limit("message_bytes")
+            walker.limit("message_bytes")
         if len(raw) > limits.max_message_bytes:
-            state.limit("message_bytes")
+            walker.limit("message_bytes")
             raw = raw[: limits.max_message_bytes]
-        state.parse(raw)
+        walker.parse(raw)
     except Exception as exc:  # the boundary: hostile bytes must never stop the pipeline
-        state.defect(f"parse_error:{type(exc).__name__}")
-    return state.result()
+        walker.defect(f"parse_error:{type(exc).__name__}")
+    return walker.result()
 
 
-class _State:
-    """Accumulates fields while walking, so a failure half-way still yields what was found."""
+class _MimeWalker:
+    """Walks one message's MIME tree, keeping what it found so far if a part breaks it."""
 
-    def __init__(self, limits: ParseSettings) -> None:
+    def __init__(self, limits: ParseSettings, links: LinkRegistry | None) -> None:
         self.limits = limits
         self.fields: dict[str, str | list[str]] = {}
         self.text = ""
         self.html_text = ""
-        self.html_links: list[str] = []
+        self.links: LinkCollector | None = (
+            links.collector(max_links=limits.max_links, max_url_length=limits.max_url_length)
+            if links is not None
+            else None
+        )
         self.html_truncated = False
         self.html_bytes = 0
         self.parts_seen = 0
@@ -162,6 +176,8 @@ class _State:
             self.defects.append(text)
 
     def result(self) -> ParsedEmail:
+        if self.links is not None and self.links.candidates_exhausted:
+            self.limit("urls")
         to = self.fields.get("to", [])
         return ParsedEmail(
             message_id=str(self.fields.get("message_id", "")),
@@ -171,7 +187,7 @@ class _State:
             date=str(self.fields.get("date", "")),
             text=self.text,
             html_text=self.html_text,
-            html_links=self.html_links,
+            links=[] if self.links is None else list(self.links.links),
             html_truncated=self.html_truncated,
             html_bytes=self.html_bytes,
             parts_seen=self.parts_seen,
@@ -249,15 +265,24 @@ class _State:
         if ctype == "message/rfc822":
             child, child_start = self.headers_at(raw, start, stop)
             return [(child, child_start, stop)]
-        if maintype != "text" or _is_attachment(part):
-            return []
-        if ctype == "text/plain" and not self.have_text:
-            self.have_text = True
-            self.read_text(*self.body(raw, start, stop, part), part)
-        elif ctype == "text/html" and not self.have_html:
-            self.have_html = True
-            self.read_html(*self.body(raw, start, stop, part), part)
+        # The first inline text/plain and text/html parts are the body (the excerpt's text);
+        # every text part, attachments included, is searched for links.
+        if ctype == "text/plain":
+            body = not self.have_text and not _is_attachment(part)
+            self.have_text |= body
+            if body or self.searching:
+                self.read_text(*self.body(raw, start, stop, part), part, body=body)
+        elif ctype == "text/html":
+            body = not self.have_html and not _is_attachment(part)
+            self.have_html |= body
+            if body or self.searching:
+                self.read_html(*self.body(raw, start, stop, part), part, body=body)
         return []
+
+    @property
+    def searching(self) -> bool:
+        """Whether later text parts are still read for links."""
+        return self.links is not None and not self.links.full
 
     def split_multipart(
         self, raw: bytes, part: Message, start: int, stop: int, depth: int
@@ -320,42 +345,41 @@ class _State:
         data = _base64(encoded, self) if encoding == "base64" else binascii.a2b_qp(encoded)
         return data[:cap], len(data)
 
-    def read_text(self, data: bytes, size: int, part: Message) -> None:
+    def read_text(self, data: bytes, size: int, part: Message, *, body: bool) -> None:
+        """Searches a text/plain part for links; the message's body text is kept."""
         if size > len(data):
             self.limit("text_bytes")
-        self.text = _decode(data, part.get_content_charset(), self)
+        text = _decode(data, part.get_content_charset(), self)
+        if body:
+            self.text = text
+        if self.links is not None:
+            self.links.add_text(text)
 
-    def read_html(self, data: bytes, size: int, part: Message) -> None:
+    def read_html(self, data: bytes, size: int, part: Message, *, body: bool) -> None:
+        """Converts a text/html part and searches it for links; the body's text is kept."""
         cap = self.limits.max_html_bytes
-        self.html_bytes = size
+        self.html_bytes = max(self.html_bytes, size)
         charset = part.get_content_charset()
         # UTF-8 and ASCII bytes go to the parser as they are: no decoded copy of the body.
         html: str | bytes = data if _is_utf8(charset) else _decode(data, charset, self)
+        # Every href while links are searched: the collector bounds the distinct ones examined,
+        # and the hrefs of at most max_html_bytes of HTML take less memory than its tree.
         try:
-            text, truncated, hrefs = html_to_text(html, cap)
+            text, truncated, hrefs = html_to_text(
+                html, cap, max_hrefs=None if self.searching else 0
+            )
         except Exception as exc:  # the fallback: a short plain-text excerpt still goes out
             self.defect(f"html_error:{type(exc).__name__}")
             plain = html if isinstance(html, str) else html.decode("utf-8", "replace")
             text, truncated, hrefs = _fallback_text(plain), False, []
-        self.html_text = text
-        self.html_truncated = truncated or size > cap
-        if self.html_truncated:
+        if body:
+            self.html_text = text
+        if truncated or size > cap:
+            self.html_truncated = True
             self.limit("html_bytes")
-        self.html_links = _web_links(hrefs, self.limits)
-
-
-def _web_links(hrefs: list[str], limits: ParseSettings) -> list[str]:
-    links: list[str] = []
-    seen: set[str] = set()
-    for href in hrefs:
-        if len(href) > limits.max_url_length or href in seen:
-            continue
-        if href[:8].lower().startswith(("http://", "https://")):
-            seen.add(href)
-            links.append(href)
-            if len(links) >= limits.max_links * 4:
-                break
-    return links
+        if self.links is not None:
+            self.links.add_text(text)
+            self.links.add_hrefs(hrefs)
 
 
 def _parse_headers(block: bytes) -> Message:
@@ -376,21 +400,21 @@ def _is_attachment(part: Message) -> bool:
     return disposition == "attachment"
 
 
-def _header_text(value: str, state: _State, *, cap: int = _MAX_HEADER_CHARS) -> str:
+def _header_text(value: str, walker: _MimeWalker, *, cap: int = _MAX_HEADER_CHARS) -> str:
     """A raw header value (undecodable bytes as surrogates) as readable, unfolded text."""
     data = value.encode("utf-8", "surrogateescape")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        state.defect("header_not_utf8")
+        walker.defect("header_not_utf8")
         text = data.decode("utf-8", "replace")
     text = _FOLD.sub(" ", text)
     if "=?" in text:
-        text = _decode_words(text, state)
+        text = _decode_words(text, walker)
     return " ".join(text.split())[:cap]
 
 
-def _decode_words(text: str, state: _State) -> str:
+def _decode_words(text: str, walker: _MimeWalker) -> str:
     """Decodes RFC 2047 encoded words; whitespace between two of them is dropped."""
     out: list[str] = []
     pending: list[tuple[bytes, str]] = []
@@ -399,7 +423,7 @@ def _decode_words(text: str, state: _State) -> str:
     def flush() -> None:
         if pending:
             charset = pending[0][1]
-            out.append(_decode(b"".join(data for data, _ in pending), charset, state))
+            out.append(_decode(b"".join(data for data, _ in pending), charset, walker))
             pending.clear()
 
     for match in _ENCODED_WORD.finditer(text):
@@ -410,7 +434,7 @@ def _decode_words(text: str, state: _State) -> str:
         charset = match.group(1).split("*", 1)[0].lower()
         payload = match.group(3).encode("ascii", "replace")
         if match.group(2) in "bB":
-            data = _base64(payload, state)
+            data = _base64(payload, walker)
         else:
             data = binascii.a2b_qp(payload, header=True)
         if pending and pending[-1][1] != charset:
@@ -422,27 +446,27 @@ def _decode_words(text: str, state: _State) -> str:
     return "".join(out)
 
 
-def _iso_date(value: str, state: _State) -> str:
+def _iso_date(value: str, walker: _MimeWalker) -> str:
     if not value:
         return ""
     try:
         return parsedate_to_datetime(value).isoformat()
     except (TypeError, ValueError, IndexError, OverflowError):
-        state.defect("invalid_date")
+        walker.defect("invalid_date")
         return ""
 
 
-def _base64(data: bytes, state: _State) -> bytes:
+def _base64(data: bytes, walker: _MimeWalker) -> bytes:
     """Lenient base64: foreign characters dropped, padding repaired."""
     cleaned = data.translate(None, _NOT_BASE64)
     if len(cleaned) % 4 == 1:
-        state.defect("invalid_base64")
+        walker.defect("invalid_base64")
         cleaned = cleaned[:-1]
     cleaned += b"=" * (-len(cleaned) % 4)
     try:
         return binascii.a2b_base64(cleaned)
     except binascii.Error:
-        state.defect("invalid_base64")
+        walker.defect("invalid_base64")
         return b""
 
 
@@ -457,15 +481,15 @@ def _is_utf8(charset: str | None) -> bool:
     return _charset(charset) in ("utf-8", "utf8")
 
 
-def _decode(data: bytes, charset: str | None, state: _State) -> str:
+def _decode(data: bytes, charset: str | None, walker: _MimeWalker) -> str:
     """Bytes in a declared charset; unknown or non-text charsets fall back to UTF-8."""
     name = _charset(charset)
     try:
         return data.decode(name, "replace")
     except LookupError:
-        state.defect(f"unknown_charset:{name[:40]}")
+        walker.defect(f"unknown_charset:{name[:40]}")
     except (ValueError, TypeError):
-        state.defect(f"bad_charset:{name[:40]}")
+        walker.defect(f"bad_charset:{name[:40]}")
     return data.decode("utf-8", "replace")
 
 

@@ -159,13 +159,7 @@ class EmailProcessor:
         if await self._store.any_processed(seen):
             await self._done(email_id, None)
             return ProcessOutcome(uid, "duplicate", "already processed")
-        limits = self._settings.parse
-        found = self._links.find_links(
-            [parsed.text, parsed.html_text],
-            parsed.html_links,
-            max_links=limits.max_links,
-            max_url_length=limits.max_url_length,
-        )
+        found = parsed.links
         if not found and self._settings.webhook.only_with_links:
             await self._done(email_id, key)
             return ProcessOutcome(uid, "skipped", "no delivery links")
@@ -205,7 +199,9 @@ class EmailProcessor:
             data = message.take_data()
             # Counted up to max_html_bytes: the HTML tree, not the raw size, is what costs.
             async with self._parse_budget.hold(min(len(data), limits.max_html_bytes)):
-                parsed = await asyncio.to_thread(parse_email, data, limits, partial=message.partial)
+                parsed = await asyncio.to_thread(
+                    parse_email, data, limits, partial=message.partial, links=self._links
+                )
             del data
             span.set_attribute("email.parts", parsed.parts_seen)
             span.set_attribute("email.html.bytes", parsed.html_bytes)

@@ -9,6 +9,7 @@ from email.header import Header
 
 DROPBOX_URL = "https://www.dropbox.com/scl/fi/a1b2c3d4/report.zip?rlkey=k9x8&dl=0"
 WETRANSFER_URL = "https://we.tl/t-AbCdEf1234"
+SWISSTRANSFER_URL = "https://www.swisstransfer.com/d/8a7b6c5d-1234"
 MEGABYTE = 1024 * 1024
 
 _HEADERS = (
@@ -110,19 +111,24 @@ def html_bomb(size: int = 10 * MEGABYTE) -> bytes:
     return raw.encode("utf-8")
 
 
-def many_parts(count: int = 5000) -> bytes:
-    """A flat multipart/mixed with count small text parts."""
-    boundary = "==many-parts=="
+def many_parts(count: int = 5000, *, linked: bool = False) -> bytes:
+    """A flat multipart/mixed with count small text parts; linked: each holds its own link."""
+    name = "linked parts" if linked else "many parts"
+    boundary = f"=={name.replace(' ', '-')}=="
     out = [
-        f"{_HEADERS}Subject: many parts\r\nMessage-ID: {_message_id('many-parts')}\r\n"
+        f"{_HEADERS}Subject: {name}\r\nMessage-ID: {_message_id(name.replace(' ', '-'))}\r\n"
         f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'
     ]
     for index in range(count):
-        out.append(
-            f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\npart {index}\r\n"
-        )
+        text = f"part {index}: {part_link(index)}" if linked else f"part {index}"
+        out.append(f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n")
     out.append(f"--{boundary}--\r\n")
     return "".join(out).encode("ascii")
+
+
+def part_link(index: int) -> str:
+    """The WeTransfer link in part index of many_parts(linked=True)."""
+    return f"https://we.tl/t-part{index}"
 
 
 def nesting_bomb(levels: int = 1000) -> bytes:
@@ -190,6 +196,67 @@ def huge_headers(size: int = 2 * MEGABYTE) -> bytes:
     raw = (
         f"{_HEADERS}Subject: huge headers\r\nMessage-ID: {_message_id('huge-headers')}\r\n"
         f"{filler}Content-Type: text/plain\r\n\r\nsmall body\r\n"
+    )
+    return raw.encode("ascii")
+
+
+def forwarded(link: str = WETRANSFER_URL) -> bytes:
+    """A note (text and HTML), then the forwarded message as a message/rfc822 part with the link."""
+    inner_html = f'<p>You received files.</p><p><a href="{link}">Get your files</a></p>'
+    inner = (
+        "From: WeTransfer <noreply@wetransfer.com>\r\nTo: alice@example.com\r\n"
+        "Subject: You received files\r\nMessage-ID: <inner-1@wetransfer.example>\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="inner"\r\n\r\n'
+        "--inner\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        f"You received files.\r\nGet them here: {link}\r\n"
+        f"--inner\r\n{_part_headers('text/html')}{_b64(inner_html)}--inner--\r\n"
+    )
+    raw = (
+        f"{_HEADERS}Subject: Fwd: You received files\r\nMessage-ID: {_message_id('forwarded')}\r\n"
+        'Content-Type: multipart/mixed; boundary="outer"\r\n\r\n'
+        '--outer\r\nContent-Type: multipart/alternative; boundary="note"\r\n\r\n'
+        "--note\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "Bob, see the files below.\r\n"
+        "--note\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        "<p>Bob, see the files below.</p>\r\n--note--\r\n"
+        "--outer\r\nContent-Type: message/rfc822\r\n"
+        'Content-Disposition: attachment; filename="You received files.eml"\r\n\r\n'
+        f"{inner}--outer--\r\n"
+    )
+    return raw.encode("ascii")
+
+
+def apple_mail(link: str = SWISSTRANSFER_URL, *, html: bool = False) -> bytes:
+    """Text, an inline image, then more text that holds the link (as Apple Mail sends them).
+
+    html: the two text fragments are text/html inside multipart/related, the link an <a>.
+    """
+    boundary = "Apple-Mail=_4C1F0A2B"
+    image = base64.encodebytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4).decode("ascii")
+    if html:
+        ctype, first, second = (
+            "text/html",
+            "<html><body><div>Hi Bob, the photo:</div>",
+            f'<div>and the files: <a href="{link}">SwissTransfer</a></div></body></html>',
+        )
+    else:
+        ctype, first, second = "text/plain", "Hi Bob, the photo:", f"and the files: {link}"
+    parts = [
+        f"Content-Transfer-Encoding: 7bit\r\nContent-Type: {ctype};\r\n\tcharset=us-ascii\r\n"
+        f"\r\n{first}\r\n",
+        "Content-Transfer-Encoding: base64\r\nContent-Disposition: inline;\r\n"
+        '\tfilename="photo.png"\r\nContent-Type: image/png;\r\n\tname="photo.png"\r\n'
+        f"Content-Id: <photo@apple.example>\r\n\r\n{image}",
+        f"Content-Transfer-Encoding: 7bit\r\nContent-Type: {ctype};\r\n\tcharset=us-ascii\r\n"
+        f"\r\n{second}\r\n",
+    ]
+    container = "multipart/related" if html else "multipart/mixed"
+    body = "".join(f"--{boundary}\r\n{part}" for part in parts)
+    raw = (
+        f"{_HEADERS}Subject: photo and files\r\nMessage-ID: {_message_id('apple-mail')}\r\n"
+        f'Content-Type: {container};\r\n\tboundary="{boundary}"\r\n\r\n'
+        f"{body}--{boundary}--\r\n"
     )
     return raw.encode("ascii")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -10,11 +11,15 @@ from agent.config import Duration, LinkSettings, ParseSettings
 from agent.pipeline.links import (
     DeliveryLink,
     LinkRegistry,
+    host_refusal,
     is_ip_literal,
+    normalize_host,
     parse_allowed_origins,
 )
 from agent.pipeline.parse import parse_email
 from tests.pipeline import hostile
+from tests.support.host_strategies import EDGE_ADDRESSES
+from tests.support.hosts import HostCase, host_cases, reference_public
 
 REGISTRY = LinkRegistry(LinkSettings())
 
@@ -314,18 +319,11 @@ def test_uppercase_scheme_in_text_is_found() -> None:
 
 
 def test_ordinary_mail_yields_its_dropbox_and_wetransfer_links() -> None:
-    parsed = parse_email(hostile.ordinary(), ParseSettings())
-    links = REGISTRY.find_links([parsed.text], parsed.html_links, max_links=50, max_url_length=2048)
-    assert links == [
+    parsed = parse_email(hostile.ordinary(), ParseSettings(), links=REGISTRY)
+    assert parsed.links == [
         DeliveryLink("dropbox", hostile.DROPBOX_URL),
         DeliveryLink("wetransfer", hostile.WETRANSFER_URL),
     ]
-
-
-def test_many_links_mail_finds_the_one_delivery_link() -> None:
-    parsed = parse_email(hostile.many_links(10000), ParseSettings())
-    links = REGISTRY.find_links([parsed.text], parsed.html_links, max_links=50, max_url_length=2048)
-    assert links == [DeliveryLink("dropbox", hostile.DROPBOX_URL)]
 
 
 def test_classify_never_raises_on_random_url_like_strings() -> None:
@@ -337,3 +335,48 @@ def test_classify_never_raises_on_random_url_like_strings() -> None:
         url = prefix + "".join(rng.choice(alphabet) for _ in range(rng.randrange(30)))
         link = registry.classify(url)
         assert link is None or link.provider == "generic"
+
+
+@pytest.mark.parametrize("case", host_cases(), ids=lambda case: case.url)
+def test_host_rule_gives_the_shared_verdict(case: HostCase) -> None:
+    host = urlsplit(case.url).hostname or ""
+    assert (host_refusal(host) is None) is case.public, host_refusal(host)
+
+
+def test_host_rule_gives_the_reference_verdict_at_every_special_range_edge() -> None:
+    wrong = [
+        address
+        for address in EDGE_ADDRESSES
+        if (host_refusal(str(address)) is None) is not reference_public(address)
+    ]
+    assert wrong == []
+
+
+@pytest.mark.parametrize(
+    ("host", "normal"),
+    [
+        ("LocalHost.", "localhost"),
+        ("local%68ost", "localhost"),
+        ("\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54", "localhost"),
+        ("files\u3002example\u3002com\u3002", "files.example.com"),
+        ("B\u00fccher.DE", "xn--bcher-kva.de"),
+        ("0:0::1", "::1"),
+    ],
+)
+def test_host_is_normalised_before_any_check(host: str, normal: str) -> None:
+    assert normalize_host(host) == normal
+
+
+@pytest.mark.parametrize("host", ["x.local..", ".x.com", "a..b", "local%ff", "fe80::1%25eth0", ""])
+def test_unusable_host_is_none(host: str) -> None:
+    assert normalize_host(host) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://localhost.:8443/file.zip", "https://files.internal./a.zip", "https://[::1]:8443/x"],
+)
+def test_reserved_host_is_a_delivery_link_only_when_its_origin_is_listed(url: str) -> None:
+    origin = urlsplit(url)
+    listed = LinkRegistry(LinkSettings(allowed_hosts=[origin.netloc.replace(".:", ":")]))
+    assert (REGISTRY.classify(url), listed.classify(url)) == (None, DeliveryLink("generic", url))

@@ -308,6 +308,25 @@ async def test_only_with_links_sends_webhooks_for_mail_with_links_and_passes_the
     assert sorted(r.json["message_id"] for r in receiver.requests) == ["<l1@e2e>", "<l2@e2e>"]
 
 
+async def test_links_in_later_and_forwarded_parts_reach_the_app_in_delivery_links(
+    dovecot: Dovecot, receiver: Receiver, sidecar_process: Start
+) -> None:
+    expected = {
+        "<forwarded@hostile.example>": [("wetransfer", hostile.WETRANSFER_URL)],
+        "<apple-mail@hostile.example>": [("swisstransfer", hostile.SWISSTRANSFER_URL)],
+        "<linked-parts@hostile.example>": [("wetransfer", hostile.part_link(i)) for i in range(50)],
+    }
+    mails = [hostile.forwarded(), hostile.apple_mail(), hostile.many_parts(20_000, linked=True)]
+    dovecot.append_many("alice", mails)
+    await _start(sidecar_process, _env(dovecot, receiver))
+    await receiver.wait_for(3, timeout=60)
+    links = {
+        r.json["message_id"]: [(d["provider"], d["url"]) for d in r.json["delivery_links"]]
+        for r in receiver.requests
+    }
+    assert links == expected
+
+
 class _PeakRss:
     """Samples a process's RSS every 10 ms in a thread; peak is the highest value seen."""
 

@@ -7,16 +7,19 @@ import tracemalloc
 
 import pytest
 
-from agent.config import ParseSettings
+from agent.config import LinkSettings, ParseSettings
+from agent.pipeline import links as links_module
+from agent.pipeline.links import DeliveryLink, LinkRegistry
 from agent.pipeline.parse import ParsedEmail, html_to_text, parse_email
 from tests.pipeline import hostile
 
 LIMITS = ParseSettings()
+REGISTRY = LinkRegistry(LinkSettings())
 
 
 @pytest.fixture(scope="module")
 def ordinary() -> ParsedEmail:
-    return parse_email(hostile.ordinary(), LIMITS)
+    return parse_email(hostile.ordinary(), LIMITS, links=REGISTRY)
 
 
 def test_message_id_is_read(ordinary: ParsedEmail) -> None:
@@ -50,8 +53,83 @@ def test_html_text_drops_script_style_and_head(ordinary: ParsedEmail) -> None:
     assert "color" not in ordinary.html_text
 
 
-def test_html_links_are_the_anchor_hrefs(ordinary: ParsedEmail) -> None:
-    assert ordinary.html_links == [hostile.DROPBOX_URL, hostile.WETRANSFER_URL]
+def test_links_are_the_delivery_links_in_document_order(ordinary: ParsedEmail) -> None:
+    assert ordinary.links == [
+        DeliveryLink("dropbox", hostile.DROPBOX_URL),
+        DeliveryLink("wetransfer", hostile.WETRANSFER_URL),
+    ]
+
+
+def test_without_a_registry_no_links_are_collected() -> None:
+    assert parse_email(hostile.ordinary(), LIMITS).links == []
+
+
+def test_forwarded_message_link_is_found_in_its_rfc822_part() -> None:
+    parsed = parse_email(hostile.forwarded(), LIMITS, links=REGISTRY)
+    assert parsed.links == [DeliveryLink("wetransfer", hostile.WETRANSFER_URL)]
+
+
+def test_forwarded_message_excerpt_is_the_note_before_it() -> None:
+    parsed = parse_email(hostile.forwarded(), LIMITS, links=REGISTRY)
+    assert parsed.excerpt(100) == "Bob, see the files below."
+
+
+@pytest.mark.parametrize("html", [False, True], ids=["plain", "html"])
+def test_link_in_the_text_after_an_inline_image_is_found(html: bool) -> None:
+    parsed = parse_email(hostile.apple_mail(html=html), LIMITS, links=REGISTRY)
+    assert parsed.links == [DeliveryLink("swisstransfer", hostile.SWISSTRANSFER_URL)]
+
+
+def test_apple_mail_excerpt_is_the_first_text_fragment() -> None:
+    parsed = parse_email(hostile.apple_mail(), LIMITS, links=REGISTRY)
+    assert parsed.excerpt(100) == "Hi Bob, the photo:"
+
+
+def test_text_attachment_is_searched_for_links_but_is_not_the_body() -> None:
+    raw = (
+        b"Subject: a\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+        b"Content-Type: text/plain\r\n\r\nthe body\r\n--b\r\n"
+        b"Content-Type: text/plain\r\nContent-Disposition: attachment; filename=links.txt\r\n\r\n"
+        b"https://we.tl/t-attached\r\n--b--\r\n"
+    )
+    parsed = parse_email(raw, LIMITS, links=REGISTRY)
+    assert (parsed.text, parsed.links) == (
+        "the body",
+        [DeliveryLink("wetransfer", "https://we.tl/t-attached")],
+    )
+
+
+def test_twenty_thousand_linked_parts_give_max_links_from_the_first_parts() -> None:
+    parsed = parse_email(hostile.many_parts(20_000, linked=True), LIMITS, links=REGISTRY)
+    assert [link.url for link in parsed.links] == [
+        hostile.part_link(index) for index in range(LIMITS.max_links)
+    ]
+
+
+def test_links_beyond_max_mime_parts_are_not_searched() -> None:
+    limits = dataclasses.replace(LIMITS, max_links=1000)
+    parsed = parse_email(hostile.many_parts(20_000, linked=True), limits, links=REGISTRY)
+    # The container is one of the max_mime_parts parts walked.
+    walked = LIMITS.max_mime_parts - 1
+    assert [link.url for link in parsed.links] == [hostile.part_link(i) for i in range(walked)]
+    assert (parsed.parts_seen, parsed.limits_hit) == (LIMITS.max_mime_parts, ["mime_parts"])
+
+
+def test_parse_memory_does_not_grow_with_parts_beyond_the_bound() -> None:
+    small = _peak_bytes(hostile.many_parts(1_000, linked=True))
+    large = _peak_bytes(hostile.many_parts(20_000, linked=True))
+    assert large < small * 1.25
+
+
+def test_later_html_part_over_max_html_bytes_is_flagged_truncated() -> None:
+    limits = dataclasses.replace(LIMITS, max_html_bytes=1000)
+    raw = (
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+        b"Content-Type: text/html\r\n\r\n<p>small</p>\r\n--b\r\n"
+        b"Content-Type: text/html\r\n\r\n<p>" + b"a" * 2000 + b"</p>\r\n--b--\r\n"
+    )
+    parsed = parse_email(raw, limits, links=REGISTRY)
+    assert (parsed.html_text, parsed.html_truncated, parsed.html_bytes) == ("small", True, 2007)
 
 
 def test_html_size_is_recorded_without_truncation(ordinary: ParsedEmail) -> None:
@@ -128,8 +206,8 @@ def test_html_bomb_is_truncated_and_flagged() -> None:
 
 
 def test_html_bomb_keeps_the_link_at_its_start() -> None:
-    parsed = parse_email(hostile.html_bomb(), LIMITS)
-    assert parsed.html_links == [hostile.DROPBOX_URL]
+    parsed = parse_email(hostile.html_bomb(), LIMITS, links=REGISTRY)
+    assert parsed.links == [DeliveryLink("dropbox", hostile.DROPBOX_URL)]
 
 
 def test_html_just_over_the_cap_is_flagged_truncated() -> None:
@@ -140,10 +218,10 @@ def test_html_just_over_the_cap_is_flagged_truncated() -> None:
 
 
 def _peak_bytes(raw: bytes) -> int:
-    parse_email(raw, LIMITS)  # warm caches so only the parse itself is measured
+    parse_email(raw, LIMITS, links=REGISTRY)  # warm caches so only the parse itself is measured
     tracemalloc.start()
     try:
-        parse_email(raw, LIMITS)
+        parse_email(raw, LIMITS, links=REGISTRY)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -198,15 +276,46 @@ def test_partial_fetch_is_flagged_as_message_bytes() -> None:
     assert parsed.limits_hit == ["message_bytes"]
 
 
-def test_html_links_are_capped_at_four_times_max_links() -> None:
-    parsed = parse_email(hostile.many_links(10000), LIMITS)
-    assert len(parsed.html_links) == LIMITS.max_links * 4
+def test_many_links_mail_finds_the_one_delivery_link_among_ten_thousand() -> None:
+    parsed = parse_email(hostile.many_links(10000), LIMITS, links=REGISTRY)
+    assert (parsed.links, parsed.limits_hit) == ([DeliveryLink("dropbox", hostile.DROPBOX_URL)], [])
 
 
-def test_html_links_longer_than_max_url_length_are_dropped() -> None:
-    long_url = "https://example.com/" + "a" * LIMITS.max_url_length
+def _after_other_urls(count: int) -> bytes:
+    """A text part with count distinct non-delivery URLs, then a WeTransfer link."""
+    urls = [f"https://example.com/{index}" for index in range(count)]
+    return hostile.make_message(text="\r\n".join([*urls, hostile.WETRANSFER_URL]))
+
+
+def test_a_link_after_max_candidates_other_urls_is_not_examined_and_flagged() -> None:
+    parsed = parse_email(_after_other_urls(links_module.MAX_CANDIDATES), LIMITS, links=REGISTRY)
+    assert (parsed.links, parsed.limits_hit) == ([], ["urls"])
+
+
+def test_a_link_that_is_the_last_of_max_candidates_urls_is_found() -> None:
+    raw = _after_other_urls(links_module.MAX_CANDIDATES - 1)
+    parsed = parse_email(raw, LIMITS, links=REGISTRY)
+    assert (parsed.links, parsed.limits_hit) == (
+        [DeliveryLink("wetransfer", hostile.WETRANSFER_URL)],
+        [],
+    )
+
+
+def test_an_href_after_many_repeats_of_one_other_url_is_found() -> None:
+    repeats = '<a href="https://example.com/same">x</a>' * (links_module.MAX_CANDIDATES + 5)
+    raw = hostile.make_message(text=None, html=f"<p>{repeats}</p>", links=[hostile.WETRANSFER_URL])
+    parsed = parse_email(raw, LIMITS, links=REGISTRY)
+    assert (parsed.links, parsed.limits_hit) == (
+        [DeliveryLink("wetransfer", hostile.WETRANSFER_URL)],
+        [],
+    )
+
+
+def test_href_longer_than_max_url_length_is_skipped() -> None:
+    long_url = "https://we.tl/t-" + "a" * LIMITS.max_url_length
     raw = hostile.make_message(text=None, html="<p>x</p>", links=[long_url, hostile.WETRANSFER_URL])
-    assert parse_email(raw, LIMITS).html_links == [hostile.WETRANSFER_URL]
+    parsed = parse_email(raw, LIMITS, links=REGISTRY)
+    assert parsed.links == [DeliveryLink("wetransfer", hostile.WETRANSFER_URL)]
 
 
 def test_invalid_utf8_headers_decode_with_replacement() -> None:
@@ -248,17 +357,19 @@ def test_missing_close_boundary_keeps_the_last_part() -> None:
         "lying_charset",
         "rfc2047_subject",
         "huge_headers",
+        "forwarded",
+        "apple_mail",
     ],
 )
 def test_hostile_mail_never_raises(name: str) -> None:
     raw = getattr(hostile, name)()
-    assert isinstance(parse_email(raw, LIMITS), ParsedEmail)
+    assert isinstance(parse_email(raw, LIMITS, links=REGISTRY), ParsedEmail)
 
 
 def test_random_bytes_never_raise() -> None:
     small = dataclasses.replace(LIMITS, max_mime_parts=50, max_depth=10)
     for raw in hostile.random_bytes(seed=20250304, count=300):
-        parsed = parse_email(raw, small)
+        parsed = parse_email(raw, small, links=REGISTRY)
         assert parsed.parts_seen <= small.max_mime_parts
 
 

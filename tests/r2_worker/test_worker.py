@@ -257,7 +257,13 @@ def test_loopback_port_not_listed_is_refused(r2_worker: R2Worker) -> None:
 
 @pytest.mark.parametrize(
     "target",
-    ["http://169.254.169.254/latest/meta-data/", "https://10.0.0.1/x"],
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "https://10.0.0.1/x",
+        "https://metadata.google.internal./computeMetadata/v1/",
+        "https://localhost./x",
+        "https://[2002:7f00:1::]/x",
+    ],
 )
 def test_redirect_from_allowed_origin_to_private_address_is_refused(
     r2_worker: R2Worker, file_server: FileServer, target: str

@@ -53,7 +53,7 @@ def test_a_manifest_pointing_at_a_non_public_address_is_refused_before_any_downl
     )
 
     error = assert_failure(response, 403, "refused", retryable=False)
-    assert f"address {address} is not public" in error
+    assert f"host {address} is not public" in error
     assert provider_stand_ins.calls("GET", f"/api/download/{link}/") == []
     assert stored_under(provider_worker, f"st-{link}") == []
 

@@ -97,7 +97,7 @@ def test_a_direct_link_to_a_non_public_address_is_refused(
     )
 
     error = assert_failure(response, 403, "refused", retryable=False)
-    assert f"address {address} is not public" in error
+    assert f"host {address} is not public" in error
     assert stored_under(provider_worker, f"wt-{transfer}") == []
 
 
