@@ -169,11 +169,15 @@ class AlertEngine:
             (fp, a) for fp, a in self._active.items() if a.rule == rule.alert and fp not in seen
         ]
         if rule.no_data == "alerting":
+            silent = fingerprint(self._labels(rule, ()))
             if not seen and not any(a.state != "resolved" for _, a in mine):
                 labels = self._labels(rule, ())
-                changed |= self._hold(rule, fingerprint(labels), labels, None, now)
+                changed |= self._hold(rule, silent, labels, None, now)
             for fp, alert in mine:
-                if alert.state != "resolved":
+                if seen and fp == silent:
+                    # Series report again: the alert that stood for "no series at all" ends.
+                    changed |= self._release(fp, alert, rule, now)
+                elif alert.state != "resolved":
                     changed |= self._hold(rule, fp, alert.labels, alert.value, now)
         elif rule.no_data == "ok":
             for fp, alert in mine:

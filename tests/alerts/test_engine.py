@@ -241,6 +241,17 @@ async def test_no_data_alerting_fires_without_any_series(receiver, telemetry, st
     assert result[0].annotations["summary"] == "Memory at no data"
 
 
+async def test_no_data_alert_resolves_once_series_report_again(receiver, telemetry, store) -> None:
+    clock = FakeClock()
+    rule = MEMORY | {"metric": "probe.up", "match": {"probe": "redis"}, "op": "<", "threshold": 1}
+    alerts = engine(config([rule | {"no_data": "alerting"}]), telemetry, store, clock)
+    silent = await step(alerts, telemetry, clock, 0)
+    telemetry.set_gauge("probe.up", 1, probe="redis")
+    result = await step(alerts, telemetry, clock, 15)
+    assert [(a.state, a.labels.get("probe")) for a in silent] == [("firing", None)]
+    assert [(a.state, a.labels.get("probe")) for a in result] == [("resolved", None)]
+
+
 async def test_a_stale_series_is_no_data(receiver, telemetry, store) -> None:
     clock = FakeClock()
     alerts = engine(config([MEMORY | {"no_data": "ok"}]), telemetry, store, clock)
