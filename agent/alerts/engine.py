@@ -23,6 +23,7 @@ from agent.alerts.notifiers import (
 from agent.alerts.payload import AlertInstance, strip_userinfo
 from agent.alerts.rules import AlertConfig, AlertRule, render, sanitize_label
 from agent.alerts.samples import SeriesKey, SeriesStore, to_samples
+from agent.alerts.scope import fleet_wide
 from agent.store.base import Store, StoreError
 from agent.telemetry.catalogue import Instruments
 
@@ -74,6 +75,7 @@ class AlertEngine:
         clock: Callable[[], float] = time.time,
         external_url: str = "",
         restore_tolerance: float = RESTORE_TOLERANCE,
+        instance_labels: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self._store = store
@@ -85,6 +87,11 @@ class AlertEngine:
         self._external_url = strip_userinfo(external_url).rstrip("/")
         self._tolerance = restore_tolerance
         self._rules = {rule.alert: rule for rule in config.rules}
+        # When Prometheus evaluates the same rules too, per-replica alerts carry the replica's
+        # job and instance as Prometheus' do, so Alertmanager sees one alert, not two.
+        self._instance_labels = {
+            rule.alert: dict(instance_labels or {}) for rule in config.rules if not fleet_wide(rule)
+        }
         self._series = SeriesStore(config.windows(), staleness=config.staleness)
         self._active: dict[str, AlertInstance] = {}
         self._lock = asyncio.Lock()
@@ -145,7 +152,8 @@ class AlertEngine:
         return {} if value is None else {(): value}
 
     def _labels(self, rule: AlertRule, key: SeriesKey) -> dict[str, str]:
-        labels = {sanitize_label(name): value for name, value in key}
+        labels = dict(self._instance_labels.get(rule.alert, {}))
+        labels.update((sanitize_label(name), value) for name, value in key)
         labels.update(rule.labels)
         labels["alertname"] = rule.alert
         return labels

@@ -29,7 +29,7 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {
 HISTOGRAM_SERIES: tuple[str, ...] = (".count", ".sum")
 
 _LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TEMPLATE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+TEMPLATE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _TOP_KEYS = frozenset(
     {"evaluation_interval", "repeat_interval", "send_resolved", "use_defaults", "rules"}
 )
@@ -133,7 +133,7 @@ def render(template: str, value: float | None, labels: Mapping[str, str]) -> str
             return labels.get(key, labels.get(sanitize_label(key), ""))
         return match.group(0)
 
-    return _TEMPLATE.sub(substitute, template)
+    return TEMPLATE.sub(substitute, template)
 
 
 def format_value(value: float | None) -> str:
@@ -348,7 +348,7 @@ def _series(value: object, key: str, source: str) -> SeriesRef:
 
 
 def _check_template(text: str, key: str, source: str) -> None:
-    for match in _TEMPLATE.finditer(text):
+    for match in TEMPLATE.finditer(text):
         name = match.group(1)
         if name != "value" and not (name.startswith("labels.") and len(name) > len("labels.")):
             raise ConfigError(
