@@ -14,9 +14,11 @@ from agent.telemetry.catalogue import SPECS
 
 Function = Literal["value", "increase", "rate", "ratio", "age"]
 NoData = Literal["keep_last", "ok", "alerting"]
+Evaluator = Literal["sidecar", "prometheus", "both"]
 
 FUNCTIONS: tuple[str, ...] = ("value", "increase", "rate", "ratio", "age")
 NO_DATA: tuple[str, ...] = ("keep_last", "ok", "alerting")
+EVALUATORS: tuple[str, ...] = ("sidecar", "prometheus", "both")
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
@@ -31,7 +33,15 @@ HISTOGRAM_SERIES: tuple[str, ...] = (".count", ".sum")
 _LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TEMPLATE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _TOP_KEYS = frozenset(
-    {"evaluation_interval", "repeat_interval", "send_resolved", "use_defaults", "rules"}
+    {
+        "evaluation_interval",
+        "repeat_interval",
+        "send_resolved",
+        "use_defaults",
+        "rules",
+        "evaluator",
+        "evaluator_url",
+    }
 )
 _RULE_KEYS = frozenset(
     {
@@ -106,6 +116,10 @@ class AlertConfig:
     repeat_interval: float = 4 * 3600.0
     send_resolved: bool = True
     rules: tuple[AlertRule, ...] = ()
+    # Who evaluates: the sidecar, Prometheus (the sidecar only exports metrics), or both; and
+    # where operators find the alerts when Prometheus evaluates them.
+    evaluator: Evaluator = "sidecar"
+    evaluator_url: str = ""
 
     @property
     def staleness(self) -> float:
@@ -269,13 +283,37 @@ def load_alert_config(
         seen.add(rule.alert)
         user.append(rule)
     defaults = [r for r in DEFAULT_RULES if r.alert not in seen] if use_defaults else []
+    evaluator, evaluator_url = _evaluator(raw, source)
     return AlertConfig(
         evaluation_interval=float(interval),
         export_interval=float(default_interval),
         repeat_interval=float(repeat),
         send_resolved=send_resolved,
         rules=tuple(defaults + user),
+        evaluator=evaluator,
+        evaluator_url=evaluator_url,
     )
+
+
+def _evaluator(raw: Mapping[str, Any], source: str) -> tuple[Evaluator, str]:
+    evaluator = raw.get("evaluator", "sidecar")
+    if evaluator not in EVALUATORS:
+        raise ConfigError(
+            f"{source}: alerts.evaluator: expected one of {', '.join(EVALUATORS)}, "
+            f"got {evaluator!r}"
+        )
+    url = raw.get("evaluator_url", "")
+    if not isinstance(url, str) or (url and not re.match(r"^https?://[^/\s]+", url)):
+        raise ConfigError(
+            f"{source}: alerts.evaluator_url: expected an http(s) URL such as "
+            "http://prometheus:9090"
+        )
+    if evaluator == "prometheus" and not url:
+        raise ConfigError(
+            f"{source}: alerts.evaluator_url: required when alerts.evaluator is 'prometheus' "
+            "(where operators find the alerts, e.g. http://prometheus:9090)"
+        )
+    return evaluator, url
 
 
 def _known_keys(table: Mapping[str, Any], allowed: frozenset[str], key: str, source: str) -> None:
