@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from agent.alerts.notifiers import AlertmanagerNotifier, WebhookNotifier
 from agent.retry import Backoff
-from agent.store.local import LocalStore
 from tests.alerts import (
     T0,
     FakeClock,
@@ -31,15 +28,6 @@ MEMORY = {
     "labels": {"severity": "warning"},
     "annotations": {"summary": "Memory at {{ value }}"},
 }
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[LocalStore]:
-    """The real embedded SQLite store."""
-    local = LocalStore(tmp_path / "state.db")
-    await local.start()
-    yield local
-    await local.close()
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,8 @@ from agent.alerts.scope import FLEET, RATIO_GAUGES, fleet_wide
 from agent.pipeline.delivery_stats import OUTCOMES
 from agent.store.base import DeliveryWindow
 from agent.telemetry.catalogue import SPECS
-from tests.support.components import ROOT, require_binary
+from tests.alerts import run_export, run_promtool
+from tests.support.components import require_binary
 
 EVERY_SHAPE: list[dict[str, Any]] = [
     {"alert": "ValueInstance", "metric": "probe.up", "match": {"probe": 'say "hi" \\ there'},
@@ -49,14 +48,6 @@ def _config(rules: list[dict[str, Any]], **top: Any) -> AlertConfig:
     return load_alert_config(raw, source="export.toml", default_interval=15.0)
 
 
-def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", "alerts", "export", *args],
-        capture_output=True, text=True, timeout=60, check=False, cwd=cwd,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def promtool() -> str:
     return require_binary("promtool", "apt-get install prometheus (scripts/install-system.sh)")
@@ -65,10 +56,7 @@ def promtool() -> str:
 def test_every_rule_shape_exports_to_rules_promtool_accepts(promtool: str, tmp_path: Path) -> None:
     path = tmp_path / "rules.yml"
     path.write_text(export(_config(EVERY_SHAPE), job="mail/signal-sidecar"))
-    result = subprocess.run(
-        [promtool, "check", "rules", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = run_promtool(promtool, "check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(EVERY_SHAPE)} rules found" in result.stdout
 
@@ -121,7 +109,7 @@ def test_cli_exports_the_user_rules_with_the_defaults(tmp_path: Path) -> None:
     config = tmp_path / "sidecar.toml"
     config.write_text('[[alerts.rules]]\nalert = "Mine"\nmetric = "probe.up"\nthreshold = 2\n')
     out = tmp_path / "out.yml"
-    result = _run("--config", str(config), "--job", "edge", "-o", str(out))
+    result = run_export("--config", str(config), "--job", "edge", "-o", str(out))
     assert result.returncode == 0, result.stderr
     names = [r["alert"] for r in yaml.safe_load(out.read_text())["groups"][0]["rules"]]
     assert names == [r.alert for r in DEFAULT_RULES] + ["Mine"]
@@ -129,24 +117,21 @@ def test_cli_exports_the_user_rules_with_the_defaults(tmp_path: Path) -> None:
 
 
 def test_cli_job_defaults_to_the_service_name_and_namespace() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "alerts", "export"],
-        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "OTEL_SERVICE_NAME": "mailer",
-             "OTEL_RESOURCE_ATTRIBUTES": "service.namespace=prod"},
-    )  # fmt: skip
+    result = run_export(
+        env={"OTEL_SERVICE_NAME": "mailer", "OTEL_RESOURCE_ATTRIBUTES": "service.namespace=prod"}
+    )
     assert result.returncode == 0, result.stderr
     assert 'job="prod/mailer"' in result.stdout
 
 
 def test_cli_operator_format_carries_the_given_labels() -> None:
-    result = _run("--format", "prometheus-operator", "--label", "release=kube-prometheus")
+    result = run_export("--format", "prometheus-operator", "--label", "release=kube-prometheus")
     resource = yaml.safe_load(result.stdout)
     assert resource["metadata"]["labels"]["release"] == "kube-prometheus"
 
 
 def test_cli_rejects_a_malformed_label_naming_the_option() -> None:
-    result = _run("--format", "prometheus-operator", "--label", "release")
+    result = run_export("--format", "prometheus-operator", "--label", "release")
     assert result.returncode == 2
     assert "--label: expected KEY=VALUE" in result.stderr
     assert "Traceback" not in result.stderr
@@ -155,7 +140,7 @@ def test_cli_rejects_a_malformed_label_naming_the_option() -> None:
 def test_cli_rejects_an_invalid_rule_naming_its_key(tmp_path: Path) -> None:
     config = tmp_path / "sidecar.toml"
     config.write_text('[[alerts.rules]]\nalert = "Mine"\nmetric = "no.such.metric"\n')
-    result = _run("--config", str(config))
+    result = run_export("--config", str(config))
     assert result.returncode == 2
     assert "alerts.rules[0].metric" in result.stderr
     assert "Traceback" not in result.stderr

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from tests.alerts import refused_mail_config, run_export, until
 from tests.alerts.exposition import samples
 from tests.fixtures.alertmanager import RECEIVER_PATH, Alertmanager
 from tests.fixtures.collector import TelemetryStack
@@ -30,7 +27,6 @@ from tests.fixtures.prometheus import Prometheus, StartPrometheus
 from tests.fixtures.receiver import Receiver
 from tests.fixtures.redis import RedisServer
 from tests.pipeline.hostile import make_message
-from tests.support.components import ROOT
 from tests.support.net import free_port
 from tests.support.sidecar import SidecarProcess
 
@@ -51,8 +47,6 @@ annotations = { summary = "RSS above zero" }
 
 
 def _config(dovecot: Dovecot, user: str, *, evaluator: str, evaluator_url: str) -> str:
-    box = dovecot.settings(user)
-    # One attempt per message and per webhook: a refused webhook is a failure at once.
     return f"""
 [health]
 interval = "0.5s"
@@ -62,31 +56,12 @@ timeout = "1s"
 export_interval = "1s"
 shutdown_timeout = "0.5s"
 
-[imap]
-max_attempts = 1
-timeout = "5s"
-
-[webhook]
-max_attempts = 1
-retry_budget = "1s"
-backoff_initial = "0.1s"
-backoff_max = "0.2s"
-timeout = "2s"
-
 [alerts]
 evaluation_interval = "1s"
 evaluator = "{evaluator}"
 evaluator_url = "{evaluator_url}"
 {ALIVE_RULE}
-[[mailboxes]]
-name = "{user}"
-host = "{box.host}"
-port = {box.port}
-username = "{box.username}"
-password = "{box.password}"
-tls = "none"
-poll_interval = "0.5s"
-"""
+{refused_mail_config(dovecot, user)}"""
 
 
 def _env(stack: TelemetryStack, service: str, **extra: str) -> dict[str, str]:
@@ -105,14 +80,31 @@ def _export(config: str, service: str, workdir: Path) -> Path:
     source = workdir / "export.toml"
     source.write_text(config)
     rules = workdir / "signal-sidecar.rules.yml"
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OTEL_SERVICE_NAME": service}
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "alerts", "export", "--config", str(source),
-         "-o", str(rules)],
-        capture_output=True, text=True, timeout=60, check=False, env=env, cwd=ROOT,
-    )  # fmt: skip
+    result = run_export(
+        "--config", str(source), "-o", str(rules), env={"OTEL_SERVICE_NAME": service}
+    )
     assert result.returncode == 0, result.stderr
     return rules
+
+
+async def _prometheus_with_rules_of(
+    config: str,
+    service: str,
+    port: int,
+    start: StartPrometheus,
+    stack: TelemetryStack,
+    alertmanager: Alertmanager,
+    workdir: Path,
+) -> Prometheus:
+    """Prometheus on `port`, scraping the test bed's collector, with the rules exported from
+    the sidecars' configuration, sending to the Alertmanager."""
+    return await asyncio.to_thread(
+        start,
+        exporter=f"127.0.0.1:{stack.prometheus_port}",
+        rules=_export(config, service, workdir),
+        alertmanager=alertmanager.url.removeprefix("http://"),
+        port=port,
+    )
 
 
 def _mails(tag: str, count: int) -> list[bytes]:
@@ -120,17 +112,6 @@ def _mails(tag: str, count: int) -> list[bytes]:
         make_message(subject=f"{tag} {n}", text="Hello.", message_id=f"<{tag}-{n}@mail.example>")
         for n in range(count)
     ]
-
-
-async def _until(check: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"{what} not seen in {timeout}s (last: {str(last)[:800]})")
 
 
 def _alerts_at(receiver: Receiver, path: str, name: str) -> list[dict[str, Any]]:
@@ -146,7 +127,7 @@ async def _first_alert(receiver: Receiver, path: str, name: str, timeout: float)
         alerts = _alerts_at(receiver, path, name)
         return alerts[0] if alerts else None
 
-    return await _until(seen, timeout, f"{name} at {path}")
+    return await until(seen, timeout, f"{name} at {path}")
 
 
 async def _query(prometheus: Prometheus, expr: str) -> list[dict[str, Any]]:
@@ -184,13 +165,8 @@ async def test_prometheus_sends_high_webhook_error_rate_as_the_sidecar_does(
     service = f"sidecar-{uuid.uuid4().hex[:8]}"
     port = free_port()
     config = _config(dovecot, "alice", evaluator="both", evaluator_url=f"http://127.0.0.1:{port}")
-    rules = _export(config, service, tmp_path)
-    prometheus = await asyncio.to_thread(
-        prometheus_server,
-        exporter=f"127.0.0.1:{telemetry_stack.prometheus_port}",
-        rules=rules,
-        alertmanager=alertmanager.url.removeprefix("http://"),
-        port=port,
+    prometheus = await _prometheus_with_rules_of(
+        config, service, port, prometheus_server, telemetry_stack, alertmanager, tmp_path
     )
     env = _env(
         telemetry_stack,
@@ -249,13 +225,8 @@ async def test_two_replicas_each_with_half_the_mail_fire_the_fleet_error_ratio_o
         user: _config(dovecot, user, evaluator="prometheus", evaluator_url=where)
         for user in ("alice", "bob")
     }
-    rules = _export(configs["alice"], service, tmp_path)
-    prometheus = await asyncio.to_thread(
-        prometheus_server,
-        exporter=f"127.0.0.1:{telemetry_stack.prometheus_port}",
-        rules=rules,
-        alertmanager=alertmanager.url.removeprefix("http://"),
-        port=port,
+    prometheus = await _prometheus_with_rules_of(
+        configs["alice"], service, port, prometheus_server, telemetry_stack, alertmanager, tmp_path
     )
     env = _env(
         telemetry_stack,
@@ -273,7 +244,7 @@ async def test_two_replicas_each_with_half_the_mail_fire_the_fleet_error_ratio_o
     async def firing() -> list[dict[str, Any]]:
         return await _query(prometheus, f'ALERTS{{alertname="{ERROR_RATE}", alertstate="firing"}}')
 
-    await _until(firing, 60, f"{ERROR_RATE} firing in Prometheus")
+    await until(firing, 60, f"{ERROR_RATE} firing in Prometheus")
     forwarded = await _first_alert(receiver, RECEIVER_PATH, ERROR_RATE, 30)
 
     # Both replicas did their half of the work and report it.

@@ -11,7 +11,7 @@ docs/alerting.md); the sidecar's side of it is asserted too, so the list cannot 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -419,14 +419,6 @@ def _difference(scenario: Scenario, alertname: str, step: int) -> Difference | N
         if names[0] == scenario.name and alertname in names[1] and step in difference.steps:
             return difference
     return None
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[LocalStore]:
-    local = LocalStore(tmp_path / "state.db")
-    await local.start()
-    yield local
-    await local.close()
 
 
 @pytest.fixture(scope="module")

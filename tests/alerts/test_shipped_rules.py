@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -13,6 +10,7 @@ import pytest
 import yaml
 
 from agent.alerts.rules import DEFAULT_RULES
+from tests.alerts import run_export, run_promtool
 from tests.support.components import ROOT, require_binary
 
 RULES = ROOT / "collector-config" / "prometheus-rules" / "signal-sidecar.rules.yml"
@@ -24,11 +22,7 @@ REGENERATE = "run `make alert-rules` and commit the result"
 
 def _export(*args: str) -> str:
     """`signal-sidecar alerts export` as `make alert-rules` runs it: no config, clean env."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "alerts", "export", *args],
-        capture_output=True, text=True, timeout=60, check=False, env=env, cwd=ROOT,
-    )  # fmt: skip
+    result = run_export(*args)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -47,10 +41,7 @@ def test_shipped_prometheus_rule_resource_is_the_export_of_the_defaults() -> Non
 
 
 def test_shipped_rule_file_passes_promtool_check_rules(promtool: str) -> None:
-    result = subprocess.run(
-        [promtool, "check", "rules", str(RULES)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = run_promtool(promtool, "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(DEFAULT_RULES)} rules found" in result.stdout
 
@@ -70,10 +61,7 @@ def test_prometheus_yml_loads_the_shipped_rules_and_keeps_the_senders_labels(
     assert matched == [RULES]
     collector = next(j for j in config["scrape_configs"] if j["job_name"] == "otel-collector")
     assert collector["honor_labels"] is True
-    result = subprocess.run(
-        [promtool, "check", "config", str(PROMETHEUS)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = run_promtool(promtool, "check", "config", str(PROMETHEUS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 1 rule files found" in result.stdout
 
