@@ -162,7 +162,9 @@ def translate(rule: AlertRule, *, job: str) -> Translation:
 def _notes(rule: AlertRule, fleet: bool) -> list[str]:
     notes = []
     if fleet:
-        notes.append("fleet-wide: replicas are added up first, one alert stands for all")
+        newest = rule.function in ("value", "age") and FLEET.get(rule.metric) == "max"
+        combined = "the largest (newest) report is taken" if newest else "replicas are summed"
+        notes.append(f"fleet-wide: {combined} before comparing, one alert stands for all")
     else:
         notes.append("per replica: each alert carries the replica's job and instance labels")
     if rule.metric in RATIO_GAUGES:

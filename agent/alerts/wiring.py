@@ -13,6 +13,7 @@ from agent.alerts.payload import strip_userinfo
 from agent.alerts.rules import AlertConfig, load_alert_config
 from agent.config import Settings
 from agent.telemetry.logs import get_logger
+from agent.telemetry.masking import Masker
 
 if TYPE_CHECKING:
     from agent.runtime import Sidecar
@@ -54,11 +55,12 @@ def notifiers_for(settings: Settings, *, evaluation_interval: float = 0.0) -> li
     return notifiers
 
 
-def evaluator_view(config: AlertConfig) -> dict[str, str]:
-    """Who evaluates the rules and where, as /health, /api/alerts and the dashboard show it."""
+def evaluator_view(config: AlertConfig, masker: Masker) -> dict[str, str]:
+    """Who evaluates the rules and where, as /health, /api/alerts and the dashboard show it
+    (the URL without credentials, token parameters masked)."""
     view: dict[str, str] = {"evaluator": config.evaluator}
     if config.evaluator_url:
-        view["evaluator_url"] = strip_userinfo(config.evaluator_url)
+        view["evaluator_url"] = masker.mask_url(strip_userinfo(config.evaluator_url))
     return view
 
 
@@ -71,10 +73,11 @@ async def start_alert_engine(sidecar: Sidecar) -> None:
     settings = sidecar.settings
     config = alert_config(settings, sidecar.telemetry.export_interval)
     telemetry = sidecar.telemetry
-    sidecar.health_sources.alerts_evaluator = evaluator_view(config)
+    where = evaluator_view(config, telemetry.masker)
+    sidecar.health_sources.alerts_evaluator = where
     if config.evaluator == "prometheus":
         sidecar.health_sources.alerts_firing = lambda: None
-        get_logger("alerts").info("alerts.evaluated_elsewhere", **evaluator_view(config))
+        get_logger("alerts").info("alerts.evaluated_elsewhere", **where)
         return
     instance = None
     if config.evaluator == "both":

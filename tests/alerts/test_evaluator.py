@@ -19,11 +19,12 @@ from tests.support.sidecar import SidecarProcess
 pytestmark = pytest.mark.timeout(90)
 
 PASSWORD = "s3cret-prom-pass"
-WHERE = "http://prometheus.example:9090/alerts"
+TOKEN = "t0ken-for-the-proxy"
+WHERE = "http://prometheus.example:9090/alerts?token=***"
 
 
 def _config(evaluator: str) -> str:
-    url = WHERE.replace("http://", f"http://admin:{PASSWORD}@")
+    url = WHERE.replace("http://", f"http://admin:{PASSWORD}@").replace("***", TOKEN)
     return f"""
 [telemetry]
 export_interval = "1s"
@@ -65,11 +66,12 @@ async def test_with_prometheus_evaluating_no_notification_leaves_and_health_says
     receiver: Receiver, sidecar_process: Callable[..., SidecarProcess]
 ) -> None:
     # The same rule in two sidecars started together: the one that evaluates proves it fires.
+    # Distinct names: the two start at once and must not share a config file.
     quiet, control = await asyncio.gather(
         asyncio.to_thread(sidecar_process, env=_env(receiver, "/quiet"),
-                          config=_config("prometheus")),
+                          config=_config("prometheus"), name="quiet"),
         asyncio.to_thread(sidecar_process, env=_env(receiver, "/control"),
-                          config=_config("sidecar")),
+                          config=_config("sidecar"), name="control"),
     )  # fmt: skip
     deadline = time.monotonic() + 30
     while not any(r.path == "/control" for r in receiver.requests):
@@ -86,4 +88,6 @@ async def test_with_prometheus_evaluating_no_notification_leaves_and_health_says
     assert listed == {"alerts": [], "evaluator": "prometheus", "evaluator_url": WHERE}
     assert (await asyncio.to_thread(_get, control, "/health"))["alerts"]["firing"] == 1
     for sidecar in (quiet, control):
-        assert PASSWORD not in sidecar.log_path.read_text()
+        log = sidecar.log_path.read_text()
+        assert PASSWORD not in log
+        assert TOKEN not in log
