@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from agent.alerts import promnames
 from agent.alerts.rules import AlertRule, SeriesRef, sanitize_label
 from agent.alerts.scope import FLEET, RATIO_GAUGES, fleet_wide
+from agent.config import ConfigError
 
 # How long Prometheus keeps using a series' last sample (its lookback delta), and how long the
 # collector keeps exposing a metric the sidecar stopped sending (collector.yaml's
@@ -17,7 +18,7 @@ from agent.alerts.scope import FLEET, RATIO_GAUGES, fleet_wide
 LOOKBACK = "5m"
 
 
-class ExportError(ValueError):
+class ExportError(ConfigError):
     """A rule that has no faithful PromQL form; the message names the rule and why."""
 
 

@@ -144,3 +144,15 @@ def test_cli_rejects_an_invalid_rule_naming_its_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "alerts.rules[0].metric" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_refuses_a_rule_prometheus_would_label_differently(tmp_path: Path) -> None:
+    config = tmp_path / "sidecar.toml"
+    config.write_text(
+        '[[alerts.rules]]\nalert = "Odd"\nmetric = "probe.up"\nthreshold = 1\n'
+        'match = { "1st" = "x" }\n'
+    )
+    result = run_export("--config", str(config))
+    assert result.returncode == 2
+    assert "Odd: attribute '1st' is 'key_1st' in Prometheus" in result.stderr
+    assert "Traceback" not in result.stderr
