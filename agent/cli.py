@@ -143,8 +143,12 @@ def _alerts_export(settings: Settings, args: argparse.Namespace) -> int:
         settings, output_format=args.format, job=args.job, labels=args.label, env=os.environ
     )
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as out:
-            out.write(text)
+        try:
+            with open(args.output, "w", encoding="utf-8") as out:
+                out.write(text)
+        except OSError as exc:
+            print(f"signal-sidecar: --output: cannot write {args.output}: {exc}", file=sys.stderr)
+            return 1
     else:
         sys.stdout.write(text)
     return 0

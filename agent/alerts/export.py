@@ -22,7 +22,6 @@ from agent.config import ConfigError, Settings
 from agent.telemetry.resource import build_resource
 
 Format = Literal["prometheus", "prometheus-operator"]
-FORMATS: tuple[str, ...] = ("prometheus", "prometheus-operator")
 GROUP = "signal-sidecar"
 DIFFERENCES = "differences_from_sidecar"
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")

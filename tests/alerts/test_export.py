@@ -156,3 +156,10 @@ def test_cli_refuses_a_rule_prometheus_would_label_differently(tmp_path: Path) -
     assert result.returncode == 2
     assert "Odd: attribute '1st' is 'key_1st' in Prometheus" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_reports_an_unwritable_output_without_a_traceback(tmp_path: Path) -> None:
+    result = run_export("-o", str(tmp_path / "missing" / "rules.yml"))
+    assert result.returncode == 1
+    assert "--output: cannot write" in result.stderr
+    assert "Traceback" not in result.stderr
