@@ -412,7 +412,7 @@ class AlertEngine:
                 except (KeyError, TypeError, ValueError, AttributeError):
                     self._log.warning("alerts.state_entry_skipped")
                     continue
-                if alert.rule not in self._rules:
+                if alert.rule not in self._rules or not self._owned(alert):
                     continue
                 if alert.state == "pending" and outage > self._tolerance:
                     continue
@@ -424,6 +424,13 @@ class AlertEngine:
                 restored += 1
             self._publish()
         return restored
+
+    def _owned(self, alert: AlertInstance) -> bool:
+        """Whether a saved alert is this process's own. A per-replica alert labelled with another
+        instance (this pod before a restart, or another replica on a shared store) is not: its
+        series will never report here again, and Prometheus judges that instance."""
+        mine = self._instance_labels.get(alert.rule, {})
+        return all(alert.labels.get(name) == value for name, value in mine.items())
 
     # Loop and views.
 

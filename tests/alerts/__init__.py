@@ -124,6 +124,7 @@ def engine(
     clock: FakeClock,
     notifiers: Sequence[Notifier] = (),
     logger: RecordingLogger | None = None,
+    instance_labels: Mapping[str, str] | None = None,
 ) -> AlertEngine:
     """An engine on real telemetry objects and a real store."""
     return AlertEngine(
@@ -135,6 +136,7 @@ def engine(
         logger=logger or RecordingLogger(),
         clock=clock,
         external_url="http://sidecar.example:8080",
+        instance_labels=instance_labels,
     )
 
 
