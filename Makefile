@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint docs deps system jaeger worker-deps r2-worker clean
+.PHONY: demo test bench lint docs alert-rules deps system jaeger worker-deps r2-worker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ bench: deps
 
 docs: $(STAMP)
 	$(PY) scripts/gen_docs.py
+
+# The shipped alert rules are `signal-sidecar alerts export` of the defaults, in a clean
+# environment; tests/alerts/test_shipped_rules.py fails when they drift.
+alert-rules: $(STAMP)
+	env -i PATH="$$PATH" $(VENV)/bin/signal-sidecar alerts export \
+		-o collector-config/prometheus-rules/signal-sidecar.rules.yml
+	env -i PATH="$$PATH" $(VENV)/bin/signal-sidecar alerts export --format prometheus-operator \
+		-o deploy/kubernetes/prometheusrule.yaml
 
 r2-worker: worker-deps
 	bash scripts/r2-worker.sh

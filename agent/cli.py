@@ -1,4 +1,4 @@
-"""The `signal-sidecar` command: run, check, config check, alerts test."""
+"""The `signal-sidecar` command: run, check, config check, alerts test, alerts export."""
 
 from __future__ import annotations
 
@@ -46,6 +46,24 @@ def _parser() -> argparse.ArgumentParser:
     alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)
     alerts_test = alerts_sub.add_parser("test", help="send one test notification to each notifier")
     alerts_test.add_argument("--config", help="TOML file (default: $SIDECAR_CONFIG)")
+    alerts_export = alerts_sub.add_parser(
+        "export", help="write the effective alert rules for Prometheus or the Prometheus Operator"
+    )
+    alerts_export.add_argument("--config", help="TOML file (default: $SIDECAR_CONFIG)")
+    alerts_export.add_argument(
+        "--format", choices=("prometheus", "prometheus-operator"), default="prometheus"
+    )
+    alerts_export.add_argument("--output", "-o", help="file to write (default: standard output)")
+    alerts_export.add_argument(
+        "--job", help="the sidecars' job label (default: from OTEL_SERVICE_NAME and the resource)"
+    )
+    alerts_export.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of the PrometheusRule (e.g. release=prometheus); repeatable",
+    )
     return parser
 
 
@@ -70,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _load(args.config)
         if args.command == "run":
             return _run(settings, host=args.host, port=args.port)
+        if args.command == "alerts" and args.alerts_command == "export":
+            return _alerts_export(settings, args)
         if args.command == "alerts":
             return _alerts_test(settings)
     except ConfigError as exc:
@@ -114,6 +134,24 @@ def _alerts_test(settings: Settings) -> int:
     from agent.alerts.wiring import send_test_notifications
 
     return asyncio.run(send_test_notifications(settings))
+
+
+def _alerts_export(settings: Settings, args: argparse.Namespace) -> int:
+    from agent.alerts.export import export_command
+
+    text = export_command(
+        settings, output_format=args.format, job=args.job, labels=args.label, env=os.environ
+    )
+    if args.output:
+        try:
+            with open(args.output, "w", encoding="utf-8") as out:
+                out.write(text)
+        except OSError as exc:
+            print(f"signal-sidecar: --output: cannot write {args.output}: {exc}", file=sys.stderr)
+            return 1
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _run(settings: Settings, *, host: str | None, port: int | None) -> int:

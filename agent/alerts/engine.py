@@ -23,6 +23,7 @@ from agent.alerts.notifiers import (
 from agent.alerts.payload import AlertInstance, strip_userinfo
 from agent.alerts.rules import AlertConfig, AlertRule, render, sanitize_label
 from agent.alerts.samples import SeriesKey, SeriesStore, to_samples
+from agent.alerts.scope import fleet_wide
 from agent.store.base import Store, StoreError
 from agent.telemetry.catalogue import Instruments
 
@@ -74,6 +75,7 @@ class AlertEngine:
         clock: Callable[[], float] = time.time,
         external_url: str = "",
         restore_tolerance: float = RESTORE_TOLERANCE,
+        instance_labels: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self._store = store
@@ -85,6 +87,11 @@ class AlertEngine:
         self._external_url = strip_userinfo(external_url).rstrip("/")
         self._tolerance = restore_tolerance
         self._rules = {rule.alert: rule for rule in config.rules}
+        # When Prometheus evaluates the same rules too, per-replica alerts carry the replica's
+        # job and instance as Prometheus' do, so Alertmanager sees one alert, not two.
+        self._instance_labels = {
+            rule.alert: dict(instance_labels or {}) for rule in config.rules if not fleet_wide(rule)
+        }
         self._series = SeriesStore(config.windows(), staleness=config.staleness)
         self._active: dict[str, AlertInstance] = {}
         self._lock = asyncio.Lock()
@@ -145,7 +152,8 @@ class AlertEngine:
         return {} if value is None else {(): value}
 
     def _labels(self, rule: AlertRule, key: SeriesKey) -> dict[str, str]:
-        labels = {sanitize_label(name): value for name, value in key}
+        labels = dict(self._instance_labels.get(rule.alert, {}))
+        labels.update((sanitize_label(name), value) for name, value in key)
         labels.update(rule.labels)
         labels["alertname"] = rule.alert
         return labels
@@ -169,11 +177,15 @@ class AlertEngine:
             (fp, a) for fp, a in self._active.items() if a.rule == rule.alert and fp not in seen
         ]
         if rule.no_data == "alerting":
+            silent = fingerprint(self._labels(rule, ()))
             if not seen and not any(a.state != "resolved" for _, a in mine):
                 labels = self._labels(rule, ())
-                changed |= self._hold(rule, fingerprint(labels), labels, None, now)
+                changed |= self._hold(rule, silent, labels, None, now)
             for fp, alert in mine:
-                if alert.state != "resolved":
+                if seen and fp == silent:
+                    # Series report again: the alert that stood for "no series at all" ends.
+                    changed |= self._release(fp, alert, rule, now)
+                elif alert.state != "resolved":
                     changed |= self._hold(rule, fp, alert.labels, alert.value, now)
         elif rule.no_data == "ok":
             for fp, alert in mine:
@@ -400,7 +412,7 @@ class AlertEngine:
                 except (KeyError, TypeError, ValueError, AttributeError):
                     self._log.warning("alerts.state_entry_skipped")
                     continue
-                if alert.rule not in self._rules:
+                if alert.rule not in self._rules or not self._owned(alert):
                     continue
                 if alert.state == "pending" and outage > self._tolerance:
                     continue
@@ -412,6 +424,13 @@ class AlertEngine:
                 restored += 1
             self._publish()
         return restored
+
+    def _owned(self, alert: AlertInstance) -> bool:
+        """Whether a saved alert is this process's own. A per-replica alert labelled with another
+        instance (this pod before a restart, or another replica on a shared store) is not: its
+        series will never report here again, and Prometheus judges that instance."""
+        mine = self._instance_labels.get(alert.rule, {})
+        return all(alert.labels.get(name) == value for name, value in mine.items())
 
     # Loop and views.
 

@@ -14,9 +14,11 @@ from agent.telemetry.catalogue import SPECS
 
 Function = Literal["value", "increase", "rate", "ratio", "age"]
 NoData = Literal["keep_last", "ok", "alerting"]
+Evaluator = Literal["sidecar", "prometheus", "both"]
 
 FUNCTIONS: tuple[str, ...] = ("value", "increase", "rate", "ratio", "age")
 NO_DATA: tuple[str, ...] = ("keep_last", "ok", "alerting")
+EVALUATORS: tuple[str, ...] = ("sidecar", "prometheus", "both")
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
@@ -29,9 +31,17 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {
 HISTOGRAM_SERIES: tuple[str, ...] = (".count", ".sum")
 
 _LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TEMPLATE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+TEMPLATE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _TOP_KEYS = frozenset(
-    {"evaluation_interval", "repeat_interval", "send_resolved", "use_defaults", "rules"}
+    {
+        "evaluation_interval",
+        "repeat_interval",
+        "send_resolved",
+        "use_defaults",
+        "rules",
+        "evaluator",
+        "evaluator_url",
+    }
 )
 _RULE_KEYS = frozenset(
     {
@@ -106,6 +116,10 @@ class AlertConfig:
     repeat_interval: float = 4 * 3600.0
     send_resolved: bool = True
     rules: tuple[AlertRule, ...] = ()
+    # Who evaluates: the sidecar, Prometheus (the sidecar only exports metrics), or both; and
+    # where operators find the alerts when Prometheus evaluates them.
+    evaluator: Evaluator = "sidecar"
+    evaluator_url: str = ""
 
     @property
     def staleness(self) -> float:
@@ -133,7 +147,7 @@ def render(template: str, value: float | None, labels: Mapping[str, str]) -> str
             return labels.get(key, labels.get(sanitize_label(key), ""))
         return match.group(0)
 
-    return _TEMPLATE.sub(substitute, template)
+    return TEMPLATE.sub(substitute, template)
 
 
 def format_value(value: float | None) -> str:
@@ -269,13 +283,37 @@ def load_alert_config(
         seen.add(rule.alert)
         user.append(rule)
     defaults = [r for r in DEFAULT_RULES if r.alert not in seen] if use_defaults else []
+    evaluator, evaluator_url = _evaluator(raw, source)
     return AlertConfig(
         evaluation_interval=float(interval),
         export_interval=float(default_interval),
         repeat_interval=float(repeat),
         send_resolved=send_resolved,
         rules=tuple(defaults + user),
+        evaluator=evaluator,
+        evaluator_url=evaluator_url,
     )
+
+
+def _evaluator(raw: Mapping[str, Any], source: str) -> tuple[Evaluator, str]:
+    evaluator = raw.get("evaluator", "sidecar")
+    if evaluator not in EVALUATORS:
+        raise ConfigError(
+            f"{source}: alerts.evaluator: expected one of {', '.join(EVALUATORS)}, "
+            f"got {evaluator!r}"
+        )
+    url = raw.get("evaluator_url", "")
+    if not isinstance(url, str) or (url and not re.match(r"^https?://[^/\s]+", url)):
+        raise ConfigError(
+            f"{source}: alerts.evaluator_url: expected an http(s) URL such as "
+            "http://prometheus:9090"
+        )
+    if evaluator == "prometheus" and not url:
+        raise ConfigError(
+            f"{source}: alerts.evaluator_url: required when alerts.evaluator is 'prometheus' "
+            "(where operators find the alerts, e.g. http://prometheus:9090)"
+        )
+    return evaluator, url
 
 
 def _known_keys(table: Mapping[str, Any], allowed: frozenset[str], key: str, source: str) -> None:
@@ -348,7 +386,7 @@ def _series(value: object, key: str, source: str) -> SeriesRef:
 
 
 def _check_template(text: str, key: str, source: str) -> None:
-    for match in _TEMPLATE.finditer(text):
+    for match in TEMPLATE.finditer(text):
         name = match.group(1)
         if name != "value" and not (name.startswith("labels.") and len(name) > len("labels.")):
             raise ConfigError(

@@ -6,11 +6,14 @@ import asyncio
 import socket
 from typing import TYPE_CHECKING
 
+from agent.alerts import promnames
 from agent.alerts.engine import AlertEngine
 from agent.alerts.notifiers import AlertmanagerNotifier, Notifier, WebhookNotifier, send_test
+from agent.alerts.payload import strip_userinfo
 from agent.alerts.rules import AlertConfig, load_alert_config
 from agent.config import Settings
 from agent.telemetry.logs import get_logger
+from agent.telemetry.masking import Masker
 
 if TYPE_CHECKING:
     from agent.runtime import Sidecar
@@ -52,11 +55,33 @@ def notifiers_for(settings: Settings, *, evaluation_interval: float = 0.0) -> li
     return notifiers
 
 
+def evaluator_view(config: AlertConfig, masker: Masker) -> dict[str, str]:
+    """Who evaluates the rules and where, as /health, /api/alerts and the dashboard show it
+    (the URL without credentials, token parameters masked)."""
+    view: dict[str, str] = {"evaluator": config.evaluator}
+    if config.evaluator_url:
+        view["evaluator_url"] = masker.mask_url(strip_userinfo(config.evaluator_url))
+    return view
+
+
 async def start_alert_engine(sidecar: Sidecar) -> None:
-    """Builds the engine, restores its state, tees the metric exporter into it, and runs it."""
+    """Builds the engine, restores its state, tees the metric exporter into it, and runs it.
+
+    With evaluator "prometheus" there is no engine: the metrics are exported as always and
+    Prometheus evaluates the exported rules, so this sidecar sends no notifications.
+    """
     settings = sidecar.settings
     config = alert_config(settings, sidecar.telemetry.export_interval)
     telemetry = sidecar.telemetry
+    where = evaluator_view(config, telemetry.masker)
+    sidecar.health_sources.alerts_evaluator = where
+    if config.evaluator == "prometheus":
+        sidecar.health_sources.alerts_firing = lambda: None
+        get_logger("alerts").info("alerts.evaluated_elsewhere", **where)
+        return
+    instance = None
+    if config.evaluator == "both":
+        instance = promnames.instance_labels(telemetry.resource.attributes)
     engine = AlertEngine(
         config,
         store=sidecar.store,
@@ -65,6 +90,7 @@ async def start_alert_engine(sidecar: Sidecar) -> None:
         tracer=telemetry.tracer("agent.alerts"),
         logger=get_logger("alerts"),
         external_url=external_url(settings),
+        instance_labels=instance,
     )
     telemetry.add_metric_listener(engine.on_metrics)
     sidecar.components.alerts = engine

@@ -43,7 +43,10 @@ class HealthSources:
     memory: Callable[[], dict[str, Any] | None] = lambda: None
     deliveries: Callable[[], dict[str, Any]] = _empty_dict
     poller: Callable[[], dict[str, Any]] = _empty_dict
-    alerts_firing: Callable[[], int] = lambda: 0
+    # None when another evaluator (Prometheus) owns the alerts and this sidecar cannot count them.
+    alerts_firing: Callable[[], int | None] = lambda: 0
+    # Who evaluates the alert rules, and where operators find them when it is not this sidecar.
+    alerts_evaluator: dict[str, str] = field(default_factory=lambda: {"evaluator": "sidecar"})
     required: list[str] = field(default_factory=list)
 
 
@@ -112,7 +115,7 @@ def seed_report(sources: HealthSources, now: float | None = None) -> dict[str, A
             "error_rate_24h": deliveries.get("error_rate_24h", 0.0),
             "last_webhook": deliveries.get("last_webhook"),
         },
-        "alerts": {"firing": sources.alerts_firing()},
+        "alerts": {"firing": sources.alerts_firing(), **sources.alerts_evaluator},
     }
 
 
@@ -178,5 +181,12 @@ def health_json_report(sources: HealthSources, now: float | None = None) -> dict
         "serviceId": sources.instance_id or sources.service_name,
         "description": f"{sources.service_name} health",
         "checks": checks,
-        "notes": [f"firing alerts: {sources.alerts_firing()}"],
+        "notes": [_alerts_note(sources)],
     }
+
+
+def _alerts_note(sources: HealthSources) -> str:
+    where = sources.alerts_evaluator
+    if where.get("evaluator") == "prometheus":
+        return f"alerts are evaluated by prometheus at {where.get('evaluator_url', '')}"
+    return f"firing alerts: {sources.alerts_firing()}"

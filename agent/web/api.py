@@ -20,7 +20,8 @@ def setup_api_routes(app: web.Application, sidecar: Sidecar, metrics: MetricsVie
     async def api_alerts(_request: web.Request) -> web.Response:
         engine = sidecar.components.alerts
         instances = engine.instances() if engine is not None else []
-        return web.json_response({"alerts": instances}, dumps=_dumps)
+        body = {"alerts": instances, **sidecar.health_sources.alerts_evaluator}
+        return web.json_response(body, dumps=_dumps)
 
     app.router.add_get("/api/metrics", api_metrics)
     app.router.add_get("/api/alerts", api_alerts)

@@ -115,6 +115,7 @@ def status_view(sidecar: Sidecar) -> dict[str, Any]:
         "memory": sources.memory(),
         "deliveries": sources.deliveries(),
         "alerts_firing": sources.alerts_firing(),
+        "alerts_evaluator": sources.alerts_evaluator,
     }
     masked: dict[str, Any] = sidecar.telemetry.masker.mask_value(view)
     return masked

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry.metrics import Observation
 from opentelemetry.sdk.metrics import MeterProvider
@@ -19,8 +24,13 @@ from agent.alerts.rules import AlertConfig, load_alert_config
 from agent.store.base import Store
 from agent.telemetry.catalogue import Instruments
 from tests.fixtures.receiver import Receiver
+from tests.support.components import ROOT
+
+if TYPE_CHECKING:
+    from tests.fixtures.dovecot import Dovecot
 
 T0 = 1_700_000_000.0
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -114,6 +124,7 @@ def engine(
     clock: FakeClock,
     notifiers: Sequence[Notifier] = (),
     logger: RecordingLogger | None = None,
+    instance_labels: Mapping[str, str] | None = None,
 ) -> AlertEngine:
     """An engine on real telemetry objects and a real store."""
     return AlertEngine(
@@ -125,6 +136,7 @@ def engine(
         logger=logger or RecordingLogger(),
         clock=clock,
         external_url="http://sidecar.example:8080",
+        instance_labels=instance_labels,
     )
 
 
@@ -146,3 +158,61 @@ async def resolve_while_receiver_down(
     telemetry.set_gauge("process.memory.utilization", 0.1)
     receiver.default = 503
     await step(alerts, telemetry, clock, 15)
+
+
+def run_export(
+    *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`signal-sidecar alerts export ARGS` in a clean environment (PATH and HOME, plus env)."""
+    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "alerts", "export", *args],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+        env={**clean, **(env or {})},
+    )  # fmt: skip
+
+
+def refused_mail_config(dovecot: Dovecot, user: str = "alice") -> str:
+    """One mailbox polled every 0.5 s; one attempt per message and per webhook, so a refused
+    webhook is recorded as a failure at once."""
+    box = dovecot.settings(user)
+    return f"""
+[imap]
+max_attempts = 1
+timeout = "5s"
+
+[webhook]
+max_attempts = 1
+retry_budget = "1s"
+backoff_initial = "0.1s"
+backoff_max = "0.2s"
+timeout = "2s"
+
+[[mailboxes]]
+name = "{user}"
+host = "{box.host}"
+port = {box.port}
+username = "{box.username}"
+password = "{box.password}"
+tls = "none"
+poll_interval = "0.5s"
+"""
+
+
+def run_promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`promtool ARGS`, bounded in time."""
+    return subprocess.run(
+        [promtool, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+async def until(check: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
+    """Polls an async check until it returns something truthy, or fails naming `what`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what} not seen in {timeout}s (last: {str(last)[:800]})")

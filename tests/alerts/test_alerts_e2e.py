@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.alerts import refused_mail_config, until
 from tests.fixtures.alertmanager import RECEIVER_PATH, Alertmanager
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.receiver import Receiver
@@ -79,18 +80,6 @@ async def _get_json(sidecar: SidecarProcess, path: str) -> Any:
     return json.loads(body)
 
 
-async def _until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Polls an async check until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what} not seen in {timeout}s (last: {str(last)[:500]})")
-
-
 def _notifications(receiver: Receiver, path: str = ALERTS_PATH) -> list[dict[str, Any]]:
     return [r.json for r in receiver.requests if r.path == path and r.method == "POST"]
 
@@ -102,7 +91,7 @@ async def _notification(
         found = [p for p in _notifications(receiver, path) if p and p.get("status") == status]
         return found[0] if found else None
 
-    result: dict[str, Any] = await _until(seen, timeout, f"a {status} notification at {path}")
+    result: dict[str, Any] = await until(seen, timeout, f"a {status} notification at {path}")
     return result
 
 
@@ -249,32 +238,6 @@ annotations = { summary = "Webhook error rate {{ value }}" }
 """
 
 
-def _mail_config(dovecot: Dovecot) -> str:
-    box = dovecot.settings("alice")
-    # One attempt per message and per webhook: a 500 is recorded as a failure at once.
-    return f"""
-[imap]
-max_attempts = 1
-timeout = "5s"
-
-[webhook]
-max_attempts = 1
-retry_budget = "1s"
-backoff_initial = "0.1s"
-backoff_max = "0.2s"
-timeout = "2s"
-
-[[mailboxes]]
-name = "alice"
-host = "{box.host}"
-port = {box.port}
-username = "{box.username}"
-password = "{box.password}"
-tls = "none"
-poll_interval = "0.5s"
-"""
-
-
 def _mails(start: int, count: int) -> list[bytes]:
     return [
         make_message(
@@ -297,7 +260,7 @@ async def test_failing_app_webhook_raises_and_a_recovered_one_resolves_high_erro
     sidecar = await _start(
         sidecar_process,
         env=_env(WEBHOOK_URL=app.url + "/hook", ALERT_WEBHOOK_URL=receiver.url + ALERTS_PATH),
-        config=_config(WEBHOOK_RULE, extra=_mail_config(dovecot)),
+        config=_config(WEBHOOK_RULE, extra=refused_mail_config(dovecot)),
     )
     await asyncio.to_thread(dovecot.append_many, "alice", _mails(0, 1))
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from agent.alerts.notifiers import AlertmanagerNotifier, WebhookNotifier
 from agent.retry import Backoff
-from agent.store.local import LocalStore
 from tests.alerts import (
     T0,
     FakeClock,
@@ -31,15 +28,6 @@ MEMORY = {
     "labels": {"severity": "warning"},
     "annotations": {"summary": "Memory at {{ value }}"},
 }
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[LocalStore]:
-    """The real embedded SQLite store."""
-    local = LocalStore(tmp_path / "state.db")
-    await local.start()
-    yield local
-    await local.close()
 
 
 @pytest.fixture
@@ -239,6 +227,17 @@ async def test_no_data_alerting_fires_without_any_series(receiver, telemetry, st
         ("firing", None, "MemoryHigh")
     ]
     assert result[0].annotations["summary"] == "Memory at no data"
+
+
+async def test_no_data_alert_resolves_once_series_report_again(receiver, telemetry, store) -> None:
+    clock = FakeClock()
+    rule = MEMORY | {"metric": "probe.up", "match": {"probe": "redis"}, "op": "<", "threshold": 1}
+    alerts = engine(config([rule | {"no_data": "alerting"}]), telemetry, store, clock)
+    silent = await step(alerts, telemetry, clock, 0)
+    telemetry.set_gauge("probe.up", 1, probe="redis")
+    result = await step(alerts, telemetry, clock, 15)
+    assert [(a.state, a.labels.get("probe")) for a in silent] == [("firing", None)]
+    assert [(a.state, a.labels.get("probe")) for a in result] == [("resolved", None)]
 
 
 async def test_a_stale_series_is_no_data(receiver, telemetry, store) -> None:

@@ -164,3 +164,33 @@ async def test_a_resolution_still_owed_survives_a_restart_past_the_retention(
     await step(after, telemetry, clock, 3600 + 30)
     assert len(receiver.requests) == failed + 1
     assert receiver.requests[-1].json["alerts"][0]["status"] == "resolved"
+
+
+async def test_a_restart_under_a_new_instance_leaves_the_old_instances_alert_behind(stores) -> None:
+    clock, telemetry = FakeClock(), Telemetry()
+    cfg = config([RULE])
+    telemetry.set_gauge("process.memory.utilization", 0.9)
+    old = {"job": "signal-sidecar", "instance": "pod-a-1"}
+    before = engine(cfg, telemetry, await stores.open(), clock, instance_labels=old)
+    await step(before, telemetry, clock, 0)
+    before.close()
+    new = {"job": "signal-sidecar", "instance": "pod-a-2"}
+    after = engine(cfg, telemetry, await stores.open(), clock, instance_labels=new)
+    assert await after.restore() == 0
+    result = await step(after, telemetry, clock, 30)
+    assert [(a.state, a.labels["instance"]) for a in result] == [("firing", "pod-a-2")]
+
+
+async def test_a_restart_under_a_new_instance_keeps_a_fleet_wide_alert(stores) -> None:
+    clock, telemetry = FakeClock(), Telemetry()
+    cfg = config([RULE | {"alert": "ErrorRatio", "metric": "webhook.error_ratio"}])
+    telemetry.set_gauge("webhook.error_ratio", 0.9)
+    old = {"job": "signal-sidecar", "instance": "pod-a-1"}
+    before = engine(cfg, telemetry, await stores.open(), clock, instance_labels=old)
+    fired = await step(before, telemetry, clock, 0)
+    before.close()
+    new = {"job": "signal-sidecar", "instance": "pod-a-2"}
+    after = engine(cfg, telemetry, await stores.open(), clock, instance_labels=new)
+    assert await after.restore() == 1
+    result = await step(after, telemetry, clock, 30)
+    assert [(a.state, a.fired_at) for a in result] == [("firing", fired[0].fired_at)]

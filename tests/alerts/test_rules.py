@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -204,3 +205,33 @@ def test_annotations_substitute_value_and_labels() -> None:
 
 def test_annotations_find_labels_by_their_attribute_name() -> None:
     assert render("{{ labels.imap.mailbox }}", None, {"imap_mailbox": "INBOX"}) == "INBOX"
+
+
+def test_the_sidecar_evaluates_its_rules_by_default() -> None:
+    assert (load({}).evaluator, load({}).evaluator_url) == ("sidecar", "")
+
+
+@pytest.mark.parametrize("evaluator", ["sidecar", "prometheus", "both"])
+def test_each_evaluator_is_accepted_with_where_to_find_the_alerts(evaluator: str) -> None:
+    cfg = load({"evaluator": evaluator, "evaluator_url": "http://prometheus:9090"})
+    assert (cfg.evaluator, cfg.evaluator_url) == (evaluator, "http://prometheus:9090")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"evaluator": "thanos"}, "alerts.evaluator: expected one of sidecar, prometheus, both"),
+        ({"evaluator": "prometheus"}, "alerts.evaluator_url: required when alerts.evaluator"),
+        ({"evaluator_url": "prometheus:9090"}, "alerts.evaluator_url: expected an http(s) URL"),
+        ({"evaluator_url": 9090}, "alerts.evaluator_url: expected an http(s) URL"),
+    ],
+)
+def test_a_bad_evaluator_is_an_error_naming_the_key(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(raw)
+
+
+def test_a_bad_evaluator_url_is_not_repeated_in_the_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load({"evaluator_url": "ftp://admin:s3cret@prometheus"})
+    assert "s3cret" not in str(caught.value)

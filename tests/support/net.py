@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 # Ports for servers are drawn below the kernel's ephemeral range: a port the kernel hands out
@@ -69,3 +71,22 @@ def port_is_open(port: int, host: str = "127.0.0.1") -> bool:
             return True
     except OSError:
         return False
+
+
+def wait_until_ready(
+    url: str, proc: subprocess.Popen[bytes], log: Path, what: str, timeout: float = 30.0
+) -> None:
+    """Blocks until GET url answers 200; raises with the log's tail if proc exits or time is up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(
+        f"{what} not ready after {timeout}s: {log.read_text(errors='replace')[-3000:]}"
+    )

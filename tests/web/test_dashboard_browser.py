@@ -403,3 +403,19 @@ def test_page_load_timing_reaches_the_collector(
     assert navigation, "\n".join(ours) or "no browser_* series"
     assert float(navigation[0].rsplit(" ", 1)[1]) >= 1
     assert any('http_route="/api/status"' in line for line in ours)
+
+
+def test_alerts_panel_says_prometheus_evaluates_the_rules_and_links_there(
+    sidecar_process: Start, browser_page: OpenPage
+) -> None:
+    where = "http://prometheus.example:9090/alerts"
+    config = f'[alerts]\nevaluator = "prometheus"\nevaluator_url = "{where}"\n'
+    sidecar = sidecar_process(env=_env(ENABLE_BACKGROUND_TASKS="false"), config=config)
+    opened = _open(browser_page, sidecar.url)
+    note = opened.page.wait_for_selector("#alerts-evaluator:not([hidden])", timeout=15_000)
+    assert note is not None
+    assert "evaluated by Prometheus" in (note.text_content() or "")
+    assert opened.page.get_attribute("#alerts-evaluator a", "href") == where
+    # "No alerts." would claim what this sidecar cannot know.
+    assert opened.page.is_hidden("#alerts-empty")
+    assert opened.console_errors == []

@@ -131,7 +131,24 @@ export function renderAlerts(data) {
     el("td", { text: (a.annotations && (a.annotations.summary || a.annotations.description)) || "" }),
   ]));
   body.replaceChildren(...rows);
-  document.getElementById("alerts-empty").hidden = rows.length > 0;
+  const elsewhere = data.evaluator === "prometheus";
+  document.getElementById("alerts-empty").hidden = rows.length > 0 || elsewhere;
+  renderEvaluator(data);
+}
+
+// Where the rules are evaluated: with Prometheus alone, this sidecar has no alerts to show.
+function renderEvaluator(data) {
+  const note = document.getElementById("alerts-evaluator");
+  const url = /^https?:\/\//i.test(String(data.evaluator_url || "")) ? data.evaluator_url : "";
+  const where = url ? [" at ", el("a", { text: url, attrs: { href: url, rel: "noopener noreferrer" } })] : [];
+  if (data.evaluator === "prometheus") {
+    note.replaceChildren("Alert rules are evaluated by Prometheus", ...where,
+      ", not by this sidecar: see the alerts there.");
+  } else if (data.evaluator === "both") {
+    note.replaceChildren("Alert rules are evaluated here and by Prometheus", ...where, ".");
+  }
+  note.hidden = data.evaluator !== "prometheus" && data.evaluator !== "both";
+  note.dataset.evaluator = data.evaluator || "sidecar";
 }
 
 const SHOWN = new Set(["timestamp", "level", "logger", "event", "trace_id", "span_id", "seq"]);
