@@ -482,10 +482,10 @@ def test_config_check_prints_effective_config_with_secrets_masked(tmp_path: Path
     assert '"password": "***"' in result.stdout
 
 
-def test_config_check_exits_non_zero_on_an_invalid_file(tmp_path: Path) -> None:
+def test_config_check_exits_two_on_an_invalid_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[server]\nport = -1\n")
     result = _cli("config", "check", "--config", str(path), env={"PATH": "/usr/bin:/bin"})
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "server.port: expected 0 to 65535, got -1" in result.stderr
     assert str(path) in result.stderr
