@@ -60,6 +60,8 @@ def test_span_metrics_and_logs_reach_the_collector_without_secrets(
             "OTEL_BSP_SCHEDULE_DELAY": "200",
             "OTEL_BLRP_SCHEDULE_DELAY": "200",
             "WEBHOOK_URL": "https://app.invalid/hook",
+            # /api/* is logged at debug; every line is checked for secrets below.
+            "SIDECAR_LOG_LEVEL": "debug",
         }
     )
     headers = {

@@ -20,6 +20,8 @@ from agent.web.connections import Connections
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PROBE_PATHS = frozenset({"/health", "/livez", "/readyz"})
+# The dashboard polls these itself: their access lines would drown the log view it shows.
+QUIET_PREFIXES = ("/api/", "/static/")
 
 
 def _route_of(request: web.Request) -> str:
@@ -86,7 +88,8 @@ def request_middleware(
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     span.set_status(StatusCode.ERROR)
-                log.info(
+                quiet = status < 400 and request.path.startswith(QUIET_PREFIXES)
+                (log.debug if quiet else log.info)(
                     "http.request",
                     method=request.method,
                     route=route,
