@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from aiohttp import web
 
@@ -55,21 +53,20 @@ class Connections:
                 return True
         return False
 
-    @contextmanager
-    def in_request(self, transport: asyncio.BaseTransport | None) -> Iterator[None]:
-        """Marks the connection busy while a request on it is handled."""
+    def begin(self, transport: asyncio.BaseTransport | None) -> None:
+        """Marks the connection busy: a request on it is being handled."""
+        if transport is not None:
+            self._in_request[transport] = self._in_request.get(transport, 0) + 1
+
+    def end(self, transport: asyncio.BaseTransport | None) -> None:
+        """The request begun on the connection is done."""
         if transport is None:
-            yield
             return
-        self._in_request[transport] = self._in_request.get(transport, 0) + 1
-        try:
-            yield
-        finally:
-            left = self._in_request.get(transport, 1) - 1
-            if left > 0:
-                self._in_request[transport] = left
-            else:
-                self._in_request.pop(transport, None)
+        left = self._in_request.get(transport, 1) - 1
+        if left > 0:
+            self._in_request[transport] = left
+        else:
+            self._in_request.pop(transport, None)
 
 
 CONNECTIONS_KEY = web.AppKey("connections", Connections)

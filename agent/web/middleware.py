@@ -47,7 +47,9 @@ def request_middleware(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        with connections.in_request(request.transport):
+        transport = request.transport
+        connections.begin(transport)
+        try:
             path = request.path
             if path in PROBE_PATHS and not trace_probes:
                 # Probes are polled often and must stay as cheap as a bare handler.
@@ -57,6 +59,8 @@ def request_middleware(
                 if refusal is not None:
                     return refusal
             return await _traced(request, handler)
+        finally:
+            connections.end(transport)
 
     async def _traced(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
