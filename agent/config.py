@@ -11,35 +11,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
+# Names imported `as` themselves are re-exported: they are part of agent.config's interface.
+from agent.config_fields import MASK as MASK
 from agent.config_fields import (
-    MASK,
     SECRET_FORMS,
-    ConfigError,
-    Duration,
-    Override,
     field_value,
     format_duration,
     ip_or_host_name,
     is_secret,
-    parse_duration,
     raw_value,
     redis_url,
     setting,
     url_check,
 )
-
-__all__ = [
-    "MASK",
-    "ConfigError",
-    "Duration",
-    "Override",
-    "Settings",
-    "effective_config",
-    "load_settings",
-    "parse_duration",
-    "section_types",
-    "settings_from_mapping",
-]
+from agent.config_fields import ConfigError as ConfigError
+from agent.config_fields import Duration as Duration
+from agent.config_fields import Override as Override
+from agent.config_fields import parse_duration as parse_duration
 
 _KIB = 1024
 _MIB = 1024 * _KIB

@@ -331,3 +331,12 @@ def test_port_zero_binds_a_free_port_and_logs_it(
     assert sidecar.get("/livez")[0] == 200
     [listening] = [e for e in sidecar.log_events() if e.get("event") == "http.listening"]
     assert listening["addresses"] == [f"127.0.0.1:{sidecar.port}"]
+
+
+def test_check_without_url_refuses_port_zero_and_says_what_to_pass(tmp_path: Path) -> None:
+    result = _command("check", env={"SIDECAR_PORT": "0"}, tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "signal-sidecar: invalid configuration: server.port (SIDECAR_PORT): 0 picks a port at "
+        "start; pass --url with the port the sidecar logged\n"
+    )

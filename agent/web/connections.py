@@ -21,9 +21,6 @@ class Connections:
         self._open: dict[asyncio.BaseTransport, None] = {}  # insertion order: oldest first
         self._in_request: dict[asyncio.BaseTransport, int] = {}
 
-    def __len__(self) -> int:
-        return len(self._open)
-
     def add(self, transport: asyncio.BaseTransport) -> None:
         """Tracks a newly accepted connection."""
         self._open[transport] = None
