@@ -1,51 +1,69 @@
-"""The `signal-sidecar` command: run, check, config check, alerts test, alerts export."""
+"""The `signal-sidecar` command: run, check, config check, alerts test, alerts export.
+
+Each command is one function taking the parsed arguments and returning the exit code. A bad
+configuration exits 2, a machine that cannot run it (port taken, data directory not writable)
+exits 1; either way with one line on stderr that names the setting, and no traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from agent import __version__, gc_settings
-from agent.config import ConfigError, Settings, effective_config, load_settings
+from agent.config import ConfigError, Override, Settings, effective_config, load_settings
+from agent.startup import StartupError, check_data_dir
 from agent.telemetry.masking import Masker
 
 if TYPE_CHECKING:
     from agent.telemetry.setup import Telemetry
+    from agent.web.listener import HttpServer
 
 SHUTDOWN_BUDGET = 4.5  # seconds from SIGTERM to exit; Kubernetes' grace period is longer
+EXIT_ENVIRONMENT = 1
+EXIT_CONFIGURATION = 2
+
+Command = Callable[[argparse.Namespace], int]
+_DESCRIPTION = "The signal-sidecar command: run, check, config check, alerts test, alerts export."
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="signal-sidecar", description=__doc__)
+    parser = argparse.ArgumentParser(prog="signal-sidecar", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"signal-sidecar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the sidecar")
     run.add_argument("--config", help="TOML file (default: $SIDECAR_CONFIG)")
     run.add_argument("--host", help="bind address (default 0.0.0.0, or SIDECAR_HOST)")
-    run.add_argument("--port", type=int, help="port (default 8080, or SIDECAR_PORT)")
+    run.add_argument("--port", help="port, 0 for any free one (default 8080, or SIDECAR_PORT)")
+    run.set_defaults(handler=_run)
     check = sub.add_parser("check", help="exit 0 when the local sidecar is ready, 1 otherwise")
     check.add_argument("--config", help="TOML file (default: $SIDECAR_CONFIG)")
     check.add_argument("--url", help="readiness URL (default http://127.0.0.1:PORT/readyz)")
     check.add_argument("--timeout", type=float, default=3.0)
+    check.set_defaults(handler=_check)
     config = sub.add_parser("config", help="configuration commands")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    config_check = config_sub.add_parser("check", help="validate and print the configuration")
+    config_check = config_sub.add_parser(
+        "check", help="validate and print the configuration (exit 2: invalid, 1: cannot run here)"
+    )
     config_check.add_argument("--config", help="TOML file (default: $SIDECAR_CONFIG)")
+    config_check.set_defaults(handler=_config_check)
     alerts = sub.add_parser("alerts", help="alerting commands")
     alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)
     alerts_test = alerts_sub.add_parser("test", help="send one test notification to each notifier")
     alerts_test.add_argument("--config", help="TOML file (default: $SIDECAR_CONFIG)")
+    alerts_test.set_defaults(handler=_alerts_test)
     alerts_export = alerts_sub.add_parser(
         "export", help="write the effective alert rules for Prometheus or the Prometheus Operator"
     )
@@ -64,11 +82,30 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a label of the PrometheusRule (e.g. release=prometheus); repeatable",
     )
+    alerts_export.set_defaults(handler=_alerts_export)
     return parser
 
 
-def _load(path: str | None) -> Settings:
-    settings = load_settings(path)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    handler: Command = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        _fail(f"invalid configuration: {exc}")
+        return EXIT_CONFIGURATION
+    except StartupError as exc:
+        _fail(f"cannot start: {exc}")
+        return EXIT_ENVIRONMENT
+
+
+def _fail(message: str) -> None:
+    print(f"signal-sidecar: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _load(path: str | None, overrides: dict[str, Override] | None = None) -> Settings:
+    settings = load_settings(path, overrides=overrides)
     from agent.alerts.rules import load_alert_config
 
     load_alert_config(
@@ -77,33 +114,14 @@ def _load(path: str | None) -> Settings:
     return settings
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
-    args = _parser().parse_args(argv)
+def _config_check(args: argparse.Namespace) -> int:
+    """Validates everything that needs no network, and prints the effective configuration."""
+    settings = _load(args.config)
     try:
-        if args.command == "config":
-            return _config_check(args.config)
-        if args.command == "check":
-            return _check(args)
-        settings = _load(args.config)
-        if args.command == "run":
-            return _run(settings, host=args.host, port=args.port)
-        if args.command == "alerts" and args.alerts_command == "export":
-            return _alerts_export(settings, args)
-        if args.command == "alerts":
-            return _alerts_test(settings)
-    except ConfigError as exc:
-        print(f"signal-sidecar: invalid configuration: {exc}", file=sys.stderr)
-        return 2
-    return 2
-
-
-def _config_check(path: str | None) -> int:
-    try:
-        settings = _load(path)
-    except ConfigError as exc:
-        print(f"signal-sidecar: invalid configuration: {exc}", file=sys.stderr)
-        return 1
+        check_data_dir(settings, create=False)
+    except StartupError as exc:
+        _fail(f"the configuration is valid but cannot run here: {exc}")
+        return EXIT_ENVIRONMENT
     masker = Masker(settings.secrets())
     print(json.dumps(masker.mask_value(effective_config(settings)), indent=2, default=str))
     return 0
@@ -112,12 +130,13 @@ def _config_check(path: str | None) -> int:
 def _check(args: argparse.Namespace) -> int:
     url = args.url
     if url is None:
-        try:
-            settings = load_settings(args.config)
-            port = settings.server.port
-        except ConfigError:
-            port = int(os.environ.get("SIDECAR_PORT", "8080"))
-        url = f"http://127.0.0.1:{port}/readyz?verbose"
+        server = _load(args.config).server
+        if server.port == 0:
+            raise ConfigError(
+                "server.port (SIDECAR_PORT): 0 picks a port at start; pass --url with the port "
+                "the sidecar logged"
+            )
+        url = f"http://{_local_host(server.host)}:{server.port}/readyz?verbose"
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as response:  # noqa: S310 - local URL
             print(response.read().decode(errors="replace"))
@@ -130,68 +149,103 @@ def _check(args: argparse.Namespace) -> int:
         return 1
 
 
-def _alerts_test(settings: Settings) -> int:
+def _local_host(host: str) -> str:
+    """Where a local client reaches a listener bound to host."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _alerts_test(args: argparse.Namespace) -> int:
     from agent.alerts.wiring import send_test_notifications
 
-    return asyncio.run(send_test_notifications(settings))
+    return asyncio.run(send_test_notifications(_load(args.config)))
 
 
-def _alerts_export(settings: Settings, args: argparse.Namespace) -> int:
+def _alerts_export(args: argparse.Namespace) -> int:
     from agent.alerts.export import export_command
 
     text = export_command(
-        settings, output_format=args.format, job=args.job, labels=args.label, env=os.environ
+        _load(args.config),
+        output_format=args.format,
+        job=args.job,
+        labels=args.label,
+        env=os.environ,
     )
     if args.output:
         try:
             with open(args.output, "w", encoding="utf-8") as out:
                 out.write(text)
         except OSError as exc:
-            print(f"signal-sidecar: --output: cannot write {args.output}: {exc}", file=sys.stderr)
-            return 1
+            _fail(f"--output: cannot write {args.output}: {exc}")
+            return EXIT_ENVIRONMENT
     else:
         sys.stdout.write(text)
     return 0
 
 
-def _run(settings: Settings, *, host: str | None, port: int | None) -> int:
+def _run(args: argparse.Namespace) -> int:
+    overrides = {}
+    if args.host is not None:
+        overrides["server.host"] = Override("--host", args.host)
+    if args.port is not None:
+        overrides["server.port"] = Override("--port", args.port)
+    settings = _load(args.config, overrides)
+    check_data_dir(settings, create=True)
+    from agent.web.listener import bind
+
+    # Bound before anything starts: a taken port fails fast, and port 0 is known to every part.
+    sockets = bind(settings.server.host, settings.server.port)
+    port = int(sockets[0].getsockname()[1])
+    settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, port=port))
+    try:
+        return _serve_until_stopped(settings, sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _serve_until_stopped(settings: Settings, sockets: list[socket.socket]) -> int:
     from agent.telemetry.logs import configure_logging
     from agent.telemetry.setup import setup_telemetry
 
     gc_settings.tune()
     telemetry = setup_telemetry(settings, install_global=True)
-    configure_logging(telemetry, level=settings.telemetry.log_level)
-    exit_by = asyncio.run(_serve(settings, telemetry, host=host, port=port))
-    # Telemetry gets what is left of the budget: a dead or black-hole collector cannot hold us.
-    left = exit_by - time.monotonic()
-    telemetry.shutdown(timeout=max(0.3, min(settings.telemetry.shutdown_timeout, left)))
+    exit_by = time.monotonic() + SHUTDOWN_BUDGET
+    try:
+        configure_logging(telemetry, level=settings.telemetry.log_level)
+        exit_by = asyncio.run(_serve(settings, telemetry, sockets))
+    finally:
+        # Telemetry gets what is left of the budget: a dead or black-hole collector cannot hold us.
+        left = exit_by - time.monotonic()
+        telemetry.shutdown(timeout=max(0.3, min(settings.telemetry.shutdown_timeout, left)))
     return 0
 
 
-async def _serve(
-    settings: Settings, telemetry: Telemetry, *, host: str | None, port: int | None
-) -> float:
+async def _serve(settings: Settings, telemetry: Telemetry, sockets: list[socket.socket]) -> float:
     """Serves until SIGTERM/SIGINT, drains, and returns the monotonic time to exit by."""
     from agent.components import start_components
     from agent.runtime import Sidecar
     from agent.web.app import create_app
+    from agent.web.listener import HttpServer
 
     sidecar = Sidecar(settings, telemetry)
-    app = create_app(sidecar)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, host or settings.server.host, port or settings.server.port)
+    server: HttpServer = HttpServer(create_app(sidecar), sockets, settings.server)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await site.start()
+    await server.start()
     await sidecar.start(start_components(settings))
     frozen = gc_settings.freeze_startup_heap()
     sidecar.log.info(
         "http.listening",
-        host=host or settings.server.host,
-        port=port or settings.server.port,
+        host=settings.server.host,
+        port=settings.server.port,
+        addresses=[f"{host}:{port}" for host, port in server.addresses],
+        max_connections=settings.server.max_connections,
         gc_frozen_objects=frozen,
         gc_thresholds=list(gc_settings.thresholds()),
     )
@@ -202,5 +256,5 @@ async def _serve(
     # Readiness fails at once; the listener stays up while in-flight work drains.
     sidecar.begin_drain()
     await sidecar.stop(deadline=min(deadline, time.monotonic() + settings.server.drain_timeout))
-    await runner.cleanup()
+    await server.stop()
     return exit_by

@@ -9,68 +9,54 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_type_hints
 
+# Names imported `as` themselves are re-exported: they are part of agent.config's interface.
+from agent.config_fields import MASK as MASK
+from agent.config_fields import (
+    SECRET_FORMS,
+    field_value,
+    format_duration,
+    ip_or_host_name,
+    is_secret,
+    raw_value,
+    redis_url,
+    setting,
+    url_check,
+)
+from agent.config_fields import ConfigError as ConfigError
+from agent.config_fields import Duration as Duration
+from agent.config_fields import Override as Override
+from agent.config_fields import parse_duration as parse_duration
 from agent.pipeline.folder_name import folder_name_problem
 
-MASK = "***"
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-class ConfigError(ValueError):
-    """A setting is missing, unknown or malformed; the message names the key and the file."""
-
-
-class Duration(float):
-    """Seconds, written in the file as "15s", "5m", "24h" (a bare number means seconds)."""
-
-
-def parse_duration(value: object, *, key: str, source: str) -> Duration:
-    """Reads "250ms", "15s", "5m", "24h", "1d" or a number of seconds."""
-    if isinstance(value, bool):
-        raise ConfigError(f'{source}: {key}: expected a duration such as "15s", got {value!r}')
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ConfigError(f"{source}: {key}: expected a non-negative duration, got {value!r}")
-        return Duration(float(value))
-    if isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(r"\d+(?:\.\d+)?", text):
-            return Duration(float(text))
-        match = _DURATION.match(text)
-        if match:
-            return Duration(float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
-    raise ConfigError(
-        f'{source}: {key}: expected a duration such as "15s", "5m" or "24h", got {value!r}'
-    )
-
-
-def _meta(
-    env: str | None = None, *, secret: bool = False, doc: str = "", required: bool = False
-) -> dict[str, Any]:
-    return {"env": env, "secret": secret, "doc": doc, "required": required}
-
-
-def setting(default: Any, env: str | None = None, *, secret: bool = False, doc: str = "") -> Any:
-    """A documented setting with its environment variable (the environment wins over the file)."""
-    if isinstance(default, list | dict):
-        factory = default.copy
-        return field(default_factory=factory, metadata=_meta(env, secret=secret, doc=doc))
-    return field(default=default, metadata=_meta(env, secret=secret, doc=doc))
-
+_KIB = 1024
+_MIB = 1024 * _KIB
+_GIB = 1024 * _MIB
 
 TlsMode = Literal["ssl", "starttls", "none"]
 OtlpProtocol = Literal["http/protobuf", "grpc"]
+LogLevel = Literal["debug", "info", "warning", "warn", "error", "critical"]
+_HTTP = url_check("http", "https")
 
 
 @dataclass(frozen=True)
 class ServerSettings:
     """The HTTP listener and where local state lives."""
 
-    host: str = setting("0.0.0.0", "SIDECAR_HOST", doc="Address the HTTP server binds.")
-    port: int = setting(8080, "SIDECAR_PORT", doc="Port of /health, /livez, /readyz, /api and /.")
+    host: str = setting(
+        "0.0.0.0",
+        "SIDECAR_HOST",
+        doc="Address the HTTP server binds (an IP address or a host name).",
+        check=ip_or_host_name,
+    )
+    port: int = setting(
+        8080,
+        "SIDECAR_PORT",
+        doc="Port of /health, /livez, /readyz, /api and /; 0: any free port, logged at start.",
+        minimum=0,
+        maximum=65535,
+    )
     data_dir: str = setting(
         "./data", "SIDECAR_DATA_DIR", doc="Directory of the embedded store and other local state."
     )
@@ -86,7 +72,30 @@ class ServerSettings:
         doc="false serves health and the dashboard without polling mail.",
     )
     drain_timeout: Duration = setting(
-        Duration(3.0), doc="How long in-flight work may finish after SIGTERM."
+        Duration(3.0),
+        doc="How long in-flight work may finish after SIGTERM.",
+        minimum="0s",
+        maximum="1m",
+    )
+    header_timeout: Duration = setting(
+        Duration(10.0),
+        doc="Time a client has to send a complete request head, from connecting or from its "
+        "previous response; longer, and the connection is closed (idle keep-alive too).",
+        minimum="1s",
+        maximum="10m",
+    )
+    body_timeout: Duration = setting(
+        Duration(15.0),
+        doc="Time a client has to send a request body; longer gets 408 and a closed connection.",
+        minimum="1s",
+        maximum="10m",
+    )
+    max_connections: int = setting(
+        256,
+        doc="Open HTTP connections at most; at the cap a new one displaces the oldest "
+        "connection that is not in the middle of a request.",
+        minimum=8,
+        maximum=65535,
     )
 
 
@@ -95,14 +104,26 @@ class StoreSettings:
     """The state store: Redis when replicas coordinate, SQLite otherwise."""
 
     redis_url: str = setting(
-        "", "REDIS_URL", secret=True, doc="redis://... to share state; empty: embedded SQLite."
+        "",
+        "REDIS_URL",
+        secret=True,
+        doc="redis://... to share state; empty: embedded SQLite.",
+        check=redis_url,
     )
-    timeout: Duration = setting(Duration(2.0), doc="Timeout of one store operation.")
+    timeout: Duration = setting(
+        Duration(2.0), doc="Timeout of one store operation.", minimum="100ms", maximum="5m"
+    )
     delivery_log_retention: Duration = setting(
-        Duration(7 * 86400.0), doc="How long webhook delivery records are kept."
+        Duration(7 * 86400.0),
+        doc="How long webhook delivery records are kept.",
+        minimum="1m",
+        maximum="366d",
     )
     processed_ttl: Duration = setting(
-        Duration(14 * 86400.0), doc="How long processed message ids are remembered for dedupe."
+        Duration(14 * 86400.0),
+        doc="How long processed message ids are remembered for dedupe.",
+        minimum="1m",
+        maximum="366d",
     )
 
 
@@ -112,7 +133,13 @@ class MailboxSettings:
 
     name: str = setting("default", doc="Name used in metrics, leases and the webhook's mailbox.")
     host: str = setting("", "IMAP_HOST", doc="IMAP server host; empty: no mailbox is polled.")
-    port: int = setting(0, "IMAP_PORT", doc="IMAP port; 0: 993 for ssl, 143 otherwise.")
+    port: int = setting(
+        0,
+        "IMAP_PORT",
+        doc="IMAP port; 0: 993 for ssl, 143 otherwise.",
+        minimum=0,
+        maximum=65535,
+    )
     username: str = setting("", "IMAP_USERNAME", doc="IMAP login name.")
     password: str = setting("", "IMAP_PASSWORD", secret=True, doc="IMAP password.")
     folder: str = setting(
@@ -120,7 +147,11 @@ class MailboxSettings:
     )
     tls: TlsMode = setting("ssl", "IMAP_TLS", doc="ssl, starttls or none.")
     poll_interval: Duration = setting(
-        Duration(30.0), "IMAP_POLL_INTERVAL", doc="Seconds between poll cycles."
+        Duration(30.0),
+        "IMAP_POLL_INTERVAL",
+        doc="Seconds between poll cycles; shorter than imap.lease_ttl, which each cycle renews.",
+        minimum="100ms",
+        maximum="1d",
     )
 
     @property
@@ -136,21 +167,39 @@ class ImapSettings:
     """How mailboxes are polled (shared by all mailboxes)."""
 
     timeout: Duration = setting(
-        Duration(30.0), "IMAP_TIMEOUT", doc="Timeout of connect and of every IMAP command."
+        Duration(30.0),
+        "IMAP_TIMEOUT",
+        doc="Timeout of connect and of every IMAP command.",
+        minimum="1s",
+        maximum="10m",
     )
     lease_ttl: Duration = setting(
-        Duration(60.0), doc="Lease time of a mailbox; the leader renews it every cycle."
+        Duration(60.0),
+        doc="Lease time of a mailbox; the leader renews it every cycle.",
+        minimum="1s",
+        maximum="1d",
     )
-    batch_size: int = setting(50, doc="Messages fetched per FETCH command.")
+    batch_size: int = setting(
+        50, doc="Messages fetched per FETCH command.", minimum=1, maximum=10_000
+    )
     batch_bytes: int = setting(
-        8 * 1024 * 1024,
+        8 * _MIB,
         doc="Raw bytes fetched per batch (and held until it is processed); a larger message "
         "is fetched alone.",
+        minimum=1,
+        maximum=_GIB,
     )
-    concurrency: int = setting(8, doc="Messages processed at once per mailbox.")
-    max_attempts: int = setting(5, doc="Attempts before a message is dead-lettered.")
+    concurrency: int = setting(
+        8, doc="Messages processed at once per mailbox.", minimum=1, maximum=256
+    )
+    max_attempts: int = setting(
+        5, doc="Attempts before a message is dead-lettered.", minimum=1, maximum=100
+    )
     reconnect_max_backoff: Duration = setting(
-        Duration(60.0), doc="Upper bound of the reconnect backoff."
+        Duration(60.0),
+        doc="Upper bound of the reconnect backoff.",
+        minimum="100ms",
+        maximum="1h",
     )
     uidvalidity_policy: Literal["skip_existing", "reprocess"] = setting(
         "skip_existing",
@@ -163,22 +212,43 @@ class ParseSettings:
     """Bounds on hostile mail."""
 
     max_message_bytes: int = setting(
-        25 * 1024 * 1024, "MAX_MESSAGE_BYTES", doc="Larger messages are fetched partially."
+        25 * _MIB,
+        "MAX_MESSAGE_BYTES",
+        doc="Larger messages are fetched partially.",
+        minimum=_KIB,
+        maximum=_GIB,
     )
     max_html_bytes: int = setting(
-        1024 * 1024, "MAX_HTML_BYTES", doc="HTML beyond this is truncated before conversion."
+        _MIB,
+        "MAX_HTML_BYTES",
+        doc="HTML beyond this is truncated before conversion.",
+        minimum=_KIB,
+        maximum=256 * _MIB,
     )
     max_bytes_in_flight: int = setting(
-        2 * 1024 * 1024,
+        2 * _MIB,
         doc="Bytes of mail parsed at once, each message counted up to max_html_bytes; an HTML "
         "tree takes about 18 times its document, so this bounds parse memory.",
+        minimum=1,
+        maximum=4 * _GIB,
     )
-    max_mime_parts: int = setting(200, doc="MIME parts walked per message.")
-    max_header_bytes: int = setting(64 * 1024, doc="Header block size kept per message.")
-    max_depth: int = setting(20, doc="MIME nesting depth walked.")
-    max_links: int = setting(50, doc="Delivery links kept per message.")
-    max_url_length: int = setting(2048, doc="Longer URLs are ignored.")
-    excerpt_chars: int = setting(500, doc="Characters of text in the webhook's text_excerpt.")
+    max_mime_parts: int = setting(
+        200, doc="MIME parts walked per message.", minimum=1, maximum=100_000
+    )
+    max_header_bytes: int = setting(
+        64 * _KIB, doc="Header block size kept per message.", minimum=_KIB, maximum=16 * _MIB
+    )
+    max_depth: int = setting(20, doc="MIME nesting depth walked.", minimum=1, maximum=100)
+    max_links: int = setting(50, doc="Delivery links kept per message.", minimum=1, maximum=10_000)
+    max_url_length: int = setting(
+        2048, doc="Longer URLs are ignored.", minimum=64, maximum=64 * _KIB
+    )
+    excerpt_chars: int = setting(
+        500,
+        doc="Characters of text in the webhook's text_excerpt.",
+        minimum=0,
+        maximum=100_000,
+    )
 
 
 @dataclass(frozen=True)
@@ -190,27 +260,55 @@ class LinkSettings:
         "LINK_ALLOWED_HOSTS",
         doc="Extra origins: host[:port] (HTTPS) or scheme://host:port (exactly that origin).",
     )
-    timeout_dropbox_folder: Duration = setting(Duration(120.0), doc="Dropbox /scl/fo/ folders.")
-    timeout_fromsmash: Duration = setting(Duration(30.0), doc="FromSmash transfers.")
-    timeout_swisstransfer: Duration = setting(Duration(30.0), doc="SwissTransfer transfers.")
-    timeout_default: Duration = setting(Duration(15.0), doc="Every other provider.")
+    timeout_dropbox_folder: Duration = setting(
+        Duration(120.0), doc="Dropbox /scl/fo/ folders.", minimum="1s", maximum="6h"
+    )
+    timeout_fromsmash: Duration = setting(
+        Duration(30.0), doc="FromSmash transfers.", minimum="1s", maximum="6h"
+    )
+    timeout_swisstransfer: Duration = setting(
+        Duration(30.0), doc="SwissTransfer transfers.", minimum="1s", maximum="6h"
+    )
+    timeout_default: Duration = setting(
+        Duration(15.0), doc="Every other provider.", minimum="1s", maximum="6h"
+    )
 
 
 @dataclass(frozen=True)
 class WebhookSettings:
     """Delivery of one webhook per message to the app."""
 
-    url: str = setting("", "WEBHOOK_URL", secret=False, doc="The app's webhook endpoint.")
+    url: str = setting(
+        "", "WEBHOOK_URL", secret=False, doc="The app's webhook endpoint.", check=_HTTP
+    )
     secret: str = setting(
         "", "WEBHOOK_SECRET", secret=True, doc="HMAC-SHA256 key of X-Signature-256."
     )
-    timeout: Duration = setting(Duration(10.0), "WEBHOOK_TIMEOUT", doc="Timeout of one attempt.")
-    max_attempts: int = setting(5, doc="Attempts per message before it is dead-lettered.")
-    retry_budget: Duration = setting(
-        Duration(60.0), doc="Total time retries of one message may take."
+    timeout: Duration = setting(
+        Duration(10.0),
+        "WEBHOOK_TIMEOUT",
+        doc="Timeout of one attempt.",
+        minimum="100ms",
+        maximum="10m",
     )
-    backoff_initial: Duration = setting(Duration(0.5), doc="First retry delay.")
-    backoff_max: Duration = setting(Duration(30.0), doc="Largest retry delay.")
+    max_attempts: int = setting(
+        5, doc="Attempts per message before it is dead-lettered.", minimum=1, maximum=100
+    )
+    retry_budget: Duration = setting(
+        Duration(60.0),
+        doc="Total time retries of one message may take.",
+        minimum="0s",
+        maximum="1d",
+    )
+    backoff_initial: Duration = setting(
+        Duration(0.5), doc="First retry delay.", minimum="10ms", maximum="1h"
+    )
+    backoff_max: Duration = setting(
+        Duration(30.0),
+        doc="Largest retry delay (at least backoff_initial).",
+        minimum="10ms",
+        maximum="1h",
+    )
     only_with_links: bool = setting(
         False, "WEBHOOK_ONLY_WITH_LINKS", doc="true: skip the webhook for mail without links."
     )
@@ -221,35 +319,58 @@ class R2Settings:
     """The R2 fetch Worker that copies files into the bucket."""
 
     fetch_endpoint: str = setting(
-        "", "R2_FETCH_ENDPOINT", doc="The Worker's URL; empty: links are delivered as skipped."
+        "",
+        "R2_FETCH_ENDPOINT",
+        doc="The Worker's URL; empty: links are delivered as skipped.",
+        check=_HTTP,
     )
     fetch_token: str = setting("", "R2_FETCH_TOKEN", secret=True, doc="Sent as X-R2-FETCH-TOKEN.")
-    max_attempts: int = setting(3, doc="Attempts per link for retryable failures.")
+    max_attempts: int = setting(
+        3, doc="Attempts per link for retryable failures.", minimum=1, maximum=100
+    )
     retry_budget: Duration = setting(
         Duration(300.0),
         doc="Total time one link may take: every attempt and every file of a share "
         "(each file also has its provider's timeout).",
+        minimum="0s",
+        maximum="1d",
     )
-    concurrency: int = setting(4, doc="Transfers at once across all mailboxes.")
+    concurrency: int = setting(
+        4, doc="Transfers at once across all mailboxes.", minimum=1, maximum=256
+    )
 
 
 @dataclass(frozen=True)
 class HealthSettings:
     """The background checks behind /health, /livez and /readyz."""
 
-    interval: Duration = setting(Duration(10.0), doc="How often each check runs.")
-    timeout: Duration = setting(Duration(5.0), doc="Timeout of one check.")
-    failures_before_error: int = setting(2, doc="Consecutive failures before a check is error.")
-    successes_before_ok: int = setting(1, doc="Consecutive successes before it recovers.")
-    history: int = setting(20, doc="Recent results kept per check.")
+    interval: Duration = setting(
+        Duration(10.0), doc="How often each check runs.", minimum="100ms", maximum="1h"
+    )
+    timeout: Duration = setting(
+        Duration(5.0), doc="Timeout of one check.", minimum="100ms", maximum="5m"
+    )
+    failures_before_error: int = setting(
+        2, doc="Consecutive failures before a check is error.", minimum=1, maximum=100
+    )
+    successes_before_ok: int = setting(
+        1, doc="Consecutive successes before it recovers.", minimum=1, maximum=100
+    )
+    history: int = setting(20, doc="Recent results kept per check.", minimum=1, maximum=10_000)
     app_health_url: str = setting(
-        "", "APP_HEALTH_URL", doc="Optional health URL of the app, checked by the http probe."
+        "",
+        "APP_HEALTH_URL",
+        doc="Optional health URL of the app, checked by the http probe.",
+        check=_HTTP,
     )
     required: list[str] = setting(
         ["redis", "imap"], doc="Checks that must be up for /readyz (not_configured counts as up)."
     )
     loop_lag_threshold: Duration = setting(
-        Duration(5.0), doc="/livez fails when the event loop lags more than this."
+        Duration(5.0),
+        doc="/livez fails when the event loop lags more than this.",
+        minimum="100ms",
+        maximum="5m",
     )
     trace_probes: bool = setting(False, doc="true: each probe run is a span.")
 
@@ -259,13 +380,23 @@ class TelemetrySettings:
     """Export to the OpenTelemetry collector (standard OTEL_* variables are read by the SDK)."""
 
     export_interval: Duration = setting(
-        Duration(15.0), doc="Metric export interval (OTEL_METRIC_EXPORT_INTERVAL, in ms, wins)."
+        Duration(15.0),
+        doc="Metric export interval (OTEL_METRIC_EXPORT_INTERVAL, in ms, wins).",
+        minimum="1s",
+        maximum="1h",
     )
     shutdown_timeout: Duration = setting(
-        Duration(3.0), doc="Upper bound of flushing telemetry at shutdown."
+        Duration(3.0),
+        doc="Upper bound of flushing telemetry at shutdown.",
+        minimum="100ms",
+        maximum="1m",
     )
-    sampler_interval: Duration = setting(Duration(5.0), doc="psutil sampling interval.")
-    log_level: str = setting("info", "SIDECAR_LOG_LEVEL", doc="Lowest level logged.")
+    sampler_interval: Duration = setting(
+        Duration(5.0), doc="psutil sampling interval.", minimum="100ms", maximum="1h"
+    )
+    log_level: LogLevel = setting(
+        "info", "SIDECAR_LOG_LEVEL", doc="Lowest level logged: debug, info, warning, error."
+    )
     export_process: bool = setting(
         True,
         "SIDECAR_TELEMETRY_EXPORT_PROCESS",
@@ -279,7 +410,11 @@ class DashboardSettings:
     """The browser dashboard and its APIs."""
 
     poll_interval: Duration = setting(
-        Duration(30.0), "SIDECAR_DASHBOARD_POLL_INTERVAL", doc="Seconds between page refreshes."
+        Duration(30.0),
+        "SIDECAR_DASHBOARD_POLL_INTERVAL",
+        doc="Seconds between page refreshes.",
+        minimum="1s",
+        maximum="1h",
     )
     jaeger_ui_url: str = setting(
         "",
@@ -287,8 +422,12 @@ class DashboardSettings:
         doc="Jaeger UI base (trace ids in logs link to <base>/trace/<id>), or a URL "
         "template containing {trace_id}.",
     )
-    log_buffer_events: int = setting(2000, doc="Log events kept for /api/logs.")
-    log_buffer_bytes: int = setting(2 * 1024 * 1024, doc="Bytes of log events kept for /api/logs.")
+    log_buffer_events: int = setting(
+        2000, doc="Log events kept for /api/logs.", minimum=1, maximum=1_000_000
+    )
+    log_buffer_bytes: int = setting(
+        2 * _MIB, doc="Bytes of log events kept for /api/logs.", minimum=_KIB, maximum=_GIB
+    )
 
 
 @dataclass(frozen=True)
@@ -296,16 +435,23 @@ class AlertingSettings:
     """Where alert notifications go; the rules live in [alerts] (validated by agent.alerts)."""
 
     webhook_url: str = setting(
-        "", "ALERT_WEBHOOK_URL", doc="Receives the Alertmanager webhook payload (version 4)."
+        "",
+        "ALERT_WEBHOOK_URL",
+        doc="Receives the Alertmanager webhook payload (version 4).",
+        check=_HTTP,
     )
     alertmanager_url: str = setting(
-        "", "ALERTMANAGER_URL", doc="An Alertmanager; alerts are pushed to /api/v2/alerts."
+        "",
+        "ALERTMANAGER_URL",
+        doc="An Alertmanager; alerts are pushed to /api/v2/alerts.",
+        check=_HTTP,
     )
     external_url: str = setting(
         "",
         "SIDECAR_EXTERNAL_URL",
         doc="How operators reach this sidecar (externalURL and generatorURL in alerts); "
-        "empty: http://<hostname>:<port>.",
+        "empty: http://<hostname>:<port>, with the port actually bound.",
+        check=_HTTP,
     )
 
 
@@ -367,58 +513,6 @@ def section_types() -> dict[str, type[Any]]:
     return dict(_SECTION_TYPES) | {"mailboxes": MailboxSettings}
 
 
-def _convert(value: object, hint: Any, *, key: str, source: str, from_env: bool) -> Any:
-    origin = get_origin(hint)
-    if hint is Duration:
-        return parse_duration(value, key=key, source=source)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if from_env and isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
-            return _BOOL_WORDS[value.strip().lower()]
-        raise ConfigError(f"{source}: {key}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            result = value
-        elif from_env and isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
-            result = int(value)
-        else:
-            raise ConfigError(f"{source}: {key}: expected an integer, got {value!r}")
-        if result < 0:
-            raise ConfigError(f"{source}: {key}: expected a non-negative integer, got {result}")
-        return result
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
-    if origin is Literal:
-        choices = get_args(hint)
-        text = value.strip().lower() if isinstance(value, str) else value
-        if text in choices:
-            return text
-        wanted = ", ".join(str(c) for c in choices)
-        raise ConfigError(f"{source}: {key}: expected one of {wanted}, got {value!r}")
-    if origin is list:
-        if from_env and isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        if isinstance(value, list) and all(isinstance(item, str) for item in value):
-            return list(value)
-        raise ConfigError(f"{source}: {key}: expected a list of strings, got {value!r}")
-    raise ConfigError(f"{source}: {key}: unsupported setting type {hint!r}")
-
-
-_BOOL_WORDS = {
-    "true": True,
-    "1": True,
-    "yes": True,
-    "on": True,
-    "false": False,
-    "0": False,
-    "no": False,
-    "off": False,
-}
-
-
 def _build_section(
     cls: type[Any],
     table: Mapping[str, Any],
@@ -427,55 +521,73 @@ def _build_section(
     source: str,
     env: Mapping[str, str],
     use_env: bool,
+    overrides: Mapping[str, Override] | None = None,
+    base: Path | None = None,
 ) -> Any:
     hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields}
+    names |= {f.name + suffix for f in fields if is_secret(f) for suffix in SECRET_FORMS}
     for key in table:
         if key not in names:
             allowed = ", ".join(sorted(names))
             raise ConfigError(f"{source}: {prefix}{key}: unknown key (expected one of: {allowed})")
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        env_name = f.metadata.get("env")
-        key = f"{prefix}{f.name}"
-        if use_env and env_name and env_name in env:
-            values[f.name] = _convert(
-                env[env_name],
-                hints[f.name],
-                key=f"{env_name} ({key})",
-                source="environment",
-                from_env=True,
-            )
-        elif f.name in table:
-            values[f.name] = _convert(
-                table[f.name], hints[f.name], key=key, source=source, from_env=False
+    for f in fields:
+        raw = raw_value(
+            f,
+            table,
+            prefix=prefix,
+            source=source,
+            env=env,
+            use_env=use_env,
+            override=(overrides or {}).get(f"{prefix}{f.name}"),
+            base=base,
+        )
+        if raw is not None:
+            values[f.name] = field_value(
+                f, raw.value, hints[f.name], key=raw.key, source=raw.source, from_env=raw.from_env
             )
     return cls(**values)
 
 
 def load_settings(
-    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Override] | None = None,
 ) -> Settings:
-    """Reads the TOML file (if any) and the environment, validates, and returns the settings."""
+    """Reads the TOML file (if any) and the environment, validates, and returns the settings.
+
+    `overrides` are command-line values by dotted key ("server.port"); they win over both.
+    """
     env = os.environ if env is None else env
     if path is None and env.get("SIDECAR_CONFIG"):
         path = env["SIDECAR_CONFIG"]
     data: dict[str, Any] = {}
     source = "<defaults>"
+    base: Path | None = None
     if path is not None:
         source = str(path)
+        base = Path(path).parent
         try:
             with Path(path).open("rb") as handle:
                 data = tomllib.load(handle)
         except FileNotFoundError as exc:
             raise ConfigError(f"{source}: file not found") from exc
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot be read: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    return settings_from_mapping(data, env=env, source=source)
+    return settings_from_mapping(data, env=env, source=source, overrides=overrides, base=base)
 
 
 def settings_from_mapping(
-    data: Mapping[str, Any], *, env: Mapping[str, str] | None = None, source: str = "<mapping>"
+    data: Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    source: str = "<mapping>",
+    overrides: Mapping[str, Override] | None = None,
+    base: Path | None = None,
 ) -> Settings:
     """Validates an already-parsed TOML document plus the environment."""
     env = {} if env is None else env
@@ -491,9 +603,16 @@ def settings_from_mapping(
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: {name}: expected a table, got {table!r}")
         sections[name] = _build_section(
-            cls, table, prefix=f"{name}.", source=source, env=env, use_env=True
+            cls,
+            table,
+            prefix=f"{name}.",
+            source=source,
+            env=env,
+            use_env=True,
+            overrides=overrides,
+            base=base,
         )
-    mailboxes = _load_mailboxes(data.get("mailboxes"), source=source, env=env)
+    mailboxes = _load_mailboxes(data.get("mailboxes"), source=source, env=env, base=base)
     alerts = data.get("alerts", {})
     if not isinstance(alerts, dict):
         raise ConfigError(f"{source}: alerts: expected a table, got {alerts!r}")
@@ -502,7 +621,9 @@ def settings_from_mapping(
     return settings
 
 
-def _load_mailboxes(raw: object, *, source: str, env: Mapping[str, str]) -> list[MailboxSettings]:
+def _load_mailboxes(
+    raw: object, *, source: str, env: Mapping[str, str], base: Path | None
+) -> list[MailboxSettings]:
     mailboxes: list[MailboxSettings] = []
     if raw is not None:
         if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
@@ -515,23 +636,20 @@ def _load_mailboxes(raw: object, *, source: str, env: Mapping[str, str]) -> list
                 source=source,
                 env=env,
                 use_env=False,
+                base=base,
             )
             if "name" not in table:
                 box = dataclasses.replace(box, name=f"{box.username or 'mailbox'}@{box.host}")
             mailboxes.append(box)
-    if any(env.get(f"IMAP_{key.upper()}") for key in _MAILBOX_ENV_KEYS):
+    from_env_keys = [k for k in _MAILBOX_ENV_KEYS if _set_in_environment(k, env)]
+    if from_env_keys:
         from_env = _build_section(
             MailboxSettings, {}, prefix="", source=source, env=env, use_env=True
         )
         if mailboxes:
             # The environment overrides the first mailbox, as it overrides any other key.
-            base = mailboxes[0]
-            changes = {
-                k: getattr(from_env, k)
-                for k in _MAILBOX_ENV_KEYS
-                if env.get(str(_field_env(MailboxSettings, k)))
-            }
-            mailboxes[0] = dataclasses.replace(base, **changes)
+            changes = {k: getattr(from_env, k) for k in from_env_keys}
+            mailboxes[0] = dataclasses.replace(mailboxes[0], **changes)
         elif from_env.host:
             mailboxes.append(from_env)
     seen: set[str] = set()
@@ -542,62 +660,28 @@ def _load_mailboxes(raw: object, *, source: str, env: Mapping[str, str]) -> list
     return [box for box in mailboxes if box.host]
 
 
-def _field_env(cls: type[Any], name: str) -> str | None:
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            env_name = f.metadata.get("env")
-            return str(env_name) if env_name else None
-    return None
-
-
-def _check_url(value: str, key: str, source: str, schemes: tuple[str, ...]) -> None:
-    if value and not re.match(rf"^({'|'.join(schemes)})://[^\s/]+", value):
-        wanted = " or ".join(f"{s}://" for s in schemes)
-        raise ConfigError(f"{source}: {key}: expected a URL starting with {wanted}")
+def _set_in_environment(name: str, env: Mapping[str, str]) -> bool:
+    """Whether a non-empty IMAP_* variable (or the _FILE twin of a secret) sets this key."""
+    for f in dataclasses.fields(MailboxSettings):
+        if f.name == name and f.metadata.get("env"):
+            variable = str(f.metadata["env"])
+            return bool(env.get(variable) or (is_secret(f) and env.get(f"{variable}_FILE")))
+    return False
 
 
 def _check(settings: Settings) -> None:
+    """What no single setting can check: how settings relate to each other."""
     source = settings.source
-    if not 0 < settings.server.port < 65536:
-        raise ConfigError(f"{source}: server.port: expected 1-65535, got {settings.server.port}")
-    _check_url(
-        settings.store.redis_url, "store.redis_url (REDIS_URL)", source, ("redis", "rediss", "unix")
-    )
-    _check_url(settings.webhook.url, "webhook.url (WEBHOOK_URL)", source, ("http", "https"))
-    _check_url(
-        settings.r2.fetch_endpoint,
-        "r2.fetch_endpoint (R2_FETCH_ENDPOINT)",
-        source,
-        ("http", "https"),
-    )
-    _check_url(
-        settings.alerting.webhook_url,
-        "alerting.webhook_url (ALERT_WEBHOOK_URL)",
-        source,
-        ("http", "https"),
-    )
-    _check_url(
-        settings.alerting.alertmanager_url,
-        "alerting.alertmanager_url (ALERTMANAGER_URL)",
-        source,
-        ("http", "https"),
-    )
-    _check_url(settings.health.app_health_url, "health.app_health_url", source, ("http", "https"))
-    _check_url(
-        settings.alerting.external_url,
-        "alerting.external_url (SIDECAR_EXTERNAL_URL)",
-        source,
-        ("http", "https"),
-    )
+    lease_ttl = settings.imap.lease_ttl
     for index, box in enumerate(settings.mailboxes):
-        if box.poll_interval <= 0:
-            raise ConfigError(
-                f"{source}: mailboxes[{index}].poll_interval: expected a positive duration"
-            )
         if not box.username:
             raise ConfigError(f"{source}: mailboxes[{index}].username (IMAP_USERNAME): required")
-        if box.port and not 0 < box.port < 65536:
-            raise ConfigError(f"{source}: mailboxes[{index}].port: expected 1-65535")
+        if box.poll_interval >= lease_ttl:
+            raise ConfigError(
+                f"{source}: mailboxes[{index}].poll_interval (IMAP_POLL_INTERVAL): expected "
+                f"less than imap.lease_ttl ({format_duration(lease_ttl)}), which every cycle "
+                f"renews, got {format_duration(box.poll_interval)}"
+            )
         problem = folder_name_problem(box.folder)
         if problem:
             raise ConfigError(f"{source}: mailboxes[{index}].folder (IMAP_FOLDER): {problem}")
@@ -607,21 +691,13 @@ def _check(settings: Settings) -> None:
                 f"{source}: links.allowed_hosts (LINK_ALLOWED_HOSTS): {entry!r} is not "
                 "host[:port] or scheme://host:port"
             )
-    positive = {
-        "imap.batch_size": settings.imap.batch_size,
-        "imap.batch_bytes": settings.imap.batch_bytes,
-        "parse.max_bytes_in_flight": settings.parse.max_bytes_in_flight,
-        "imap.concurrency": settings.imap.concurrency,
-        "imap.max_attempts": settings.imap.max_attempts,
-        "webhook.max_attempts": settings.webhook.max_attempts,
-        "r2.max_attempts": settings.r2.max_attempts,
-        "r2.concurrency": settings.r2.concurrency,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{source}: {key}: expected at least 1, got {value}")
-    if settings.telemetry.export_interval <= 0:
-        raise ConfigError(f"{source}: telemetry.export_interval: expected a positive duration")
+    webhook = settings.webhook
+    if webhook.backoff_initial > webhook.backoff_max:
+        raise ConfigError(
+            f"{source}: webhook.backoff_max: expected at least webhook.backoff_initial "
+            f"({format_duration(webhook.backoff_initial)}), "
+            f"got {format_duration(webhook.backoff_max)}"
+        )
 
 
 def effective_config(settings: Settings) -> dict[str, Any]:
@@ -638,7 +714,7 @@ def _masked(section: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
-        if f.metadata.get("secret") and value:
+        if is_secret(f) and value:
             value = MASK
         elif isinstance(value, str) and "://" in value:
             value = re.sub(r"(://)[^/@\s]*@", r"\1***@", value)

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.config import Duration, section_types  # noqa: E402
+from agent.config_fields import bounds_of, format_duration  # noqa: E402
 from agent.telemetry.catalogue import CATALOGUE  # noqa: E402
 
 DOCS = ROOT / "docs"
@@ -38,8 +39,23 @@ configuration and prints the effective values with every secret masked.
 
 Durations are written `"250ms"`, `"15s"`, `"5m"`, `"24h"` or `"1d"`; a bare number means seconds.
 Booleans in the environment accept `true/false`, `1/0`, `yes/no`, `on/off`. Lists in the
-environment are comma-separated. Secret settings are replaced by `***` wherever they would appear
-(logs, spans, health output, alert payloads, error strings).
+environment are comma-separated. Every number and duration has the allowed range shown in its
+table (both ends included); a value outside it is an error naming the key and the range.
+`--host` and `--port` of `signal-sidecar run` win over the environment and the file.
+
+Secret settings are replaced by `***` wherever they would appear (logs, spans, health output,
+alert payloads, error strings, `config check`); an error about one never quotes its value. A
+secret need not be written anywhere in clear: as Kubernetes and Docker mount secrets,
+
+- its variable has a `_FILE` twin holding a path to read it from (`IMAP_PASSWORD_FILE`,
+  `WEBHOOK_SECRET_FILE`, `R2_FETCH_TOKEN_FILE`, `SIDECAR_API_TOKEN_FILE`, `REDIS_URL_FILE`);
+- in the file, `key_file = "/run/secrets/..."` reads it from a file (a relative path is read from
+  the configuration file's directory), and `key_env = "VARIABLE"` from a variable of your
+  choice, e.g. `password_file` or `password_env` in each `[[mailboxes]]` table.
+
+A secret file is read once at start, up to 64 KiB of UTF-8 text; its trailing line breaks are
+dropped. A missing, unreadable, empty or oversized file, a variable and its `_FILE` twin both
+set, or two forms of one key in the same table, is an error naming the key.
 
 Standard OpenTelemetry variables (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
 `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_HEADERS`,
@@ -66,19 +82,10 @@ def _type_name(hint: Any) -> str:
     return {bool: "boolean", int: "integer", str: "string"}.get(hint, str(hint))
 
 
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    return f"{seconds:g}s"
-
-
 def _default(f: dataclasses.Field[Any], hint: Any) -> str:
     value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     if hint is Duration:
-        return f'`"{_duration(float(value))}"`'
+        return f'`"{format_duration(float(value))}"`'
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, list):
@@ -96,15 +103,22 @@ def _section(name: str, cls: type[Any]) -> str:
     if name == "mailboxes":
         lines += [_MAILBOXES]
     lines += [
-        "| key | environment | type | default | description |",
-        "| --- | --- | --- | --- | --- |",
+        "| key | environment | type | default | range | description |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for f in dataclasses.fields(cls):
         env = f.metadata.get("env")
-        secret = " **Secret.**" if f.metadata.get("secret") else ""
+        variables = f"`{env}`" if env else ""
+        secret = ""
+        if f.metadata.get("secret"):
+            secret = f" **Secret**: also `{f.name}_file` or `{f.name}_env`."
+            if env:
+                variables += f", `{env}_FILE`"
+        bounds = bounds_of(f)
+        allowed = f"{bounds.text(bounds.low)} – {bounds.text(bounds.high)}" if bounds else ""
         lines.append(
-            f"| `{f.name}` | {f'`{env}`' if env else ''} | {_type_name(hints[f.name])} "
-            f"| {_default(f, hints[f.name])} | {f.metadata.get('doc', '')}{secret} |"
+            f"| `{f.name}` | {variables} | {_type_name(hints[f.name])} "
+            f"| {_default(f, hints[f.name])} | {allowed} | {f.metadata.get('doc', '')}{secret} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, get_type_hints
 
 import pytest
 
-from agent.config import ConfigError, load_settings, parse_duration
+from agent.config import (
+    ConfigError,
+    Duration,
+    Override,
+    effective_config,
+    load_settings,
+    parse_duration,
+    section_types,
+)
+from agent.config_fields import Bounds, bounds_of
 
 INVALID = [
     ('[server]\nport = "eighty"\n', "server.port: expected an integer, got 'eighty'"),
-    ("[server]\nport = 70000\n", "server.port: expected 1-65535, got 70000"),
+    ("[server]\nport = 70000\n", "server.port: expected 0 to 65535, got 70000"),
     ("[server]\nprot = 8080\n", "server.prot: unknown key (expected one of:"),
     ("[srever]\nport = 8080\n", "srever: unknown section"),
     (
@@ -33,11 +45,11 @@ INVALID = [
     ),
     (
         '[webhook]\nurl = "ftp://app/hook"\n',
-        "webhook.url (WEBHOOK_URL): expected a URL starting with http:// or https://",
+        "webhook.url: expected a URL starting with http:// or https://",
     ),
     (
         '[store]\nredis_url = "localhost:6379"\n',
-        "store.redis_url (REDIS_URL): expected a URL starting with redis://",
+        "store.redis_url: expected a URL starting with redis://",
     ),
     (
         '[links]\nallowed_hosts = "files.example.com"\n',
@@ -51,9 +63,31 @@ INVALID = [
         '[server]\nenable_background_tasks = "yes"\n',
         "server.enable_background_tasks: expected true or false, got 'yes'",
     ),
-    ("[imap]\nbatch_size = 0\n", "imap.batch_size: expected at least 1, got 0"),
-    ("[imap]\nbatch_bytes = 0\n", "imap.batch_bytes: expected at least 1, got 0"),
-    ("[parse]\nmax_bytes_in_flight = 0\n", "parse.max_bytes_in_flight: expected at least 1, got 0"),
+    ("[imap]\nbatch_size = 0\n", "imap.batch_size: expected 1 to 10000, got 0"),
+    ("[imap]\nbatch_bytes = 0\n", "imap.batch_bytes: expected 1 to 1073741824, got 0"),
+    (
+        "[parse]\nmax_bytes_in_flight = 0\n",
+        "parse.max_bytes_in_flight: expected 1 to 4294967296, got 0",
+    ),
+    ("[health]\ninterval = 0\n", "health.interval: expected a duration from 100ms to 1h, got 0s"),
+    (
+        '[telemetry]\nlog_level = "loud"\n',
+        "telemetry.log_level: expected one of debug, info, warning, warn, error, critical",
+    ),
+    (
+        '[server]\nhost = "999.1.1.1"\n',
+        "server.host: expected an IP address or a host name, got '999.1.1.1', which is not a "
+        "valid IPv4 address",
+    ),
+    (
+        '[imap]\nlease_ttl = "30s"\n[[mailboxes]]\nhost = "a"\nusername = "u"\n',
+        "mailboxes[0].poll_interval (IMAP_POLL_INTERVAL): expected less than imap.lease_ttl "
+        "(30s), which every cycle renews, got 30s",
+    ),
+    (
+        '[webhook]\nbackoff_initial = "5s"\nbackoff_max = "1s"\n',
+        "webhook.backoff_max: expected at least webhook.backoff_initial (5s), got 1s",
+    ),
     ("server = 3\n", "server: expected a table, got 3"),
     ("[server\nport = 1\n", "not valid TOML"),
 ]
@@ -184,6 +218,254 @@ def test_secrets_lists_every_configured_secret() -> None:
     }
 
 
+def _bounded_settings() -> list[tuple[str, dataclasses.Field[Any], Bounds]]:
+    found = []
+    for section, cls in section_types().items():
+        for f in dataclasses.fields(cls):
+            bounds = bounds_of(f)
+            if bounds is not None:
+                found.append((section, f, bounds))
+    return found
+
+
+BOUNDED = _bounded_settings()
+
+
+def test_every_number_and_duration_declares_its_range() -> None:
+    missing = [
+        f"{section}.{f.name}"
+        for section, cls in section_types().items()
+        for f in dataclasses.fields(cls)
+        if get_type_hints(cls)[f.name] in (int, Duration) and bounds_of(f) is None
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("section", "f", "bounds"), BOUNDED, ids=[f"{s}.{f.name}" for s, f, _ in BOUNDED]
+)
+def test_every_default_lies_within_its_range(
+    section: str, f: dataclasses.Field[Any], bounds: Bounds
+) -> None:
+    assert bounds.low <= f.default <= bounds.high
+
+
+def _out_of_range(bounds: Bounds) -> list[float]:
+    step = 0.001 if bounds.duration else 1
+    values = [bounds.high + step]
+    if bounds.low > 0:
+        values.append(bounds.low - step)
+    return values
+
+
+def _toml_value(value: float, bounds: Bounds) -> str:
+    return f'"{value}s"' if bounds.duration else str(int(value))
+
+
+@pytest.mark.parametrize(
+    ("section", "f", "bounds"), BOUNDED, ids=[f"{s}.{f.name}" for s, f, _ in BOUNDED]
+)
+def test_a_value_outside_its_range_names_the_key_and_the_range(
+    tmp_path: Path, section: str, f: dataclasses.Field[Any], bounds: Bounds
+) -> None:
+    path = tmp_path / "sidecar.toml"
+    for value in _out_of_range(bounds):
+        line = f"{f.name} = {_toml_value(value, bounds)}\n"
+        if section == "mailboxes":
+            text = f'[[mailboxes]]\nhost = "h"\nusername = "u"\n{line}'
+            key = f"mailboxes[0].{f.name}"
+        else:
+            text = f"[{section}]\n{line}"
+            key = f"{section}.{f.name}"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_settings(path, env={})
+        assert f"{path}: {key}: expected {bounds.describe()}, got " in str(info.value)
+
+
+def test_a_value_out_of_range_in_the_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, env={"IMAP_HOST": "h", "IMAP_USERNAME": "u", "IMAP_POLL_INTERVAL": "0"})
+    assert str(info.value) == (
+        "environment: IMAP_POLL_INTERVAL (poll_interval): expected a duration from 100ms to 1d, "
+        "got 0s"
+    )
+
+
+def test_a_command_line_value_is_held_to_the_same_range() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, env={}, overrides={"server.port": Override("--port", "99999")})
+    assert str(info.value) == "command line: --port (server.port): expected 0 to 65535, got 99999"
+
+
+def test_a_command_line_value_wins_over_environment_and_file(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.toml"
+    path.write_text("[server]\nport = 9000\n")
+    overrides = {"server.port": Override("--port", "0")}
+    settings = load_settings(path, env={"SIDECAR_PORT": "9100"}, overrides=overrides)
+    assert settings.server.port == 0
+
+
+def _secret_settings() -> list[tuple[str, str]]:
+    return [
+        (section, f.name)
+        for section, cls in section_types().items()
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("secret")
+    ]
+
+
+SECRET_SETTINGS = _secret_settings()
+
+
+@pytest.mark.parametrize(
+    ("section", "name"), SECRET_SETTINGS, ids=[f"{s}.{n}" for s, n in SECRET_SETTINGS]
+)
+def test_an_error_about_a_secret_never_shows_its_value(
+    tmp_path: Path, section: str, name: str
+) -> None:
+    path = tmp_path / "sidecar.toml"
+    if section == "mailboxes":
+        path.write_text(f'[[mailboxes]]\nhost = "h"\nusername = "u"\n{name} = 87654321\n')
+    else:
+        path.write_text(f"[{section}]\n{name} = 87654321\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    message = str(info.value)
+    assert "87654321" not in message
+    assert message.endswith(
+        f"{name}: expected a string, got an integer (the value of a secret is not shown)"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret-pw-1@[::1",
+        "redis://:s3cret-pw-1@[::1]:99999/0",
+        "redis://127.0.0.1:s3cret-pw-1/0",
+        "redis://:s3cret-pw-1@127.0.0.1/0?socket_timeout=s3cret-pw-1",
+    ],
+)
+def test_a_malformed_redis_url_is_an_error_that_does_not_quote_it(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, env={"REDIS_URL": url})
+    message = str(info.value)
+    assert message.startswith("environment: REDIS_URL (store.redis_url): ")
+    assert "s3cret-pw-1" not in message
+
+
+def _secret_file(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+FILE_VARIABLES = [
+    ("IMAP_PASSWORD_FILE", "imap-secret-from-file"),
+    ("WEBHOOK_SECRET_FILE", "hook-secret-from-file"),
+    ("R2_FETCH_TOKEN_FILE", "r2-token-from-file"),
+    ("SIDECAR_API_TOKEN_FILE", "api-token-from-file"),
+    ("REDIS_URL_FILE", "redis://:pw-from-file@127.0.0.1:6379/0"),
+]
+
+
+@pytest.mark.parametrize(("variable", "secret"), FILE_VARIABLES)
+def test_each_secret_variable_has_a_file_twin_whose_value_is_masked(
+    tmp_path: Path, variable: str, secret: str
+) -> None:
+    path = _secret_file(tmp_path, "secret", secret + "\n")
+    env = {"IMAP_HOST": "h", "IMAP_USERNAME": "u", variable: str(path)}
+    settings = load_settings(None, env=env)
+    assert settings.secrets() == [secret]
+    assert secret not in json.dumps(effective_config(settings))
+
+
+def test_the_imap_password_file_overrides_the_first_mailbox_only(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.toml"
+    path.write_text(
+        '[[mailboxes]]\nname = "a"\nhost = "h"\nusername = "u"\npassword = "in-file-1"\n'
+        '[[mailboxes]]\nname = "b"\nhost = "h"\nusername = "v"\npassword = "in-file-2"\n'
+    )
+    secret = _secret_file(tmp_path, "imap", "from-secret-mount")
+    settings = load_settings(path, env={"IMAP_PASSWORD_FILE": str(secret)})
+    assert [box.password for box in settings.mailboxes] == ["from-secret-mount", "in-file-2"]
+
+
+def test_every_mailbox_reads_its_password_from_a_file_or_a_named_variable(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    _secret_file(tmp_path / "secrets", "sales", "sales-pw-from-file\r\n")
+    path = tmp_path / "sidecar.toml"
+    path.write_text(
+        '[[mailboxes]]\nname = "sales"\nhost = "h"\nusername = "s"\n'
+        'password_file = "secrets/sales"\n'
+        '[[mailboxes]]\nname = "ops"\nhost = "h"\nusername = "o"\n'
+        'password_env = "OPS_IMAP_PASSWORD"\n'
+    )
+    settings = load_settings(path, env={"OPS_IMAP_PASSWORD": "ops-pw-from-env"})
+    assert [box.password for box in settings.mailboxes] == [
+        "sales-pw-from-file",
+        "ops-pw-from-env",
+    ]
+    assert set(settings.secrets()) == {"sales-pw-from-file", "ops-pw-from-env"}
+
+
+def test_a_section_secret_reads_from_a_file_key(tmp_path: Path) -> None:
+    _secret_file(tmp_path, "hook", "hook-secret-1234")
+    path = tmp_path / "sidecar.toml"
+    path.write_text('[webhook]\nsecret_file = "hook"\n')
+    assert load_settings(path, env={}).webhook.secret == "hook-secret-1234"
+
+
+def test_a_variable_and_its_file_twin_both_set_is_an_error(tmp_path: Path) -> None:
+    path = _secret_file(tmp_path, "hook", "from-file")
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, env={"WEBHOOK_SECRET": "from-env", "WEBHOOK_SECRET_FILE": str(path)})
+    assert str(info.value) == (
+        "environment: WEBHOOK_SECRET and WEBHOOK_SECRET_FILE are both set; set only one"
+    )
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (
+            'password = "x"\npassword_file = "/run/secrets/pw"\n',
+            "mailboxes[0].password and mailboxes[0].password_file: set only one of them",
+        ),
+        (
+            'password_env = "NOT_SET_ANYWHERE"\n',
+            "mailboxes[0].password_env: the variable NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            'password_env = "EMPTY_ONE"\n',
+            "mailboxes[0].password_env: the variable EMPTY_ONE is empty",
+        ),
+        ('password_file = ""\n', "mailboxes[0].password_file: expected a file path, got ''"),
+        ("password_file = 3\n", "mailboxes[0].password_file: expected a file path, got 3"),
+        ('password_file = "missing"\n', "mailboxes[0].password_file: {dir}/missing: no such file"),
+        ('password_file = "empty"\n', "mailboxes[0].password_file: {dir}/empty is empty"),
+        ('password_file = "dir"\n', "mailboxes[0].password_file: {dir}/dir is not a regular file"),
+    ],
+)
+def test_a_bad_secret_source_names_the_key(tmp_path: Path, lines: str, expected: str) -> None:
+    _secret_file(tmp_path, "empty", "\n")
+    (tmp_path / "dir").mkdir()
+    path = tmp_path / "sidecar.toml"
+    path.write_text(f'[[mailboxes]]\nhost = "h"\nusername = "u"\n{lines}')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={"EMPTY_ONE": ""})
+    assert str(info.value) == f"{path}: " + expected.format(dir=tmp_path)
+
+
+def test_a_missing_file_named_by_a_variable_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, env={"R2_FETCH_TOKEN_FILE": str(tmp_path / "nope")})
+    assert str(info.value) == (
+        f"environment: R2_FETCH_TOKEN_FILE (r2.fetch_token): {tmp_path}/nope: no such file"
+    )
+
+
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "agent", *args],
@@ -214,10 +496,10 @@ def test_config_check_prints_effective_config_with_secrets_masked(tmp_path: Path
     assert '"password": "***"' in result.stdout
 
 
-def test_config_check_exits_non_zero_on_an_invalid_file(tmp_path: Path) -> None:
+def test_config_check_exits_two_on_an_invalid_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[server]\nport = -1\n")
     result = _cli("config", "check", "--config", str(path), env={"PATH": "/usr/bin:/bin"})
-    assert result.returncode == 1
-    assert "server.port: expected a non-negative integer" in result.stderr
+    assert result.returncode == 2
+    assert "server.port: expected 0 to 65535, got -1" in result.stderr
     assert str(path) in result.stderr

@@ -31,13 +31,20 @@ def alert_config(settings: Settings, export_interval: float | None = None) -> Al
 
 
 def external_url(settings: Settings) -> str:
-    """How operators reach this sidecar, for externalURL and generatorURL."""
+    """How operators reach this sidecar, for externalURL and generatorURL.
+
+    `run` puts the port it actually bound into the settings (also for --port and port 0); a
+    command that listens on nothing, with port 0 configured, names no port.
+    """
     if settings.alerting.external_url:
         return settings.alerting.external_url.rstrip("/")
-    host = settings.server.host
+    host = settings.server.host.strip("[]")
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostname()
-    return f"http://{host}:{settings.server.port}"
+    elif ":" in host:
+        host = f"[{host}]"
+    port = settings.server.port
+    return f"http://{host}:{port}" if port else f"http://{host}"
 
 
 def notifiers_for(settings: Settings, *, evaluation_interval: float = 0.0) -> list[Notifier]:

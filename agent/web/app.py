@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from agent.web.api import setup_api_routes
+from agent.web.connections import CONNECTIONS_KEY, Connections
 from agent.web.dashboard import setup_dashboard_routes
 from agent.web.metrics_view import MetricsView
 from agent.web.middleware import request_middleware
@@ -21,18 +22,23 @@ SIDECAR_KEY = web.AppKey("sidecar", object)
 def create_app(sidecar: Sidecar) -> web.Application:
     """Builds the application for one sidecar."""
     telemetry = sidecar.telemetry
+    server = sidecar.settings.server
+    connections = Connections(server.max_connections)
     app = web.Application(
         middlewares=[
             request_middleware(
                 telemetry.tracer("agent.web"),
                 telemetry.instruments,
-                token=sidecar.settings.server.api_token,
+                token=server.api_token,
                 trace_probes=sidecar.settings.health.trace_probes,
+                connections=connections,
+                body_timeout=float(server.body_timeout),
             ),
         ],
         client_max_size=256 * 1024,
     )
     app[SIDECAR_KEY] = sidecar
+    app[CONNECTIONS_KEY] = connections
     setup_probe_routes(app, sidecar)
     metrics = MetricsView()
     telemetry.add_metric_listener(metrics)

@@ -163,7 +163,9 @@ def _api_routes(app: web.Application) -> frozenset[str]:
 async def _read_bounded_json(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > RUM_MAX_BODY:
         raise _RumError(f"body larger than {RUM_MAX_BODY} bytes", status=413)
-    raw = await request.content.read(RUM_MAX_BODY + 1)
+    # The request middleware has read the body already, within [server] body_timeout and the
+    # app's client_max_size; read() returns that copy.
+    raw = await request.read()
     if len(raw) > RUM_MAX_BODY:
         raise _RumError(f"body larger than {RUM_MAX_BODY} bytes", status=413)
     try:

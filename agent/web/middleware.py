@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import time
@@ -14,10 +15,13 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from agent.telemetry.catalogue import Instruments
 from agent.telemetry.logs import get_logger
+from agent.web.connections import Connections
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PROBE_PATHS = frozenset({"/health", "/livez", "/readyz"})
+# The dashboard polls these itself: their access lines would drown the log view it shows.
+QUIET_PREFIXES = ("/api/", "/static/")
 
 
 def _route_of(request: web.Request) -> str:
@@ -27,24 +31,36 @@ def _route_of(request: web.Request) -> str:
 
 
 def request_middleware(
-    tracer: trace.Tracer, instruments: Instruments, *, token: str, trace_probes: bool
+    tracer: trace.Tracer,
+    instruments: Instruments,
+    *,
+    token: str,
+    trace_probes: bool,
+    connections: Connections,
+    body_timeout: float,
 ) -> Middleware:
-    """One middleware for every request: probes take a fast path; /api/* is authorised; the
-    rest gets a SERVER span, an access log event and http.server.request.duration."""
+    """One middleware for every request: its connection counts as busy while it runs;
+    probes take a fast path; /api/* is authorised; the rest gets a SERVER span, an access log
+    event and http.server.request.duration, and its body must arrive within body_timeout."""
     log = get_logger("http")
     authorise = _authoriser(token)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        if path in PROBE_PATHS and not trace_probes:
-            # Probes are polled often and must stay as cheap as a bare handler.
-            return await handler(request)
-        if path.startswith("/api/"):
-            refusal = authorise(request)
-            if refusal is not None:
-                return refusal
-        return await _traced(request, handler)
+        transport = request.transport
+        connections.begin(transport)
+        try:
+            path = request.path
+            if path in PROBE_PATHS and not trace_probes:
+                # Probes are polled often and must stay as cheap as a bare handler.
+                return await handler(request)
+            if path.startswith("/api/"):
+                refusal = authorise(request)
+                if refusal is not None:
+                    return refusal
+            return await _traced(request, handler)
+        finally:
+            connections.end(transport)
 
     async def _traced(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
@@ -64,7 +80,8 @@ def request_middleware(
                 },
             ) as span:
                 try:
-                    response = await handler(request)
+                    late = await _read_body(request, body_timeout)
+                    response = late if late is not None else await handler(request)
                 except web.HTTPException as exc:
                     status = exc.status
                     span.set_attribute("http.response.status_code", status)
@@ -75,7 +92,8 @@ def request_middleware(
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     span.set_status(StatusCode.ERROR)
-                log.info(
+                quiet = status < 400 and request.path.startswith(QUIET_PREFIXES)
+                (log.debug if quiet else log.info)(
                     "http.request",
                     method=request.method,
                     route=route,
@@ -94,6 +112,22 @@ def request_middleware(
             )
 
     return middleware
+
+
+async def _read_body(request: web.Request, seconds: float) -> web.Response | None:
+    """Reads the body (aiohttp keeps it for the handler); None, or a 408 closing the connection."""
+    if not request.can_read_body:
+        return None
+    try:
+        async with asyncio.timeout(seconds):
+            await request.read()
+    except TimeoutError:
+        response = web.json_response(
+            {"error": f"request body not received within {seconds:g}s"}, status=408
+        )
+        response.force_close()
+        return response
+    return None
 
 
 def is_loopback(remote: str | None) -> bool:

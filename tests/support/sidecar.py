@@ -27,10 +27,13 @@ class SidecarProcess:
         env: dict[str, str] | None = None,
         config: str | None = None,
         name: str = "sidecar",
+        port: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.name = name
-        self.port = free_port()
+        # port=0 lets the sidecar pick one; start() reads it from the http.listening line.
+        self.port = free_port() if port is None else port
+        self._ephemeral = port == 0
         self.log_path = workdir / f"{name}.log"
         self.config_path: Path | None = None
         if config is not None:
@@ -70,8 +73,22 @@ class SidecarProcess:
         )
         handle.close()
         if wait:
+            if self._ephemeral:
+                self.port = self.listening_port(timeout)
             self.wait_live(timeout)
         return self
+
+    def listening_port(self, timeout: float = 30.0) -> int:
+        """The port its http.listening log line names, once it has printed it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.log_events():
+                if event.get("event") == "http.listening":
+                    return int(event["port"])
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} logged no http.listening line:\n{self.log_tail()}")
 
     def wait_live(self, timeout: float = 30.0) -> None:
         """Blocks until /livez answers 200, or raises with the log tail."""

@@ -46,7 +46,9 @@ Factory = Callable[..., Awaitable[Running]]
 async def make_app(tmp_path: Path) -> AsyncIterator[Factory]:
     made: list[Running] = []
 
-    async def factory(config: dict[str, Any] | None = None, **env: str) -> Running:
+    async def factory(
+        config: dict[str, Any] | None = None, log_level: str = "debug", **env: str
+    ) -> Running:
         settings = settings_from_mapping(
             {"health": {"interval": "200ms", "timeout": "1s"}, **(config or {})},
             env={
@@ -58,7 +60,7 @@ async def make_app(tmp_path: Path) -> AsyncIterator[Factory]:
             },
         )
         telemetry, _spans, reader, _logs = telemetry_for_tests(settings)
-        configure_logging(telemetry, level="debug", stream=io.StringIO())
+        configure_logging(telemetry, level=log_level, stream=io.StringIO())
         sidecar = Sidecar(settings, telemetry)
         client = TestClient(TestServer(create_app(sidecar)))
         await client.start_server()
@@ -289,3 +291,19 @@ async def test_api_refuses_requests_without_the_token_from_any_address(make_app:
     finally:
         await server.close()
     assert len(hosts) == 2, "no non-loopback address to test from"
+
+
+async def test_the_dashboards_own_polling_is_logged_at_debug_other_requests_at_info(
+    make_app: Factory,
+) -> None:
+    app = await make_app(log_level="info")
+    for path in ("/api/status", "/api/config", "/static/app.js", "/"):
+        assert (await app.client.get(path)).status == 200, path
+    assert (await app.client.get("/api/logs", params={"limit": "many"})).status == 400
+    buffer = app.client.app[LOG_BUFFER_KEY]
+    logged = [
+        (e["route"], e["status"], e["level"])
+        for e in reversed(buffer.query(limit=1000))
+        if e["event"] == "http.request"
+    ]
+    assert logged == [("/", 200, "info"), ("/api/logs", 400, "info")]

@@ -63,7 +63,8 @@ def _open(open_page: OpenPage, url: str, **size: int) -> BrowserPage:
 
 
 def _api_requests(sidecar: SidecarProcess) -> int:
-    """API requests the sidecar served, counted from its own JSON log (not through the API)."""
+    """API requests the sidecar served, counted from its own JSON log (not through the API);
+    they are logged at debug, so the sidecar must run with SIDECAR_LOG_LEVEL=debug."""
     return sum(
         1
         for event in sidecar.log_events()
@@ -168,7 +169,7 @@ def test_page_fits_a_phone_width_without_sideways_scrolling(
 def test_no_api_request_while_hidden_and_one_within_a_second_when_visible_again(
     sidecar_process: Start, browser_page: OpenPage
 ) -> None:
-    sidecar = sidecar_process(env=_env(ENABLE_BACKGROUND_TASKS="false"))
+    sidecar = sidecar_process(env=_env(ENABLE_BACKGROUND_TASKS="false", SIDECAR_LOG_LEVEL="debug"))
     opened = _open(browser_page, sidecar.url)
     opened.page.evaluate(_SET_HIDDEN, True)
     time.sleep(0.5)  # a refresh already in flight may still land
@@ -182,7 +183,7 @@ def test_no_api_request_while_hidden_and_one_within_a_second_when_visible_again(
 def test_no_api_request_while_blurred_and_one_within_a_second_on_focus(
     sidecar_process: Start, browser_page: OpenPage
 ) -> None:
-    sidecar = sidecar_process(env=_env(ENABLE_BACKGROUND_TASKS="false"))
+    sidecar = sidecar_process(env=_env(ENABLE_BACKGROUND_TASKS="false", SIDECAR_LOG_LEVEL="debug"))
     opened = _open(browser_page, sidecar.url)
     opened.page.evaluate("() => window.dispatchEvent(new Event('blur'))")
     time.sleep(0.5)
