@@ -15,14 +15,17 @@ STATE_FILE = "state.sqlite3"
 def open_store(settings: Settings) -> Store:
     """The configured store, not yet started (the caller awaits start() and close())."""
     store = settings.store
+    # A dead letter is kept as long as its processed id: both say what became of the mail.
     if store.redis_url:
         return RedisStore(
             store.redis_url,
             timeout=float(store.timeout),
             delivery_retention=float(store.delivery_log_retention),
+            dead_letter_retention=float(store.processed_ttl),
         )
     return LocalStore(
         Path(settings.server.data_dir) / STATE_FILE,
         timeout=float(store.timeout),
         delivery_retention=float(store.delivery_log_retention),
+        dead_letter_retention=float(store.processed_ttl),
     )

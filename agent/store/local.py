@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.store.base import (
+    DeadLetter,
+    DeadLetterStatus,
     DeliveryRecord,
     DeliveryWindow,
     Lease,
@@ -57,6 +59,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_at ON deliveries (at, outcome);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    email_id TEXT PRIMARY KEY,
+    mailbox TEXT NOT NULL,
+    status TEXT NOT NULL,
+    at REAL NOT NULL,
+    requested_at REAL,
+    letter TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_at ON dead_letters (at);
+CREATE INDEX IF NOT EXISTS dead_letters_pending ON dead_letters (mailbox, status, requested_at);
 CREATE TABLE IF NOT EXISTS kv (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL,
@@ -82,11 +94,15 @@ class LocalStore:
         timeout: float = 2.0,
         delivery_retention: float = 7 * 86400.0,
         delivery_max_records: int = 100_000,
+        dead_letter_retention: float = 14 * 86400.0,
+        dead_letter_max_records: int = 10_000,
     ) -> None:
         self.path = Path(path)
         self._timeout = float(timeout)
         self._retention = float(delivery_retention)
         self._max_records = int(delivery_max_records)
+        self._letter_retention = float(dead_letter_retention)
+        self._max_letters = int(dead_letter_max_records)
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
@@ -336,6 +352,133 @@ class LocalStore:
 
         return await self._run(query)
 
+    # Dead letters.
+
+    async def record_dead_letter(
+        self, keys: Sequence[str], ttl: float, record: DeliveryRecord, letter: DeadLetter
+    ) -> None:
+        """Marks the keys, appends the record and keeps the letter in one transaction."""
+        marked = list(keys)
+
+        def write(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            with _transaction(conn):
+                conn.executemany(
+                    "INSERT INTO processed (key, expires_at) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at",
+                    [(key, now + ttl) for key in marked],
+                )
+                self._insert_delivery(conn, record)
+                earlier = _find_letter(conn, letter.email_id)
+                kept = dataclasses.replace(
+                    letter,
+                    status="dead_lettered",
+                    redrives=earlier.redrives if earlier is not None else letter.redrives,
+                    requested_at=None,
+                    updated_at=letter.at,
+                )
+                _write_letter(conn, kept)
+                conn.execute(
+                    "DELETE FROM dead_letters WHERE at < ?", (now - self._letter_retention,)
+                )
+                conn.execute(
+                    "DELETE FROM dead_letters WHERE email_id IN (SELECT email_id FROM "
+                    "dead_letters ORDER BY at DESC LIMIT -1 OFFSET ?)",
+                    (self._max_letters,),
+                )
+            self._maybe_purge(conn)
+
+        await self._run(write)
+
+    async def dead_letter(self, email_id: str) -> DeadLetter | None:
+        """The dead letter kept under that email id, or None."""
+        return await self._run(_find_letter, email_id)
+
+    async def dead_letters(
+        self,
+        *,
+        mailbox: str | None = None,
+        statuses: Sequence[DeadLetterStatus] = (),
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        """Dead letters, newest first, filtered by mailbox and statuses when given."""
+        wanted = list(statuses)
+
+        def query(conn: sqlite3.Connection) -> list[DeadLetter]:
+            clauses = ["1 = 1"]
+            params: list[Any] = []
+            if mailbox is not None:
+                clauses.append("mailbox = ?")
+                params.append(mailbox)
+            if wanted:
+                clauses.append(f"status IN ({','.join('?' for _ in wanted)})")
+                params.extend(wanted)
+            rows = conn.execute(
+                f"SELECT letter FROM dead_letters WHERE {' AND '.join(clauses)} "  # noqa: S608 - only placeholders are interpolated
+                "ORDER BY at DESC, email_id DESC LIMIT ?",
+                (*params, max(0, limit)),
+            ).fetchall()
+            return [_letter(row[0]) for row in rows]
+
+        return await self._run(query)
+
+    async def request_redrive(self, email_id: str, at: float) -> DeadLetter | None:
+        """dead_lettered becomes redrive_requested with its attempts cleared; else unchanged."""
+
+        def write(conn: sqlite3.Connection) -> DeadLetter | None:
+            with _transaction(conn):
+                before = _find_letter(conn, email_id)
+                if before is None or before.status != "dead_lettered":
+                    return before
+                _write_letter(
+                    conn,
+                    dataclasses.replace(
+                        before,
+                        status="redrive_requested",
+                        redrives=before.redrives + 1,
+                        requested_at=at,
+                        updated_at=at,
+                        note="",
+                    ),
+                )
+                conn.execute("DELETE FROM attempts WHERE key = ?", (email_id,))
+            return before
+
+        return await self._run(write)
+
+    async def pending_redrives(self, mailbox: str, limit: int) -> list[DeadLetter]:
+        """The mailbox's requested re-drives, oldest request first."""
+
+        def query(conn: sqlite3.Connection) -> list[DeadLetter]:
+            rows = conn.execute(
+                "SELECT letter FROM dead_letters WHERE mailbox = ? AND status = ? "
+                "ORDER BY requested_at, email_id LIMIT ?",
+                (mailbox, "redrive_requested", max(0, limit)),
+            ).fetchall()
+            return [_letter(row[0]) for row in rows]
+
+        return await self._run(query)
+
+    async def finish_redrive(
+        self, email_id: str, status: DeadLetterStatus, at: float, note: str
+    ) -> bool:
+        """Settles a pending re-drive; False when the letter has no pending request."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                before = _find_letter(conn, email_id)
+                if before is None or before.status != "redrive_requested":
+                    return False
+                _write_letter(
+                    conn,
+                    dataclasses.replace(
+                        before, status=status, requested_at=None, updated_at=at, note=note
+                    ),
+                )
+            return True
+
+        return await self._run(write)
+
     # Key-value.
 
     async def kv_get(self, key: str) -> Any | None:
@@ -538,3 +681,29 @@ class _transaction:
 
 def _record(text: str) -> DeliveryRecord:
     return DeliveryRecord(**json.loads(text))
+
+
+def _letter(text: str) -> DeadLetter:
+    return DeadLetter(**json.loads(text))
+
+
+def _find_letter(conn: sqlite3.Connection, email_id: str) -> DeadLetter | None:
+    row = conn.execute("SELECT letter FROM dead_letters WHERE email_id = ?", (email_id,)).fetchone()
+    return None if row is None else _letter(row[0])
+
+
+def _write_letter(conn: sqlite3.Connection, letter: DeadLetter) -> None:
+    conn.execute(
+        "INSERT INTO dead_letters (email_id, mailbox, status, at, requested_at, letter) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (email_id) DO UPDATE SET "
+        "mailbox = excluded.mailbox, status = excluded.status, at = excluded.at, "
+        "requested_at = excluded.requested_at, letter = excluded.letter",
+        (
+            letter.email_id,
+            letter.mailbox,
+            letter.status,
+            letter.at,
+            letter.requested_at,
+            json.dumps(dataclasses.asdict(letter)),
+        ),
+    )
