@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 DeliveryOutcome = Literal["delivered", "failed", "dead_lettered"]
 # dead_lettered -> redrive_requested -> delivered | gone | dead_lettered (again, new reason)
@@ -14,6 +14,7 @@ DeadLetterStatus = Literal["dead_lettered", "redrive_requested", "delivered", "g
 DeadLetterReason = Literal[
     "webhook_rejected", "webhook_unavailable", "store_error", "processing_error"
 ]
+DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = get_args(DeadLetterReason)
 
 
 class StoreError(RuntimeError):
