@@ -23,6 +23,7 @@ from opentelemetry.trace import StatusCode, Tracer
 from agent.config import MailboxSettings, Settings
 from agent.pipeline.imap import FetchedMessage, ImapError, ReconnectingSession
 from agent.pipeline.process import EmailProcessor, ProcessOutcome
+from agent.pipeline.redrive import carry_out_redrives
 from agent.store.base import Lease, Store, StoreError, Watermark
 from agent.telemetry.catalogue import Instruments
 from agent.telemetry.logs import get_logger
@@ -223,6 +224,17 @@ class MailboxPoller:
             mark = Watermark(uidvalidity=status.uidvalidity, uid=0)
             await self._save(mark)
         self.watermark = mark
+        await carry_out_redrives(
+            self.mailbox.name,
+            status.uidvalidity,
+            client=client,
+            store=self._store,
+            processor=self._processor,
+            max_message_bytes=self._settings.parse.max_message_bytes,
+            poll=poll_context,
+            renew=self._renew,
+            stop=stop,
+        )
         uids = sorted(await client.search_uids_above(mark.uid))
         self.backlog = len(uids)
         if not uids:

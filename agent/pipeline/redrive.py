@@ -1,0 +1,180 @@
+"""Re-drives dead-lettered mail once its cause is fixed: asked for in the store, carried out by the
+mailbox's lease holder at a safe point of its cycle, through the normal path, with the same key.
+
+Asking is idempotent by the email id (the webhook's Idempotency-Key): only a dead_lettered letter
+becomes redrive_requested, so asking twice is asking once, and a delivered letter is never sent
+again. Whichever replica holds the mailbox's lease fetches the UID again (while UIDVALIDITY
+still matches; otherwise the letter is `gone`), processes it with a fresh attempt budget, and
+settles the request with the outcome. A crash between the app's answer and that record means
+one more delivery with the same Idempotency-Key, exactly as for new mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from opentelemetry.trace import SpanContext
+
+from agent.pipeline.imap import FetchedMessage
+from agent.pipeline.process import ProcessOutcome
+from agent.store.base import DeadLetter, DeadLetterStatus, Store
+from agent.telemetry.logs import get_logger
+
+# A cycle carries out at most this many re-drives, so new mail is never held up for long.
+REDRIVES_PER_CYCLE = 10
+
+RedriveAnswer = Literal[
+    "requested", "already_requested", "already_delivered", "gone", "not_found", "not_polled"
+]
+_ANSWERS: dict[DeadLetterStatus, RedriveAnswer] = {
+    "dead_lettered": "requested",
+    "redrive_requested": "already_requested",
+    "delivered": "already_delivered",
+    "gone": "gone",
+}
+
+
+@dataclass(frozen=True)
+class RedriveRequest:
+    """What asking for a re-drive did, and the dead letter as it is now (None: no such letter)."""
+
+    answer: RedriveAnswer
+    letter: DeadLetter | None
+
+    @property
+    def accepted(self) -> bool:
+        """Whether a re-drive is now pending (asked now or before)."""
+        return self.answer in ("requested", "already_requested")
+
+    def describe(self) -> str:
+        """One line for people: what happened and what happens next."""
+        letter = self.letter
+        if letter is None:
+            return "no dead letter has this id (it was delivered, or never dead-lettered)"
+        where = f"mailbox {letter.mailbox}, UID {letter.uid}"
+        return {
+            "requested": f"re-drive requested ({where}); the mailbox's poller delivers it at "
+            "its next cycle",
+            "already_requested": f"a re-drive is already pending ({where})",
+            "already_delivered": f"already delivered by an earlier re-drive ({where})",
+            "gone": f"cannot be re-driven: {letter.note or 'the message is gone'} ({where})",
+            "not_found": "no dead letter has this id",
+            "not_polled": f"mailbox {letter.mailbox} is not configured here, so nobody would "
+            "carry the re-drive out",
+        }[self.answer]
+
+
+async def request_redrive(
+    store: Store,
+    email_id: str,
+    *,
+    mailboxes: Collection[str] | None = None,
+    now: float | None = None,
+) -> RedriveRequest:
+    """Asks for a re-drive of the dead letter with that email id; asking again changes nothing.
+
+    With `mailboxes` (the configured names), a letter of a mailbox nobody polls is refused.
+    """
+    if mailboxes is not None:
+        letter = await store.dead_letter(email_id)
+        if letter is not None and letter.mailbox not in mailboxes:
+            return RedriveRequest("not_polled", letter)
+    before = await store.request_redrive(email_id, time.time() if now is None else now)
+    if before is None:
+        return RedriveRequest("not_found", None)
+    return RedriveRequest(_ANSWERS[before.status], await store.dead_letter(email_id) or before)
+
+
+class MessageSource(Protocol):
+    """Fetches messages by UID from the selected folder (the IMAP client has this shape)."""
+
+    async def fetch(self, uids: Sequence[int], *, max_bytes: int) -> list[FetchedMessage]:
+        """The messages that still exist, each cut at max_bytes."""
+
+
+class Redrivable(Protocol):
+    """Processes one message end to end (the email processor has this shape)."""
+
+    async def process(
+        self,
+        mailbox: str,
+        uidvalidity: int,
+        message: FetchedMessage,
+        poll: SpanContext | None = None,
+        *,
+        redrive: bool = False,
+    ) -> ProcessOutcome:
+        """One recorded outcome for the message."""
+
+
+async def carry_out_redrives(
+    mailbox: str,
+    uidvalidity: int,
+    *,
+    client: MessageSource,
+    store: Store,
+    processor: Redrivable,
+    max_message_bytes: int,
+    poll: SpanContext | None = None,
+    renew: Callable[[], Awaitable[None]] | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Carries out the mailbox's pending re-drives, oldest request first; returns how many ran.
+
+    Called by the lease holder with the folder selected. `renew` keeps the lease after each one.
+    """
+    pending = await store.pending_redrives(mailbox, REDRIVES_PER_CYCLE)
+    done = 0
+    for letter in pending:
+        if stop is not None and stop.is_set():
+            break
+        await _carry_out(letter, uidvalidity, client, store, processor, max_message_bytes, poll)
+        done += 1
+        if renew is not None:
+            await renew()
+    return done
+
+
+async def _carry_out(
+    letter: DeadLetter,
+    uidvalidity: int,
+    client: MessageSource,
+    store: Store,
+    processor: Redrivable,
+    max_message_bytes: int,
+    poll: SpanContext | None,
+) -> None:
+    log = get_logger("imap")
+    fields = {"email_id": letter.email_id, "mailbox": letter.mailbox, "uid": letter.uid}
+    if letter.uidvalidity != uidvalidity:
+        note = (
+            f"UIDVALIDITY changed from {letter.uidvalidity} to {uidvalidity}: the UID no "
+            "longer names this message"
+        )
+        await store.finish_redrive(letter.email_id, "gone", time.time(), note)
+        log.warning("email.redrive", outcome="gone", note=note, **fields)
+        return
+    messages = await client.fetch([letter.uid], max_bytes=max_message_bytes)
+    if not messages:
+        note = "the message is no longer in the folder (expunged or moved)"
+        await store.finish_redrive(letter.email_id, "gone", time.time(), note)
+        log.warning("email.redrive", outcome="gone", note=note, **fields)
+        return
+    outcome = await processor.process(letter.mailbox, uidvalidity, messages[0], poll, redrive=True)
+    if outcome.outcome == "delivered":
+        await store.finish_redrive(letter.email_id, "delivered", time.time(), "delivered")
+        log.info("email.redrive", outcome="delivered", **fields)
+    elif outcome.outcome == "failed":
+        # Still pending: the next cycle tries again until imap.max_attempts dead-letters it.
+        log.warning("email.redrive", outcome="failed", reason=outcome.reason, **fields)
+    elif outcome.outcome == "dead_lettered":
+        # Recording the dead letter again settled the request, with the new reason.
+        log.error("email.redrive", outcome="dead_lettered", reason=outcome.reason, **fields)
+    else:
+        note = f"not delivered: {outcome.reason or outcome.outcome}"
+        await store.finish_redrive(letter.email_id, "dead_lettered", time.time(), note)
+        log.warning("email.redrive", outcome=outcome.outcome, note=note, **fields)
