@@ -1,9 +1,10 @@
-"""The `signal-sidecar` command: run, check, config check, alerts test."""
+"""The `signal-sidecar` command: run, check, config check, alerts test, redrive."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -46,6 +47,23 @@ def _parser() -> argparse.ArgumentParser:
     alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)
     alerts_test = alerts_sub.add_parser("test", help="send one test notification to each notifier")
     alerts_test.add_argument("--config", help="TOML file (default: $SIDECAR_CONFIG)")
+    redrive = sub.add_parser(
+        "redrive",
+        help="re-drive a dead-lettered mail once its cause is fixed, or list dead letters",
+        description="Asks the mailbox's poller to deliver a dead-lettered mail again, with its "
+        "original Idempotency-Key. Exit 0: delivered (or requested, with --wait 0); 1: not "
+        "delivered; 2: bad configuration.",
+    )
+    redrive.add_argument("email_id", nargs="?", help="the dead letter's email id (Idempotency-Key)")
+    redrive.add_argument("--list", action="store_true", help="list dead letters, newest first")
+    redrive.add_argument("--all", action="store_true", help="--list also delivered and gone ones")
+    redrive.add_argument("--mailbox", help="--list only this mailbox's")
+    redrive.add_argument("--json", action="store_true", help="--list as one JSON object a line")
+    redrive.add_argument("--limit", type=int, default=100, help="--list at most this many")
+    redrive.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for the outcome (0: do not)"
+    )
+    redrive.add_argument("--config", help="TOML file (default: $SIDECAR_CONFIG)")
     return parser
 
 
@@ -61,7 +79,10 @@ def _load(path: str | None) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "redrive" and args.list == bool(args.email_id):
+        parser.error("redrive: give either an email id or --list")
     try:
         if args.command == "config":
             return _config_check(args.config)
@@ -72,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(settings, host=args.host, port=args.port)
         if args.command == "alerts":
             return _alerts_test(settings)
+        if args.command == "redrive":
+            return asyncio.run(_redrive(settings, args))
     except ConfigError as exc:
         print(f"signal-sidecar: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -114,6 +137,66 @@ def _alerts_test(settings: Settings) -> int:
     from agent.alerts.wiring import send_test_notifications
 
     return asyncio.run(send_test_notifications(settings))
+
+
+async def _redrive(settings: Settings, args: argparse.Namespace) -> int:
+    """`signal-sidecar redrive`: lists dead letters, or asks for one re-drive and waits for it."""
+    from agent.pipeline.redrive import AWAITING, request_redrive, wait_for_outcome
+    from agent.store.base import StoreError
+    from agent.store.factory import open_store
+
+    masker = Masker(settings.secrets())
+    store = open_store(settings)
+    try:
+        await store.start()
+        if args.list:
+            statuses = () if args.all else AWAITING
+            letters = await store.dead_letters(
+                mailbox=args.mailbox, statuses=statuses, limit=max(1, args.limit)
+            )
+            for letter in letters:
+                row = dataclasses.asdict(letter)
+                if args.json:
+                    print(masker.mask(json.dumps(row)))
+                    continue
+                at = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(letter.at))
+                why = f"{letter.error_type}: {letter.reason}" + (
+                    f" ({letter.note})" if letter.note else ""
+                )
+                print(
+                    masker.mask(
+                        f"{letter.email_id}  {letter.mailbox}  UID {letter.uid}  {at}  "
+                        f"{letter.status}  re-driven {letter.redrives}x  {why}"
+                    )
+                )
+            if not letters and not args.json:
+                print("no dead letters" if args.all else "no dead letters waiting for a re-drive")
+            return 0
+        # Without mailboxes in this configuration (a tooling host), nothing can be judged.
+        mailboxes = [box.name for box in settings.mailboxes] or None
+        request = await request_redrive(store, args.email_id, mailboxes=mailboxes)
+        print(masker.mask(f"{args.email_id}: {request.describe()}"))
+        if not request.accepted:
+            return 0 if request.answer == "already_delivered" else 1
+        if args.wait <= 0:
+            return 0
+        settled = await wait_for_outcome(store, args.email_id, seconds=args.wait)
+        if settled is not None and settled.status == "delivered":
+            print(f"{args.email_id}: delivered")
+            return 0
+        if settled is None or settled.status == "redrive_requested":
+            print(
+                f"{args.email_id}: still pending after {args.wait:g}s; it is delivered at the "
+                "next cycle of whichever replica polls the mailbox"
+            )
+            return 1
+        print(masker.mask(f"{args.email_id}: {settled.status}: {settled.note or settled.reason}"))
+        return 1
+    except StoreError as exc:
+        print(f"signal-sidecar: the state store is unavailable: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
 
 
 def _run(settings: Settings, *, host: str | None, port: int | None) -> int:

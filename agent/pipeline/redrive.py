@@ -27,6 +27,9 @@ from agent.telemetry.logs import get_logger
 # A cycle carries out at most this many re-drives, so new mail is never held up for long.
 REDRIVES_PER_CYCLE = 10
 
+# Letters an operator still has to act on (the default listing).
+AWAITING: tuple[DeadLetterStatus, ...] = ("dead_lettered", "redrive_requested")
+
 RedriveAnswer = Literal[
     "requested", "already_requested", "already_delivered", "gone", "not_found", "not_polled"
 ]
@@ -87,6 +90,20 @@ async def request_redrive(
     if before is None:
         return RedriveRequest("not_found", None)
     return RedriveRequest(_ANSWERS[before.status], await store.dead_letter(email_id) or before)
+
+
+async def wait_for_outcome(
+    store: Store, email_id: str, *, seconds: float, every: float = 0.5
+) -> DeadLetter | None:
+    """The letter once its pending re-drive is settled, or as it is when `seconds` ran out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        letter = await store.dead_letter(email_id)
+        if letter is None or letter.status != "redrive_requested":
+            return letter
+        if time.monotonic() >= deadline:
+            return letter
+        await asyncio.sleep(min(every, max(0.0, deadline - time.monotonic())))
 
 
 class MessageSource(Protocol):
