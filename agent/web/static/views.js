@@ -5,7 +5,7 @@ import { drawChart, meanPerInterval, perMinute, plain } from "./charts.js";
 export const KNOWN_LOGGERS = ["alerts", "app", "health", "http", "imap", "performance",
   "r2_transfer", "store", "telemetry", "webhook"];
 
-function el(tag, { text, className, title, attrs } = {}, children = []) {
+export function el(tag, { text, className, title, attrs } = {}, children = []) {
   const node = document.createElement(tag);
   if (text !== undefined && text !== null) node.textContent = String(text);
   if (className) node.className = className;
@@ -36,7 +36,7 @@ function clock(value) {
   return date ? date.toLocaleTimeString([], { hour12: false }) : "";
 }
 
-function badge(status) {
+export function badge(status) {
   return el("span", { text: status, className: "badge", attrs: { "data-status": status } });
 }
 
