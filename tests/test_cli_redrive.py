@@ -47,12 +47,7 @@ async def _redrive(env: dict[str, str], *args: str) -> tuple[int, str]:
 def _env(dovecot: Dovecot, store: dict[str, str]) -> dict[str, str]:
     """What the sidecar and the command share: the mailbox and the store."""
     return {
-        "IMAP_HOST": dovecot.host,
-        "IMAP_PORT": str(dovecot.port),
-        "IMAP_USERNAME": "alice",
-        "IMAP_PASSWORD": dovecot.users["alice"],
-        "IMAP_TLS": "none",
-        "IMAP_POLL_INTERVAL": "0.5",
+        **dovecot.env("alice"),
         "WEBHOOK_SECRET": SECRET,
         **store,
     }

@@ -261,11 +261,7 @@ class LocalStore:
         def write(conn: sqlite3.Connection) -> None:
             now = time.time()
             with _transaction(conn):
-                conn.executemany(
-                    "INSERT INTO processed (key, expires_at) VALUES (?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at",
-                    [(key, now + ttl) for key in marked],
-                )
+                _mark_processed(conn, marked, now + ttl)
                 if record is not None:
                     self._insert_delivery(conn, record)
             self._maybe_purge(conn)
@@ -363,11 +359,7 @@ class LocalStore:
         def write(conn: sqlite3.Connection) -> None:
             now = time.time()
             with _transaction(conn):
-                conn.executemany(
-                    "INSERT INTO processed (key, expires_at) VALUES (?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at",
-                    [(key, now + ttl) for key in marked],
-                )
+                _mark_processed(conn, marked, now + ttl)
                 self._insert_delivery(conn, record)
                 earlier = _find_letter(conn, letter.email_id)
                 kept = dataclasses.replace(
@@ -681,6 +673,14 @@ class _transaction:
 
 def _record(text: str) -> DeliveryRecord:
     return DeliveryRecord(**json.loads(text))
+
+
+def _mark_processed(conn: sqlite3.Connection, keys: Sequence[str], expires_at: float) -> None:
+    conn.executemany(
+        "INSERT INTO processed (key, expires_at) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at",
+        [(key, expires_at) for key in keys],
+    )
 
 
 def _letter(text: str) -> DeadLetter:

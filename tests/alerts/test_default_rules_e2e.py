@@ -58,12 +58,7 @@ async def app() -> AsyncIterator[Receiver]:
 
 def _env(dovecot: Dovecot, app: Receiver, file_server: FileServer, **extra: str) -> dict[str, str]:
     return {
-        "IMAP_HOST": dovecot.host,
-        "IMAP_PORT": str(dovecot.port),
-        "IMAP_USERNAME": "alice",
-        "IMAP_PASSWORD": dovecot.users["alice"],
-        "IMAP_TLS": "none",
-        "IMAP_POLL_INTERVAL": "0.5",
+        **dovecot.env("alice"),
         "WEBHOOK_URL": app.url + "/hook",
         "LINK_ALLOWED_HOSTS": file_server.origin,
         # Nothing leaves for a collector; the alert engine reads every export through the tee.

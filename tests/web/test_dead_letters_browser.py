@@ -22,12 +22,7 @@ OpenPage = Callable[..., BrowserPage]
 
 def _env(dovecot: Dovecot, app: Receiver) -> dict[str, str]:
     return {
-        "IMAP_HOST": dovecot.host,
-        "IMAP_PORT": str(dovecot.port),
-        "IMAP_USERNAME": "alice",
-        "IMAP_PASSWORD": dovecot.users["alice"],
-        "IMAP_TLS": "none",
-        "IMAP_POLL_INTERVAL": "0.5",
+        **dovecot.env("alice"),
         "WEBHOOK_URL": app.url + "/hook",
         "SIDECAR_API_TOKEN": TOKEN,
         "SIDECAR_DASHBOARD_POLL_INTERVAL": "1",
