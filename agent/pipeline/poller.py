@@ -230,7 +230,7 @@ class MailboxPoller:
             client=client,
             store=self._store,
             processor=self._processor,
-            max_message_bytes=self._settings.parse.max_message_bytes,
+            settings=self._settings,
             poll=poll_context,
             renew=self._renew,
             stop=stop,

@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 
 from opentelemetry.trace import SpanContext
 
+from agent.config import Settings
 from agent.pipeline.imap import FetchedMessage
 from agent.pipeline.process import ProcessOutcome
 from agent.store.base import DeadLetter, DeadLetterStatus, Store
@@ -26,6 +27,9 @@ from agent.telemetry.logs import get_logger
 
 # A cycle carries out at most this many re-drives, so new mail is never held up for long.
 REDRIVES_PER_CYCLE = 10
+# Cycles a re-drive may take part in without an outcome (each counted before it starts) are
+# bounded by imap.max_attempts, so one that keeps failing its cycle never holds up new mail.
+_ATTEMPTS_PREFIX = "redrive:"
 
 # Letters an operator still has to act on (the default listing).
 AWAITING: tuple[DeadLetterStatus, ...] = ("dead_lettered", "redrive_requested")
@@ -135,7 +139,7 @@ async def carry_out_redrives(
     client: MessageSource,
     store: Store,
     processor: Redrivable,
-    max_message_bytes: int,
+    settings: Settings,
     poll: SpanContext | None = None,
     renew: Callable[[], Awaitable[None]] | None = None,
     stop: asyncio.Event | None = None,
@@ -149,7 +153,7 @@ async def carry_out_redrives(
     for letter in pending:
         if stop is not None and stop.is_set():
             break
-        await _carry_out(letter, uidvalidity, client, store, processor, max_message_bytes, poll)
+        await _carry_out(letter, uidvalidity, client, store, processor, settings, poll)
         done += 1
         if renew is not None:
             await renew()
@@ -162,7 +166,30 @@ async def _carry_out(
     client: MessageSource,
     store: Store,
     processor: Redrivable,
-    max_message_bytes: int,
+    settings: Settings,
+    poll: SpanContext | None,
+) -> None:
+    log = get_logger("imap")
+    fields = {"email_id": letter.email_id, "mailbox": letter.mailbox, "uid": letter.uid}
+    tries = _ATTEMPTS_PREFIX + letter.email_id
+    started = await store.incr_attempts(tries, settings.store.processed_ttl)
+    if started > settings.imap.max_attempts:
+        note = f"abandoned: {started - 1} cycles ended before it did (see poller.cycle_failed)"
+        await store.finish_redrive(letter.email_id, "dead_lettered", time.time(), note)
+        await store.clear_attempts(tries)
+        log.error("email.redrive", outcome="abandoned", note=note, **fields)
+        return
+    await _redrive(letter, uidvalidity, client, store, processor, settings, poll)
+    await store.clear_attempts(tries)
+
+
+async def _redrive(
+    letter: DeadLetter,
+    uidvalidity: int,
+    client: MessageSource,
+    store: Store,
+    processor: Redrivable,
+    settings: Settings,
     poll: SpanContext | None,
 ) -> None:
     log = get_logger("imap")
@@ -175,7 +202,7 @@ async def _carry_out(
         await store.finish_redrive(letter.email_id, "gone", time.time(), note)
         log.warning("email.redrive", outcome="gone", note=note, **fields)
         return
-    messages = await client.fetch([letter.uid], max_bytes=max_message_bytes)
+    messages = await client.fetch([letter.uid], max_bytes=settings.parse.max_message_bytes)
     if not messages:
         note = "the message is no longer in the folder (expunged or moved)"
         await store.finish_redrive(letter.email_id, "gone", time.time(), note)

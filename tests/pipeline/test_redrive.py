@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +49,13 @@ class Mailbox:
 async def make_mailbox(
     tmp_path: Path, receiver: Receiver, dovecot: Dovecot
 ) -> AsyncIterator[Callable[..., Awaitable[Mailbox]]]:
-    """make_mailbox(max_attempts=1) -> a Mailbox whose poller holds the lease."""
+    """make_mailbox(max_attempts=1, wrap=None) -> a Mailbox whose poller holds the lease; `wrap`
+    may put something around the real processor."""
     opened: list[tuple[Telemetry, aiohttp.ClientSession, LocalStore]] = []
 
-    async def make(max_attempts: int = 1) -> Mailbox:
+    async def make(
+        max_attempts: int = 1, wrap: Callable[[EmailProcessor], Any] | None = None
+    ) -> Mailbox:
         settings: Settings = settings_from_mapping(
             {
                 "imap": {"timeout": "5s", "max_attempts": max_attempts, "batch_size": 20},
@@ -75,7 +79,7 @@ async def make_mailbox(
                                    links=LinkRegistry(settings.links))  # fmt: skip
         poller = MailboxPoller(dovecot.settings("alice"), settings, holder="replica-a",
                                store=store, tracer=tracer, instruments=telemetry.instruments,
-                               processor=processor)  # fmt: skip
+                               processor=wrap(processor) if wrap else processor)  # fmt: skip
         assert await poller._hold_lease(lambda: 1)
         return Mailbox(poller, store, dovecot)
 
@@ -246,3 +250,37 @@ async def test_a_cycle_carries_out_a_bounded_number_of_redrives(
     await mailbox.poller.cycle()
     assert await mailbox.store.pending_redrives(mailbox.name, 100) == []
     assert len(receiver.requests) == 2 * count
+
+
+class FailingRedrives:
+    """The real processor, except that a re-drive raises, as a bug in processing would."""
+
+    def __init__(self, inner: EmailProcessor) -> None:
+        self.inner = inner
+
+    async def process(self, *args: Any, redrive: bool = False, **kwargs: Any) -> Any:
+        if redrive:
+            raise RuntimeError("re-drive bug")
+        return await self.inner.process(*args, **kwargs)
+
+
+async def test_a_redrive_that_keeps_failing_its_cycle_is_abandoned_and_new_mail_flows_again(
+    make_mailbox: Callable[..., Awaitable[Mailbox]], receiver: Receiver
+) -> None:
+    mailbox = await make_mailbox(max_attempts=3, wrap=FailingRedrives)
+    key = await _dead_letter_one(mailbox, receiver)
+    await request_redrive(mailbox.store, key)
+    mailbox.dovecot.append("alice", _mails(1, start=2)[0])
+    for _ in range(3):
+        with contextlib.suppress(RuntimeError):
+            await mailbox.poller.cycle()
+        assert (await mailbox.letter(1)).status == "redrive_requested"
+    assert len(receiver.requests) == 1, "the new mail waits behind the failing re-drive"
+    await mailbox.poller.cycle()
+    letter = await mailbox.letter(1)
+    assert (letter.status, letter.note) == (
+        "dead_lettered",
+        "abandoned: 3 cycles ended before it did (see poller.cycle_failed)",
+    )
+    assert [r.headers["Idempotency-Key"] for r in receiver.requests] == [key, mailbox.email_id(2)]
+    assert (await request_redrive(mailbox.store, key)).answer == "requested"
