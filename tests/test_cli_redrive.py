@@ -121,7 +121,7 @@ async def test_redrive_of_an_unknown_id_says_so_and_exits_one(tmp_path: Path) ->
     assert code == 1
     assert (
         output.strip()
-        == f"{'0' * 32}: no dead letter has this id (it was delivered, or never dead-lettered)"
+        == f"{'0' * 32}: no dead letter has this id: never dead-lettered, or kept no longer"
     )
 
 

@@ -27,8 +27,8 @@ from agent.telemetry.logs import get_logger
 
 # A cycle carries out at most this many re-drives, so new mail is never held up for long.
 REDRIVES_PER_CYCLE = 10
-# Cycles a re-drive may take part in without an outcome (each counted before it starts) are
-# bounded by imap.max_attempts, so one that keeps failing its cycle never holds up new mail.
+# The cycles a re-drive started in without reaching an outcome are counted under this prefix;
+# past imap.max_attempts it is abandoned, so it never holds up new mail for good.
 _ATTEMPTS_PREFIX = "redrive:"
 
 # Letters an operator still has to act on (the default listing).
@@ -61,7 +61,7 @@ class RedriveRequest:
         """One line for people: what happened and what happens next."""
         letter = self.letter
         if letter is None:
-            return "no dead letter has this id (it was delivered, or never dead-lettered)"
+            return "no dead letter has this id: never dead-lettered, or kept no longer"
         where = f"mailbox {letter.mailbox}, UID {letter.uid}"
         return {
             "requested": f"re-drive requested ({where}); the mailbox's poller delivers it at "
