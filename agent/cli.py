@@ -1,4 +1,4 @@
-"""The `signal-sidecar` command: run, check, config check, alerts test, alerts export.
+"""The `signal-sidecar` command: run, check, config check, alerts test, alerts export, redrive.
 
 Each command is one function taking the parsed arguments and returning the exit code. A bad
 configuration exits 2, a machine that cannot run it (port taken, data directory not writable)
@@ -35,7 +35,9 @@ EXIT_ENVIRONMENT = 1
 EXIT_CONFIGURATION = 2
 
 Command = Callable[[argparse.Namespace], int]
-_DESCRIPTION = "The signal-sidecar command: run, check, config check, alerts test, alerts export."
+_DESCRIPTION = (
+    "The signal-sidecar command: run, check, config check, alerts test, alerts export, redrive."
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,12 +85,33 @@ def _parser() -> argparse.ArgumentParser:
         help="a label of the PrometheusRule (e.g. release=prometheus); repeatable",
     )
     alerts_export.set_defaults(handler=_alerts_export)
+    redrive = sub.add_parser(
+        "redrive",
+        help="re-drive a dead-lettered mail once its cause is fixed, or list dead letters",
+        description="Asks the mailbox's poller to deliver a dead-lettered mail again, with its "
+        "original Idempotency-Key. Exit 0: delivered (or requested, with --wait 0); 1: not "
+        "delivered; 2: bad configuration.",
+    )
+    redrive.add_argument("email_id", nargs="?", help="the dead letter's email id (Idempotency-Key)")
+    redrive.add_argument("--list", action="store_true", help="list dead letters, newest first")
+    redrive.add_argument("--all", action="store_true", help="--list also delivered and gone ones")
+    redrive.add_argument("--mailbox", help="--list only this mailbox's")
+    redrive.add_argument("--json", action="store_true", help="--list as one JSON object a line")
+    redrive.add_argument("--limit", type=int, default=100, help="--list at most this many")
+    redrive.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for the outcome (0: do not)"
+    )
+    redrive.add_argument("--config", help="TOML file (default: $SIDECAR_CONFIG)")
+    redrive.set_defaults(handler=_redrive)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "redrive" and args.list == bool(args.email_id):
+        parser.error("redrive: give either an email id or --list")
     handler: Command = args.handler
     try:
         return handler(args)
@@ -162,6 +185,12 @@ def _alerts_test(args: argparse.Namespace) -> int:
     from agent.alerts.wiring import send_test_notifications
 
     return asyncio.run(send_test_notifications(_load(args.config)))
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    from agent.redrive_command import redrive_command
+
+    return asyncio.run(redrive_command(_load(args.config), args))
 
 
 def _alerts_export(args: argparse.Namespace) -> int:

@@ -20,10 +20,10 @@ if TYPE_CHECKING:
 
 def start_components(settings: Settings) -> list[StartHook]:
     """The start hooks for this configuration, in start order."""
-    hooks: list[StartHook] = [start_delivery_stats]
+    # The alert engine starts before the pipeline, so it sees every series from its start.
+    hooks: list[StartHook] = [start_delivery_stats, start_alerts]
     if settings.server.enable_background_tasks and settings.mailboxes:
         hooks.append(start_pipeline)
-    hooks.append(start_alerts)
     return hooks
 
 
@@ -72,6 +72,9 @@ async def start_pipeline(sidecar: Sidecar) -> None:
         links=LinkRegistry(settings.links),
         transfers=transfers,
     )
+    from agent.alerts.wiring import take_metric_baseline
+
+    await take_metric_baseline(sidecar)
     identity = await asyncio.to_thread(this_process, holder_id())
     replicas = Replicas(
         sidecar.store,

@@ -132,14 +132,16 @@ class AlertEngine:
 
     def _results(self, rule: AlertRule, now: float) -> dict[SeriesKey, float]:
         series = self._series
+        exclude = rule.exclude
         if rule.function == "value":
-            return series.value(rule.metric, rule.match, now)
+            return series.value(rule.metric, rule.match, now, exclude=exclude)
         if rule.function == "age":
-            return {k: now - v for k, v in series.value(rule.metric, rule.match, now).items()}
+            newest = series.value(rule.metric, rule.match, now, exclude=exclude)
+            return {k: now - v for k, v in newest.items()}
         if rule.function == "increase":
-            return series.increase(rule.metric, rule.match, rule.window, now)
+            return series.increase(rule.metric, rule.match, rule.window, now, exclude=exclude)
         if rule.function == "rate":
-            return series.rate(rule.metric, rule.match, rule.window, now)
+            return series.rate(rule.metric, rule.match, rule.window, now, exclude=exclude)
         top, bottom = rule.numerator, rule.denominator
         if top is None or bottom is None:
             return {}
@@ -148,6 +150,9 @@ class AlertEngine:
             (bottom.metric, bottom.match),
             rule.window,
             now,
+            numerator_exclude=top.exclude,
+            denominator_exclude=bottom.exclude,
+            min_denominator=rule.min_denominator,
         )
         return {} if value is None else {(): value}
 

@@ -77,9 +77,18 @@ class _Builder:
         self.job = job
         self.fleet = fleet_wide(rule)
 
-    def selector(self, metric: str, match: Mapping[str, str], regex: str = "") -> str:
+    def selector(
+        self,
+        metric: str,
+        match: Mapping[str, str],
+        regex: str = "",
+        exclude: Mapping[str, str] | None = None,
+    ) -> str:
         matchers = [f"job={_string(self.job)}"] if self.job else []
         matchers += [f"{_label(k, self.rule)}={_string(v)}" for k, v in sorted(match.items())]
+        matchers += [
+            f"{_label(k, self.rule)}!={_string(v)}" for k, v in sorted((exclude or {}).items())
+        ]
         if regex:
             matchers.append(regex)
         return f"{promnames.metric_name(metric)}{{{', '.join(matchers)}}}"
@@ -107,7 +116,7 @@ class _Builder:
         if rule.metric in RATIO_GAUGES:
             return self._gauge_ratio()
         labels = self.by([rule.metric])
-        selector = self.selector(rule.metric, rule.match)
+        selector = self.selector(rule.metric, rule.match, exclude=rule.exclude)
         if rule.function in ("increase", "rate"):
             window = duration(rule.window)
             return self.aggregate("sum", labels, f"{rule.function}({selector}[{window}])")
@@ -122,11 +131,18 @@ class _Builder:
         window = duration(self.rule.window)
 
         def summed(ref: SeriesRef) -> str:
-            return self.aggregate("sum", labels, f"increase({self.selector(*_ref(ref))}[{window}])")
+            selector = self.selector(ref.metric, ref.match, exclude=ref.exclude)
+            return self.aggregate("sum", labels, f"increase({selector}[{window}])")
 
         below = summed(bottom)
-        # No numerator series counts as 0 (as the sidecar sums nothing to 0); 0/0 is no data.
-        return f"({summed(top)} or 0 * {below}) / ({below} > 0)"
+        # No numerator series counts as 0 (as the sidecar sums nothing to 0); 0/0 is no data, and
+        # so is a denominator that grew by less than min_denominator.
+        enough = (
+            f"{below} >= {number(self.rule.min_denominator)}"
+            if self.rule.min_denominator > 0
+            else f"{below} > 0"
+        )
+        return f"({summed(top)} or 0 * {below}) / ({enough})"
 
     def _gauge_ratio(self) -> str:
         ratio = RATIO_GAUGES[self.rule.metric]
@@ -136,10 +152,6 @@ class _Builder:
         top = self.aggregate("sum", labels, self.selector(ratio.parts, self.rule.match, bad))
         below = self.aggregate("sum", labels, self.selector(ratio.parts, self.rule.match))
         return f"({top} or 0 * {below}) / ({below} > 0)"
-
-
-def _ref(ref: SeriesRef) -> tuple[str, Mapping[str, str]]:
-    return ref.metric, ref.match
 
 
 def translate(rule: AlertRule, *, job: str) -> Translation:
@@ -181,6 +193,11 @@ def _notes(rule: AlertRule, fleet: bool) -> list[str]:
         )
     if rule.function == "ratio" or rule.metric in RATIO_GAUGES:
         notes.append("0/0 is no data in both")
+    if rule.min_denominator > 0:
+        notes.append(
+            f"min_denominator: a denominator that grew by less than "
+            f"{number(rule.min_denominator)} is no data in both"
+        )
     if rule.resolve_threshold is not None:
         notes.append(
             f"resolve_threshold: a firing alert holds while the value is {rule.op} "

@@ -48,10 +48,12 @@ _RULE_KEYS = frozenset(
         "alert",
         "metric",
         "match",
+        "exclude",
         "function",
         "window",
         "numerator",
         "denominator",
+        "min_denominator",
         "op",
         "threshold",
         "resolve_threshold",
@@ -67,10 +69,11 @@ _WINDOWED = frozenset({"increase", "rate", "ratio"})
 
 @dataclass(frozen=True)
 class SeriesRef:
-    """A metric and exact-match attribute matchers."""
+    """A metric, attributes its series must have (match) and values they must not (exclude)."""
 
     metric: str
     match: Mapping[str, str] = field(default_factory=dict)
+    exclude: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,13 @@ class AlertRule:
     alert: str
     metric: str = ""
     match: Mapping[str, str] = field(default_factory=dict)
+    exclude: Mapping[str, str] = field(default_factory=dict)
     function: Function = "value"
     window: float = 0.0
     numerator: SeriesRef | None = None
     denominator: SeriesRef | None = None
+    # A ratio whose denominator grew by less than this in the window has no data.
+    min_denominator: float = 0.0
     op: str = ">"
     threshold: float = 0.0
     resolve_threshold: float | None = None
@@ -235,6 +241,45 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         labels={"severity": "warning"},
         annotations={"summary": "{{ value }} failed {{ labels.signal }} exports in 10m"},
     ),
+    # Any increase: a customer's delivery never reached the app (re-drive it once fixed).
+    _rule(
+        "MailDeadLettered",
+        "imap.messages",
+        ">",
+        0.0,
+        function="increase",
+        window=3600.0,
+        match={"outcome": "dead_lettered"},
+        labels={"severity": "critical"},
+        annotations={
+            "summary": "{{ value }} mail dead-lettered in mailbox {{ labels.imap_mailbox }} "
+            "in the last hour ({{ labels.error_type }})",
+            "description": "A delivery never reached the app. Fix the cause, then re-drive "
+            "it: signal-sidecar redrive --list, or the dashboard's Dead letters panel.",
+        },
+    ),
+    # Failed = every outcome but success (failure, timeout, rejected, unauthorized, and any
+    # outcome added later); judged once at least 5 transfers were tried in the window.
+    AlertRule(
+        alert="R2TransfersFailing",
+        function="ratio",
+        window=900.0,
+        numerator=SeriesRef("r2.transfers", exclude={"outcome": "success"}),
+        denominator=SeriesRef("r2.transfers"),
+        min_denominator=5.0,
+        op=">",
+        threshold=0.25,
+        resolve_threshold=0.10,
+        no_data="ok",
+        labels={"severity": "warning"},
+        annotations={
+            "summary": "{{ value }} of the R2 transfers of the last 15m failed "
+            "(above 0.25 of at least 5)",
+            "description": "Files are not copied into R2; the app gets the original links. "
+            "See the r2.transfer spans' error.type: unauthorized (token), failure (Worker or "
+            "source 5xx), timeout, rejected.",
+        },
+    ),
     _rule(
         "R2TransfersTimingOut",
         "r2.transfers",
@@ -380,9 +425,13 @@ def _metric(name: object, key: str, source: str, *, counter: bool) -> str:
 def _series(value: object, key: str, source: str) -> SeriesRef:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{source}: {key}: expected {{ metric = ..., match = {{...}} }}")
-    _known_keys(value, frozenset({"metric", "match"}), key, source)
+    _known_keys(value, frozenset({"metric", "match", "exclude"}), key, source)
     metric = _metric(value.get("metric"), f"{key}.metric", source, counter=True)
-    return SeriesRef(metric, _strings(value.get("match"), f"{key}.match", source))
+    return SeriesRef(
+        metric,
+        _strings(value.get("match"), f"{key}.match", source),
+        _strings(value.get("exclude"), f"{key}.exclude", source),
+    )
 
 
 def _check_template(text: str, key: str, source: str) -> None:
@@ -420,9 +469,11 @@ def _parse_rule(item: object, key: str, source: str) -> AlertRule:
         )
     metric = ""
     match: dict[str, str] = {}
+    exclude: dict[str, str] = {}
     numerator = denominator = None
+    min_denominator = 0.0
     if function == "ratio":
-        for name in ("metric", "match"):
+        for name in ("metric", "match", "exclude"):
             if name in item:
                 raise ConfigError(f"{source}: {key}.{name}: ratio takes numerator and denominator")
         for name in ("numerator", "denominator"):
@@ -430,14 +481,19 @@ def _parse_rule(item: object, key: str, source: str) -> AlertRule:
                 raise ConfigError(f"{source}: {key}.{name}: required by function 'ratio'")
         numerator = _series(item["numerator"], f"{key}.numerator", source)
         denominator = _series(item["denominator"], f"{key}.denominator", source)
+        if "min_denominator" in item:
+            min_denominator = _number(item, "min_denominator", key, source)
+            if min_denominator < 0:
+                raise ConfigError(f"{source}: {key}.min_denominator: must not be negative")
     else:
-        for name in ("numerator", "denominator"):
+        for name in ("numerator", "denominator", "min_denominator"):
             if name in item:
                 raise ConfigError(f"{source}: {key}.{name}: only function 'ratio' takes it")
         if "metric" not in item:
             raise ConfigError(f"{source}: {key}.metric: required")
         metric = _metric(item["metric"], f"{key}.metric", source, counter=function in _WINDOWED)
         match = _strings(item.get("match"), f"{key}.match", source)
+        exclude = _strings(item.get("exclude"), f"{key}.exclude", source)
     window = 0.0
     if function in _WINDOWED:
         if "window" not in item:
@@ -472,10 +528,12 @@ def _parse_rule(item: object, key: str, source: str) -> AlertRule:
         alert=alert,
         metric=metric,
         match=match,
+        exclude=exclude,
         function=function,
         window=window,
         numerator=numerator,
         denominator=denominator,
+        min_denominator=min_denominator,
         op=op,
         threshold=threshold,
         resolve_threshold=resolve,

@@ -77,11 +77,13 @@ def to_samples(data: MetricsData, *, at: float | None = None) -> list[Sample]:
     return out
 
 
-def _matches(key: SeriesKey, match: Mapping[str, str]) -> bool:
-    if not match:
+def _matches(key: SeriesKey, match: Mapping[str, str], exclude: Mapping[str, str]) -> bool:
+    if not match and not exclude:
         return True
     attrs = dict(key)
-    return all(attrs.get(name) == want for name, want in match.items())
+    return all(attrs.get(name) == want for name, want in match.items()) and not any(
+        attrs.get(name) == unwanted for name, unwanted in exclude.items()
+    )
 
 
 def _increase(points: Iterable[tuple[float, float]]) -> tuple[float, float, float] | None:
@@ -178,25 +180,39 @@ class SeriesStore:
             del self._series[ident]
 
     def _select(
-        self, metric: str, match: Mapping[str, str]
+        self, metric: str, match: Mapping[str, str], exclude: Mapping[str, str] | None
     ) -> list[tuple[SeriesKey, list[tuple[float, float]]]]:
+        unwanted = exclude or {}
         with self._lock:
             return [
                 (key, list(points))
                 for (name, key), points in self._series.items()
-                if name == metric and points and _matches(key, match)
+                if name == metric and points and _matches(key, match, unwanted)
             ]
 
-    def value(self, metric: str, match: Mapping[str, str], now: float) -> dict[SeriesKey, float]:
+    def value(
+        self,
+        metric: str,
+        match: Mapping[str, str],
+        now: float,
+        *,
+        exclude: Mapping[str, str] | None = None,
+    ) -> dict[SeriesKey, float]:
         """The newest value of each matching series that is not stale."""
         return {
             key: points[-1][1]
-            for key, points in self._select(metric, match)
+            for key, points in self._select(metric, match, exclude)
             if points[-1][0] >= now - self._staleness
         }
 
     def increase(
-        self, metric: str, match: Mapping[str, str], window: float, now: float
+        self,
+        metric: str,
+        match: Mapping[str, str],
+        window: float,
+        now: float,
+        *,
+        exclude: Mapping[str, str] | None = None,
     ) -> dict[SeriesKey, float]:
         """Per series, the counter's increase over the samples inside (now - window, now].
 
@@ -204,18 +220,24 @@ class SeriesStore:
         resets counted from zero. A series with fewer than two samples there has no data.
         """
         out: dict[SeriesKey, float] = {}
-        for key, points in self._select(metric, match):
+        for key, points in self._select(metric, match, exclude):
             found = _increase(p for p in points if now - window <= p[0] <= now)
             if found is not None:
                 out[key] = found[0]
         return out
 
     def rate(
-        self, metric: str, match: Mapping[str, str], window: float, now: float
+        self,
+        metric: str,
+        match: Mapping[str, str],
+        window: float,
+        now: float,
+        *,
+        exclude: Mapping[str, str] | None = None,
     ) -> dict[SeriesKey, float]:
         """Per series, the increase per second between the first and last sample in the window."""
         out: dict[SeriesKey, float] = {}
-        for key, points in self._select(metric, match):
+        for key, points in self._select(metric, match, exclude):
             found = _increase(p for p in points if now - window <= p[0] <= now)
             if found is not None and found[2] > found[1]:
                 out[key] = found[0] / (found[2] - found[1])
@@ -227,12 +249,21 @@ class SeriesStore:
         denominator: tuple[str, Mapping[str, str]],
         window: float,
         now: float,
+        *,
+        numerator_exclude: Mapping[str, str] | None = None,
+        denominator_exclude: Mapping[str, str] | None = None,
+        min_denominator: float = 0.0,
     ) -> float | None:
-        """Summed increase of the numerator over that of the denominator; 0/0 is no data."""
-        top = self.increase(numerator[0], numerator[1], window, now)
-        bottom = self.increase(denominator[0], denominator[1], window, now)
+        """Summed increase of the numerator over that of the denominator.
+
+        0/0 is no data, and so is a denominator that grew by less than min_denominator.
+        """
+        top = self.increase(numerator[0], numerator[1], window, now, exclude=numerator_exclude)
+        bottom = self.increase(
+            denominator[0], denominator[1], window, now, exclude=denominator_exclude
+        )
         below = sum(bottom.values())
-        if not bottom or below <= 0:
+        if not bottom or below <= 0 or below < min_denominator:
             return None
         return sum(top.values()) / below
 

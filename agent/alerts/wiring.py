@@ -111,6 +111,18 @@ async def start_alert_engine(sidecar: Sidecar) -> None:
     sidecar.spawn(engine.run(sidecar.stopping), "alerts")
 
 
+async def take_metric_baseline(sidecar: Sidecar, flush_seconds: float = 1.0) -> None:
+    """Collects the metrics once now, so the alert engine holds every series at its start value.
+
+    The pipeline creates its dead-letter and transfer series at zero; read before any mail can
+    move them, the first dead letter is an increase even when it comes within the first export
+    interval. The tee runs during the collection; sending it on is bounded by `flush_seconds`.
+    """
+    if sidecar.components.alerts is None:
+        return
+    await asyncio.to_thread(sidecar.telemetry.meter_provider.force_flush, flush_seconds * 1000)
+
+
 async def send_test_notifications(settings: Settings) -> int:
     """`signal-sidecar alerts test`: one test alert through every notifier; 0 when all succeed."""
     notifiers = notifiers_for(settings)

@@ -209,6 +209,8 @@ class ImapClient:
             _expect_ok(typ, data, "UID FETCH RFC822.SIZE")
             result: dict[int, int] = {}
             for item in data:
+                if item is None:
+                    continue  # no UID asked for exists any more: imaplib's data is [None]
                 line = _as_bytes(item[0] if isinstance(item, tuple) else item)
                 uid_match, size_match = _UID.search(line), _SIZE.search(line)
                 if uid_match and size_match:

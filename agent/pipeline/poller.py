@@ -34,6 +34,7 @@ from opentelemetry.trace import Span, StatusCode, Tracer
 from agent.config import MailboxSettings, Settings
 from agent.pipeline.imap import FetchedMessage, ImapError, ReconnectingSession
 from agent.pipeline.process import EmailProcessor, ProcessOutcome
+from agent.pipeline.redrive import carry_out_redrives
 from agent.pipeline.replicas import Replicas
 from agent.retry import Backoff
 from agent.store.base import Lease, Store, StoreError, Watermark
@@ -375,6 +376,17 @@ class MailboxPoller:
             mark = Watermark(uidvalidity=status.uidvalidity, uid=0)
             await self._save(mark)
         self.watermark = mark
+        await carry_out_redrives(
+            self.mailbox.name,
+            status.uidvalidity,
+            client=client,
+            store=self._store,
+            processor=self._processor,
+            settings=self._settings,
+            poll=poll_context,
+            renew=self._renew,
+            stop=stop,
+        )
         uids = sorted(await client.search_uids_above(mark.uid))
         self.backlog = len(uids)
         if not uids:

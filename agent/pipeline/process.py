@@ -19,7 +19,14 @@ from agent.pipeline.imap import FetchedMessage
 from agent.pipeline.links import DeliveryLink, LinkRegistry
 from agent.pipeline.parse import ParsedEmail, parse_email
 from agent.pipeline.webhook import WebhookClient
-from agent.store.base import DeliveryRecord, Store, StoreError
+from agent.store.base import (
+    DEAD_LETTER_REASONS,
+    DeadLetter,
+    DeadLetterReason,
+    DeliveryRecord,
+    Store,
+    StoreError,
+)
 from agent.telemetry.catalogue import Instruments
 from agent.telemetry.logs import get_logger
 
@@ -35,6 +42,8 @@ class ProcessOutcome:
     uid: int
     outcome: Outcome
     reason: str = ""
+    # For failed and dead-lettered outcomes: the bounded name of why (None: processing_error).
+    error_type: DeadLetterReason | None = None
 
     @property
     def durable(self) -> bool:
@@ -62,6 +71,14 @@ def content_key(parsed: ParsedEmail) -> str | None:
         return None
     raw = "\0".join((parsed.message_id, parsed.date, parsed.from_, parsed.subject))
     return "msg:" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def _counted_as(mailbox: str, outcome: str, reason: DeadLetterReason) -> dict[str, str]:
+    """imap.messages attributes: a dead letter also says why, as a bounded error.type."""
+    attributes = {"imap.mailbox": mailbox, "outcome": outcome}
+    if outcome == "dead_lettered":
+        attributes["error.type"] = reason
+    return attributes
 
 
 def skipped_links(links: list[DeliveryLink]) -> list[dict[str, Any]]:
@@ -108,6 +125,11 @@ class EmailProcessor:
         # Emails with an attempt count in the store: only those need it cleared once done.
         self._counted: set[str] = set()
         self._parse_budget = ByteBudget(settings.parse.max_bytes_in_flight)
+        # Every dead-letter series exists from the start, at zero: the first dead letter of a
+        # mailbox is then an increase to any rule engine (the built-in one, Prometheus).
+        for box in settings.mailboxes:
+            for reason in DEAD_LETTER_REASONS:
+                instruments.imap_messages.add(0, _counted_as(box.name, "dead_lettered", reason))
 
     async def process(
         self,
@@ -115,8 +137,14 @@ class EmailProcessor:
         uidvalidity: int,
         message: FetchedMessage,
         poll: SpanContext | None = None,
+        *,
+        redrive: bool = False,
     ) -> ProcessOutcome:
-        """Processes one message in its own trace, linked to the poll cycle that found it."""
+        """Processes one message in its own trace, linked to the poll cycle that found it.
+
+        A re-drive processes a dead-lettered message again: its processed marks (left by the
+        dead letter) do not make it a duplicate; its dead-letter record guards against twice.
+        """
         email_id = email_id_for(mailbox, uidvalidity, message.uid)
         links = [Link(poll)] if poll is not None and poll.is_valid else []
         # A new root: one trace per email, so a slow transfer never hides in a cycle's trace.
@@ -133,22 +161,25 @@ class EmailProcessor:
         ) as span:
             if message.partial:
                 span.set_attribute("imap.message.partial", True)
+            if redrive:
+                span.set_attribute("email.redrive", True)
             try:
-                outcome = await self._process(mailbox, email_id, message)
+                outcome = await self._process(mailbox, uidvalidity, email_id, message, redrive)
             except StoreError as exc:
-                outcome = ProcessOutcome(message.uid, "failed", f"store: {exc}")
+                outcome = ProcessOutcome(message.uid, "failed", f"store: {exc}", "store_error")
             if outcome.outcome == "failed":
-                outcome = await self._count_failure(mailbox, email_id, outcome)
+                outcome = await self._count_failure(mailbox, uidvalidity, email_id, outcome)
             span.set_attribute("outcome", outcome.outcome)
             if outcome.outcome in ("failed", "dead_lettered"):
                 span.set_status(StatusCode.ERROR, outcome.reason)
+                span.set_attribute("error.type", outcome.error_type or "processing_error")
             self._instruments.imap_messages.add(
-                1, {"imap.mailbox": mailbox, "outcome": outcome.outcome}
+                1, _counted_as(mailbox, outcome.outcome, outcome.error_type or "processing_error")
             )
             return outcome
 
     async def _process(
-        self, mailbox: str, email_id: str, message: FetchedMessage
+        self, mailbox: str, uidvalidity: int, email_id: str, message: FetchedMessage, redrive: bool
     ) -> ProcessOutcome:
         uid = message.uid
         parsed = await self._parse(message)
@@ -156,7 +187,7 @@ class EmailProcessor:
         skip_existing = self._settings.imap.uidvalidity_policy == "skip_existing"
         # One round trip for both dedupe keys (a crash's re-run parses again, which is cheap).
         seen = [email_id, key] if key is not None and skip_existing else [email_id]
-        if await self._store.any_processed(seen):
+        if not redrive and await self._store.any_processed(seen):
             await self._done(email_id, None)
             return ProcessOutcome(uid, "duplicate", "already processed")
         found = parsed.links
@@ -177,9 +208,13 @@ class EmailProcessor:
             mailbox=mailbox,
             email_id=email_id,
             processed_keys=[email_id] if key is None else [email_id, key],
+            # Kept with the outcome if the app refuses the mail for good (a 4xx answer).
+            dead_letter=DeadLetter(
+                email_id, mailbox, uidvalidity, uid, "", "webhook_rejected", self._clock()
+            ),
         )
         if result.outcome == "failed":
-            return ProcessOutcome(uid, "failed", result.error)
+            return ProcessOutcome(uid, "failed", result.error, "webhook_unavailable")
         await self._forget_attempts(email_id)
         if result.outcome == "dead_lettered":
             self._log.error(
@@ -188,8 +223,9 @@ class EmailProcessor:
                 mailbox=mailbox,
                 uid=uid,
                 reason=result.error,
+                error_type="webhook_rejected",
             )
-            return ProcessOutcome(uid, "dead_lettered", result.error)
+            return ProcessOutcome(uid, "dead_lettered", result.error, "webhook_rejected")
         return ProcessOutcome(uid, "delivered")
 
     async def _parse(self, message: FetchedMessage) -> ParsedEmail:
@@ -239,26 +275,31 @@ class EmailProcessor:
             self._counted.discard(email_id)
 
     async def _count_failure(
-        self, mailbox: str, email_id: str, outcome: ProcessOutcome
+        self, mailbox: str, uidvalidity: int, email_id: str, outcome: ProcessOutcome
     ) -> ProcessOutcome:
         """After imap.max_attempts failed attempts the message is dead-lettered with its reason."""
+        ttl = self._settings.store.processed_ttl
+        error_type = outcome.error_type or "processing_error"
         try:
-            attempts = await self._store.incr_attempts(email_id, self._settings.store.processed_ttl)
+            attempts = await self._store.incr_attempts(email_id, ttl)
             self._counted.add(email_id)
             if attempts < self._settings.imap.max_attempts:
                 return outcome
             reason = f"gave up after {attempts} attempts: {outcome.reason}"
-            await self._store.append_delivery(
-                DeliveryRecord(
-                    at=self._clock(),
-                    outcome="dead_lettered",
-                    mailbox=mailbox,
-                    email_id=email_id,
-                    error=reason,
-                    attempts=attempts,
-                )
+            at = self._clock()
+            record = DeliveryRecord(
+                at=at,
+                outcome="dead_lettered",
+                mailbox=mailbox,
+                email_id=email_id,
+                error=reason,
+                attempts=attempts,
             )
-            await self._done(email_id, None)
+            letter = DeadLetter(
+                email_id, mailbox, uidvalidity, outcome.uid, reason, error_type, at, attempts
+            )
+            await self._store.record_dead_letter([email_id], ttl, record, letter)
+            await self._forget_attempts(email_id)
         except StoreError:
             return outcome
         self._log.error(
@@ -267,8 +308,9 @@ class EmailProcessor:
             mailbox=mailbox,
             uid=outcome.uid,
             reason=reason,
+            error_type=error_type,
         )
-        return ProcessOutcome(outcome.uid, "dead_lettered", reason)
+        return ProcessOutcome(outcome.uid, "dead_lettered", reason, error_type)
 
     def _payload(
         self,

@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import requests
 from opentelemetry.trace import Span, StatusCode, Tracer
@@ -154,6 +154,13 @@ class TransferClient:
         self._backoff = Backoff(initial=1.0, maximum=30.0)
         self._closed = False
         instrument_requests(self._masker, telemetry.tracer_provider)
+        # Every provider and outcome series exists from the start, at zero: a first burst of
+        # failures is then an increase to any rule engine (the built-in one, Prometheus).
+        for provider in self._registry.providers:
+            for outcome in get_args(Outcome):
+                self._instruments.r2_transfers.add(
+                    0, {"r2.provider": provider.id, "outcome": outcome}
+                )
 
     async def close(self) -> None:
         """Stops the thread pool (running transfers finish on their own timeouts)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -18,7 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from agent.config import WebhookSettings
 from agent.retry import Backoff, RetryBudget
-from agent.store.base import DeliveryRecord, Store, StoreError
+from agent.store.base import DeadLetter, DeliveryRecord, Store, StoreError
 from agent.telemetry.catalogue import Instruments
 from agent.telemetry.logs import get_logger
 from agent.telemetry.masking import Masker
@@ -100,12 +101,14 @@ class WebhookClient:
         mailbox: str,
         email_id: str,
         processed_keys: Sequence[str] = (),
+        dead_letter: DeadLetter | None = None,
     ) -> WebhookResult:
         """Delivers with retries inside the budget, records the outcome, and returns it.
 
         A final outcome (delivered, dead_lettered) is recorded together with `processed_keys`
         in one store transaction; a store failure then raises StoreError, so the message is
-        retried rather than forgotten.
+        retried rather than forgotten. When the app refuses the mail for good, `dead_letter`
+        is kept in that same transaction, with this delivery's reason, attempts and time.
         """
         started = time.monotonic()
         self.active += 1
@@ -132,7 +135,11 @@ class WebhookClient:
         self._instruments.webhook_deliveries.add(1, {"outcome": result.outcome})
         self._instruments.webhook_delivery_duration.record(duration, {"outcome": result.outcome})
         await self._record(
-            result, mailbox=mailbox, email_id=email_id, processed_keys=processed_keys
+            result,
+            mailbox=mailbox,
+            email_id=email_id,
+            processed_keys=processed_keys,
+            dead_letter=dead_letter,
         )
         log = self._log.info if result.outcome == "delivered" else self._log.warning
         log(
@@ -154,6 +161,7 @@ class WebhookClient:
         mailbox: str,
         email_id: str,
         processed_keys: Sequence[str],
+        dead_letter: DeadLetter | None,
     ) -> None:
         record = DeliveryRecord(
             at=time.time(),
@@ -165,6 +173,14 @@ class WebhookClient:
             error=result.error,
             attempts=result.attempts,
         )
+        if result.outcome == "dead_lettered" and processed_keys and dead_letter is not None:
+            letter = dataclasses.replace(
+                dead_letter, reason=result.error, attempts=result.attempts, at=record.at
+            )
+            await self._store.record_dead_letter(
+                processed_keys, self._processed_ttl, record, letter
+            )
+            return
         if result.outcome != "failed" and processed_keys:
             await self._store.record_outcome(processed_keys, self._processed_ttl, record)
             return

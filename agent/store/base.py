@@ -5,9 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 DeliveryOutcome = Literal["delivered", "failed", "dead_lettered"]
+# dead_lettered -> redrive_requested -> delivered | gone | dead_lettered (again, new reason)
+DeadLetterStatus = Literal["dead_lettered", "redrive_requested", "delivered", "gone"]
+# Why a mail was dead-lettered, as a bounded set of names (a metric attribute and alert label).
+DeadLetterReason = Literal[
+    "webhook_rejected", "webhook_unavailable", "store_error", "processing_error"
+]
+DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = get_args(DeadLetterReason)
 
 
 class StoreError(RuntimeError):
@@ -53,6 +60,30 @@ class DeliveryRecord:
     error: str = ""
     attempts: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A mail that could not be delivered, kept so it can be re-driven once the cause is fixed.
+
+    It names the message by mailbox, UIDVALIDITY and UID (enough to fetch it again) and by its
+    email id, the webhook's Idempotency-Key. It holds no secret and no link: `reason` is the
+    masked text of the last failure, `error_type` its low-cardinality name.
+    """
+
+    email_id: str
+    mailbox: str
+    uidvalidity: int
+    uid: int
+    reason: str
+    error_type: DeadLetterReason
+    at: float
+    attempts: int = 1
+    status: DeadLetterStatus = "dead_lettered"
+    redrives: int = 0
+    requested_at: float | None = None
+    updated_at: float = 0.0
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -154,6 +185,44 @@ class Store(Protocol):
 
     async def recent_deliveries(self, limit: int) -> list[DeliveryRecord]:
         """The newest records, newest first."""
+
+    # Dead letters (kept for re-drive; bounded by age and count).
+    async def record_dead_letter(
+        self, keys: Sequence[str], ttl: float, record: DeliveryRecord, letter: DeadLetter
+    ) -> None:
+        """Marks the keys processed, appends the record and keeps the dead letter, atomically.
+
+        A dead letter already kept under the same email id is replaced; its re-drive count
+        stays, and a pending re-drive request is settled by this outcome.
+        """
+
+    async def dead_letter(self, email_id: str) -> DeadLetter | None:
+        """The dead letter kept under that email id, whatever its status, or None."""
+
+    async def dead_letters(
+        self,
+        *,
+        mailbox: str | None = None,
+        statuses: Sequence[DeadLetterStatus] = (),
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        """Dead letters, newest first, optionally of one mailbox and some statuses only."""
+
+    async def request_redrive(self, email_id: str, at: float) -> DeadLetter | None:
+        """Asks for a re-drive with a fresh attempt budget; returns the letter as it was before.
+
+        Only a dead_lettered letter becomes redrive_requested (and its attempt count is
+        cleared); any other status is left as it is, so asking twice is asking once. None when
+        no dead letter has that email id.
+        """
+
+    async def pending_redrives(self, mailbox: str, limit: int) -> list[DeadLetter]:
+        """The mailbox's letters in redrive_requested, oldest request first."""
+
+    async def finish_redrive(
+        self, email_id: str, status: DeadLetterStatus, at: float, note: str
+    ) -> bool:
+        """Settles a requested re-drive with its outcome; False when none was pending."""
 
     # Small key-value (alert state and the like), JSON-serialisable values.
     async def kv_get(self, key: str) -> Any | None:

@@ -4,7 +4,10 @@
 # (waiting up to lock_wait seconds for a predecessor that is still shutting down) and holds it
 # until close(); the kernel drops it when the process ends, even by SIGKILL. So a lease in the
 # file held by any other holder belongs to a process that has ended, and a restarted sidecar
-# takes its mailboxes back at once instead of waiting out the lease.
+# takes its mailboxes back at once instead of waiting out the lease. A command-line tool that
+# reads or writes a few records beside a running sidecar (redrive, deliveries) opens the file
+# without that lock (instance_lock=False): it never holds a lease, and SQLite's own locking keeps
+# each of its transactions safe next to the sidecar's.
 
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.store.base import (
+    DeadLetter,
+    DeadLetterStatus,
     DeliveryRecord,
     DeliveryWindow,
     Lease,
@@ -65,6 +70,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_at ON deliveries (at, outcome);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    email_id TEXT PRIMARY KEY,
+    mailbox TEXT NOT NULL,
+    status TEXT NOT NULL,
+    at REAL NOT NULL,
+    requested_at REAL,
+    letter TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_at ON dead_letters (at);
+CREATE INDEX IF NOT EXISTS dead_letters_pending ON dead_letters (mailbox, status, requested_at);
 CREATE TABLE IF NOT EXISTS kv (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL,
@@ -92,12 +107,18 @@ class LocalStore:
         delivery_retention: float = 7 * 86400.0,
         delivery_max_records: int = 100_000,
         lock_wait: float = 10.0,
+        instance_lock: bool = True,
+        dead_letter_retention: float = 14 * 86400.0,
+        dead_letter_max_records: int = 10_000,
     ) -> None:
         self.path = Path(path)
         self._lock_wait = float(lock_wait)
+        self._instance_lock = instance_lock
         self._timeout = float(timeout)
         self._retention = float(delivery_retention)
         self._max_records = int(delivery_max_records)
+        self._letter_retention = float(dead_letter_retention)
+        self._max_letters = int(dead_letter_max_records)
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
@@ -261,11 +282,7 @@ class LocalStore:
         def write(conn: sqlite3.Connection) -> None:
             now = time.time()
             with _transaction(conn):
-                conn.executemany(
-                    "INSERT INTO processed (key, expires_at) VALUES (?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at",
-                    [(key, now + ttl) for key in marked],
-                )
+                _mark_processed(conn, marked, now + ttl)
                 if record is not None:
                     self._insert_delivery(conn, record)
             self._maybe_purge(conn)
@@ -351,6 +368,129 @@ class LocalStore:
             return [_record(row[0]) for row in rows]
 
         return await self._run(query)
+
+    # Dead letters.
+
+    async def record_dead_letter(
+        self, keys: Sequence[str], ttl: float, record: DeliveryRecord, letter: DeadLetter
+    ) -> None:
+        """Marks the keys, appends the record and keeps the letter in one transaction."""
+        marked = list(keys)
+
+        def write(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            with _transaction(conn):
+                _mark_processed(conn, marked, now + ttl)
+                self._insert_delivery(conn, record)
+                earlier = _find_letter(conn, letter.email_id)
+                kept = dataclasses.replace(
+                    letter,
+                    status="dead_lettered",
+                    redrives=earlier.redrives if earlier is not None else letter.redrives,
+                    requested_at=None,
+                    updated_at=letter.at,
+                )
+                _write_letter(conn, kept)
+                conn.execute(
+                    "DELETE FROM dead_letters WHERE at < ?", (now - self._letter_retention,)
+                )
+                conn.execute(
+                    "DELETE FROM dead_letters WHERE email_id IN (SELECT email_id FROM "
+                    "dead_letters ORDER BY at DESC LIMIT -1 OFFSET ?)",
+                    (self._max_letters,),
+                )
+            self._maybe_purge(conn)
+
+        await self._run(write)
+
+    async def dead_letter(self, email_id: str) -> DeadLetter | None:
+        """The dead letter kept under that email id, or None."""
+        return await self._run(_find_letter, email_id)
+
+    async def dead_letters(
+        self,
+        *,
+        mailbox: str | None = None,
+        statuses: Sequence[DeadLetterStatus] = (),
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        """Dead letters, newest first, filtered by mailbox and statuses when given."""
+        wanted = list(statuses)
+
+        def query(conn: sqlite3.Connection) -> list[DeadLetter]:
+            clauses = ["1 = 1"]
+            params: list[Any] = []
+            if mailbox is not None:
+                clauses.append("mailbox = ?")
+                params.append(mailbox)
+            if wanted:
+                clauses.append(f"status IN ({','.join('?' for _ in wanted)})")
+                params.extend(wanted)
+            rows = conn.execute(
+                f"SELECT letter FROM dead_letters WHERE {' AND '.join(clauses)} "  # noqa: S608 - only placeholders are interpolated
+                "ORDER BY at DESC, email_id DESC LIMIT ?",
+                (*params, max(0, limit)),
+            ).fetchall()
+            return [_letter(row[0]) for row in rows]
+
+        return await self._run(query)
+
+    async def request_redrive(self, email_id: str, at: float) -> DeadLetter | None:
+        """dead_lettered becomes redrive_requested with its attempts cleared; else unchanged."""
+
+        def write(conn: sqlite3.Connection) -> DeadLetter | None:
+            with _transaction(conn):
+                before = _find_letter(conn, email_id)
+                if before is None or before.status != "dead_lettered":
+                    return before
+                _write_letter(
+                    conn,
+                    dataclasses.replace(
+                        before,
+                        status="redrive_requested",
+                        redrives=before.redrives + 1,
+                        requested_at=at,
+                        updated_at=at,
+                        note="",
+                    ),
+                )
+                conn.execute("DELETE FROM attempts WHERE key = ?", (email_id,))
+            return before
+
+        return await self._run(write)
+
+    async def pending_redrives(self, mailbox: str, limit: int) -> list[DeadLetter]:
+        """The mailbox's requested re-drives, oldest request first."""
+
+        def query(conn: sqlite3.Connection) -> list[DeadLetter]:
+            rows = conn.execute(
+                "SELECT letter FROM dead_letters WHERE mailbox = ? AND status = ? "
+                "ORDER BY requested_at, email_id LIMIT ?",
+                (mailbox, "redrive_requested", max(0, limit)),
+            ).fetchall()
+            return [_letter(row[0]) for row in rows]
+
+        return await self._run(query)
+
+    async def finish_redrive(
+        self, email_id: str, status: DeadLetterStatus, at: float, note: str
+    ) -> bool:
+        """Settles a pending re-drive; False when the letter has no pending request."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                before = _find_letter(conn, email_id)
+                if before is None or before.status != "redrive_requested":
+                    return False
+                _write_letter(
+                    conn,
+                    dataclasses.replace(
+                        before, status=status, requested_at=None, updated_at=at, note=note
+                    ),
+                )
+            return True
+
+        return await self._run(write)
 
     # Key-value.
 
@@ -461,6 +601,8 @@ class LocalStore:
         self._conn = conn
 
     def _lock(self) -> None:
+        if not self._instance_lock:
+            return
         lock_path = self.path.with_name(self.path.name + ".lock")
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -607,3 +749,37 @@ class _transaction:
 
 def _record(text: str) -> DeliveryRecord:
     return DeliveryRecord(**json.loads(text))
+
+
+def _mark_processed(conn: sqlite3.Connection, keys: Sequence[str], expires_at: float) -> None:
+    conn.executemany(
+        "INSERT INTO processed (key, expires_at) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at",
+        [(key, expires_at) for key in keys],
+    )
+
+
+def _letter(text: str) -> DeadLetter:
+    return DeadLetter(**json.loads(text))
+
+
+def _find_letter(conn: sqlite3.Connection, email_id: str) -> DeadLetter | None:
+    row = conn.execute("SELECT letter FROM dead_letters WHERE email_id = ?", (email_id,)).fetchone()
+    return None if row is None else _letter(row[0])
+
+
+def _write_letter(conn: sqlite3.Connection, letter: DeadLetter) -> None:
+    conn.execute(
+        "INSERT INTO dead_letters (email_id, mailbox, status, at, requested_at, letter) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (email_id) DO UPDATE SET "
+        "mailbox = excluded.mailbox, status = excluded.status, at = excluded.at, "
+        "requested_at = excluded.requested_at, letter = excluded.letter",
+        (
+            letter.email_id,
+            letter.mailbox,
+            letter.status,
+            letter.at,
+            letter.requested_at,
+            json.dumps(dataclasses.asdict(letter)),
+        ),
+    )

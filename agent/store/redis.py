@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import re
 import time
@@ -21,6 +22,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from agent.store.base import (
+    DeadLetter,
+    DeadLetterStatus,
     DeliveryOutcome,
     DeliveryRecord,
     DeliveryWindow,
@@ -126,6 +129,54 @@ end
 return n
 """
 
+# KEYS: letter hash, letter index, the mailbox's pending set. ARGV: email id, at, cutoff, max
+# letters, letter key prefix, pending key prefix, then the letter's field/value pairs. An earlier
+# letter's re-drive count is kept; letters past the age or count bound are dropped.
+_KEEP_LETTER = """
+local redrives = redis.call('HGET', KEYS[1], 'redrives')
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+if redrives then redis.call('HSET', KEYS[1], 'redrives', redrives) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+local function drop(id)
+  local box = redis.call('HGET', ARGV[5] .. id, 'mailbox')
+  redis.call('DEL', ARGV[5] .. id)
+  if box then redis.call('ZREM', ARGV[6] .. box, id) end
+  redis.call('ZREM', KEYS[2], id)
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3])) do drop(id) end
+local n = redis.call('ZCARD', KEYS[2])
+local max = tonumber(ARGV[4])
+if n > max then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, n - max - 1)) do drop(id) end
+end
+return 1
+"""
+
+# KEYS: letter hash, the mailbox's pending set, the letter's attempts. ARGV: at, email id.
+_REQUEST_REDRIVE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'dead_lettered' then return 0 end
+local n = tonumber(redis.call('HGET', KEYS[1], 'redrives') or '0') + 1
+redis.call('HSET', KEYS[1], 'status', 'redrive_requested', 'redrives', n,
+           'requested_at', ARGV[1], 'updated_at', ARGV[1], 'note', '')
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+redis.call('DEL', KEYS[3])
+return 1
+"""
+
+# KEYS: letter hash, the mailbox's pending set. ARGV: status, at, note, email id.
+_FINISH_REDRIVE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'redrive_requested' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'requested_at', '', 'updated_at', ARGV[2],
+           'note', ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[4])
+return 1
+"""
+
+# Letters listed per round trip while filtering by mailbox or status.
+_LETTER_PAGE = 200
+
 
 class RedisStore:
     """The Store protocol on Redis; leases and fenced watermarks are atomic Lua scripts."""
@@ -140,6 +191,8 @@ class RedisStore:
         timeout: float = 2.0,
         delivery_retention: float = 7 * 86400.0,
         delivery_max_records: int = 100_000,
+        dead_letter_retention: float = 14 * 86400.0,
+        dead_letter_max_records: int = 10_000,
         prefix: str = "sidecar:",
     ) -> None:
         self._url = url
@@ -148,6 +201,8 @@ class RedisStore:
         self._timeout = float(timeout)
         self._retention = float(delivery_retention)
         self._max_records = int(delivery_max_records)
+        self._letter_retention = float(dead_letter_retention)
+        self._max_letters = int(dead_letter_max_records)
         self._prefix = prefix
         self._client: Redis | None = None
         self._closed = False
@@ -183,6 +238,8 @@ class RedisStore:
                 "take_over": _TAKE_OVER,
                 "fenced_watermark": _FENCED_WATERMARK,
                 "append": _APPEND,
+                "request_redrive": _REQUEST_REDRIVE,
+                "finish_redrive": _FINISH_REDRIVE,
             }.items()
         }
         self._client = client
@@ -444,6 +501,139 @@ class RedisStore:
         members = await self._call(lambda: client.zrevrange(self._key("deliveries"), 0, limit - 1))
         return [_record(member) for member in members]
 
+    # Dead letters.
+
+    async def record_dead_letter(
+        self, keys: Sequence[str], ttl: float, record: DeliveryRecord, letter: DeadLetter
+    ) -> None:
+        """Marks the keys, appends the record and keeps the letter in one MULTI/EXEC."""
+        client = self._live()
+        names = [self._key("processed", key) for key in keys]
+        kept = dataclasses.replace(
+            letter, status="dead_lettered", requested_at=None, updated_at=letter.at
+        )
+        letter_keys = [
+            self._key("deadletter", letter.email_id),
+            self._key("deadletters"),
+            self._key("deadletters", "pending", letter.mailbox),
+        ]
+        letter_args: list[str | int] = [
+            letter.email_id,
+            repr(letter.at),
+            repr(time.time() - self._letter_retention),
+            self._max_letters,
+            self._key("deadletter", ""),
+            self._key("deadletters", "pending", ""),
+            *_letter_fields(kept),
+        ]
+
+        async def run() -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                for name in names:
+                    pipe.set(name, "1", px=_ms(ttl))
+                append_keys, args = self._append_call(record)
+                pipe.eval(_APPEND, len(append_keys), *append_keys, *args)
+                pipe.eval(_KEEP_LETTER, len(letter_keys), *letter_keys, *letter_args)
+                await pipe.execute()
+
+        await self._call(run)
+
+    async def dead_letter(self, email_id: str) -> DeadLetter | None:
+        """The dead letter kept under that email id, or None."""
+        client = self._live()
+        fields = await self._call(lambda: client.hgetall(self._key("deadletter", email_id)))
+        return _letter(fields) if fields else None
+
+    async def dead_letters(
+        self,
+        *,
+        mailbox: str | None = None,
+        statuses: Sequence[DeadLetterStatus] = (),
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        """Dead letters, newest first; filters are applied a page of the index at a time."""
+        client = self._live()
+        wanted = set(statuses)
+        found: list[DeadLetter] = []
+        key = self._key("deadletters")
+        start = 0
+        while len(found) < limit:
+            page = functools.partial(client.zrevrange, key, start, start + _LETTER_PAGE - 1)
+            ids = await self._call(page)
+            if not ids:
+                break
+            for letter in await self._letters(client, ids):
+                if (mailbox is None or letter.mailbox == mailbox) and (
+                    not wanted or letter.status in wanted
+                ):
+                    found.append(letter)
+            start += _LETTER_PAGE
+        return found[: max(0, limit)]
+
+    async def request_redrive(self, email_id: str, at: float) -> DeadLetter | None:
+        """dead_lettered becomes redrive_requested with its attempts cleared; else unchanged."""
+        self._live()
+        before = await self.dead_letter(email_id)
+        if before is None or before.status != "dead_lettered":
+            return before
+        done = await self._call(
+            lambda: self._scripts["request_redrive"](
+                keys=[
+                    self._key("deadletter", email_id),
+                    self._key("deadletters", "pending", before.mailbox),
+                    self._key("attempts", email_id),
+                ],
+                args=[repr(at), email_id],
+            )
+        )
+        # Changed between the read and the script (asked twice at once): report what is there.
+        return before if done == 1 else await self.dead_letter(email_id)
+
+    async def pending_redrives(self, mailbox: str, limit: int) -> list[DeadLetter]:
+        """The mailbox's requested re-drives, oldest request first."""
+        client = self._live()
+        if limit <= 0:
+            return []
+        ids = await self._call(
+            lambda: client.zrange(self._key("deadletters", "pending", mailbox), 0, limit - 1)
+        )
+        return [
+            letter
+            for letter in await self._letters(client, ids)
+            if letter.status == "redrive_requested"
+        ]
+
+    async def finish_redrive(
+        self, email_id: str, status: DeadLetterStatus, at: float, note: str
+    ) -> bool:
+        """Settles a pending re-drive; False when the letter has no pending request."""
+        self._live()
+        letter = await self.dead_letter(email_id)
+        if letter is None:
+            return False
+        done = await self._call(
+            lambda: self._scripts["finish_redrive"](
+                keys=[
+                    self._key("deadletter", email_id),
+                    self._key("deadletters", "pending", letter.mailbox),
+                ],
+                args=[status, repr(at), note, email_id],
+            )
+        )
+        return bool(done == 1)
+
+    async def _letters(self, client: Redis, ids: Sequence[str]) -> list[DeadLetter]:
+        if not ids:
+            return []
+
+        async def run() -> list[dict[str, str]]:
+            async with client.pipeline(transaction=False) as pipe:
+                for email_id in ids:
+                    pipe.hgetall(self._key("deadletter", email_id))
+                return list(await pipe.execute())
+
+        return [_letter(fields) for fields in await self._call(run) if fields]
+
     # Key-value.
 
     async def kv_get(self, key: str) -> Any | None:
@@ -526,3 +716,33 @@ def _record(member: str) -> DeliveryRecord:
     data = json.loads(member)
     data.pop("id", None)
     return DeliveryRecord(**data)
+
+
+def _letter_fields(letter: DeadLetter) -> list[str]:
+    """The letter as a flat field/value list for HSET (None as the empty string)."""
+    flat: list[str] = []
+    for name, value in dataclasses.asdict(letter).items():
+        flat += [
+            name,
+            "" if value is None else repr(value) if isinstance(value, float) else str(value),
+        ]
+    return flat
+
+
+def _letter(fields: dict[str, str]) -> DeadLetter:
+    requested = fields.get("requested_at", "")
+    return DeadLetter(
+        email_id=fields["email_id"],
+        mailbox=fields["mailbox"],
+        uidvalidity=int(fields["uidvalidity"]),
+        uid=int(fields["uid"]),
+        reason=fields.get("reason", ""),
+        error_type=fields["error_type"],  # type: ignore[arg-type]
+        at=float(fields["at"]),
+        attempts=int(fields.get("attempts", "1")),
+        status=fields["status"],  # type: ignore[arg-type]
+        redrives=int(fields.get("redrives", "0")),
+        requested_at=float(requested) if requested else None,
+        updated_at=float(fields.get("updated_at") or 0.0),
+        note=fields.get("note", ""),
+    )

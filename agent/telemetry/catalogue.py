@@ -72,8 +72,8 @@ CATALOGUE: tuple[InstrumentSpec, ...] = (
         "imap.messages",
         "counter",
         "{message}",
-        "Messages handled, by outcome.",
-        ("imap.mailbox", "outcome"),
+        "Messages handled, by outcome; a dead-lettered one also by why (error.type).",
+        ("imap.mailbox", "outcome", "error.type"),
     ),
     InstrumentSpec(
         "imap.message.size",

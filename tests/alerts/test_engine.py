@@ -7,6 +7,7 @@ import time
 import pytest
 
 from agent.alerts.notifiers import AlertmanagerNotifier, WebhookNotifier
+from agent.alerts.rules import AlertConfig, load_alert_config
 from agent.retry import Backoff
 from tests.alerts import (
     T0,
@@ -315,6 +316,67 @@ async def test_increase_rule_gives_one_alert_per_series(receiver, telemetry, sto
     assert [(a.labels["r2_provider"], a.annotations["summary"]) for a in result] == [
         ("dropbox", "5 timeouts from dropbox")
     ]
+
+
+def _default(name: str) -> AlertConfig:
+    """Only the named default rule, evaluated every 15 s."""
+    rules = load_alert_config({}, source="test.toml", default_interval=15.0).rules
+    return AlertConfig(evaluation_interval=15.0, rules=tuple(r for r in rules if r.alert == name))
+
+
+async def test_default_mail_dead_lettered_fires_for_the_first_dead_letter_naming_mailbox_and_why(
+    receiver, telemetry, store
+) -> None:
+    clock = FakeClock()
+    alerts = engine(_default("MailDeadLettered"), telemetry, store, clock)
+    counter = telemetry.instruments.imap_messages
+    for box in ("alice", "bob"):
+        for reason in ("webhook_rejected", "webhook_unavailable"):
+            counter.add(0, {"imap.mailbox": box, "outcome": "dead_lettered", "error.type": reason})
+    counter.add(40, {"imap.mailbox": "alice", "outcome": "delivered"})
+    assert await step(alerts, telemetry, clock, 0) == []
+    counter.add(
+        1, {"imap.mailbox": "bob", "outcome": "dead_lettered", "error.type": "webhook_rejected"}
+    )
+    counter.add(5, {"imap.mailbox": "alice", "outcome": "delivered"})
+    [alert] = await step(alerts, telemetry, clock, 15)
+    assert alert.state == "firing"
+    assert alert.labels == {
+        "alertname": "MailDeadLettered",
+        "imap_mailbox": "bob",
+        "outcome": "dead_lettered",
+        "error_type": "webhook_rejected",
+        "severity": "critical",
+    }
+    assert alert.annotations["summary"] == (
+        "1 mail dead-lettered in mailbox bob in the last hour (webhook_rejected)"
+    )
+
+
+async def test_default_r2_transfers_failing_counts_every_outcome_but_success_from_five_transfers(
+    receiver, telemetry, store
+) -> None:
+    clock = FakeClock()
+    alerts = engine(_default("R2TransfersFailing"), telemetry, store, clock)
+    counter = telemetry.instruments.r2_transfers
+    outcomes = ("success", "failure", "timeout", "rejected", "unauthorized")
+    for outcome in outcomes:
+        counter.add(0, {"r2.provider": "generic", "outcome": outcome})
+    await step(alerts, telemetry, clock, 0)
+    counter.add(4, {"r2.provider": "generic", "outcome": "unauthorized"})
+    assert await step(alerts, telemetry, clock, 15) == [], "4 transfers are below the minimum"
+    counter.add(1, {"r2.provider": "generic", "outcome": "failure"})
+    counter.add(1, {"r2.provider": "generic", "outcome": "timeout"})
+    counter.add(2, {"r2.provider": "generic", "outcome": "success"})
+    [alert] = await step(alerts, telemetry, clock, 30)
+    assert (alert.state, alert.value) == ("firing", 0.75)
+    assert alert.labels == {"alertname": "R2TransfersFailing", "severity": "warning"}
+    counter.add(30, {"r2.provider": "generic", "outcome": "success"})
+    [held] = await step(alerts, telemetry, clock, 45)
+    assert (held.state, round(held.value or 0, 3)) == ("firing", round(6 / 38, 3))
+    counter.add(40, {"r2.provider": "generic", "outcome": "success"})
+    [done] = await step(alerts, telemetry, clock, 60)
+    assert done.state == "resolved", "below the 0.10 resolve threshold"
 
 
 async def test_age_rule_fires_when_the_timestamp_gauge_is_old(receiver, telemetry, store) -> None:

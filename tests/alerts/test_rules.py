@@ -30,6 +30,8 @@ def test_absent_rules_give_the_defaults() -> None:
         "HighCpuUsage",
         "PollerStalled",
         "CollectorExportsFailing",
+        "MailDeadLettered",
+        "R2TransfersFailing",
         "R2TransfersTimingOut",
     } == set(names)
 
@@ -50,6 +52,70 @@ def test_default_rules_reproduce_the_seed_thresholds() -> None:
         900.0,
         {"outcome": "timeout"},
     )
+
+
+def test_mail_dead_lettered_fires_on_any_dead_letter_per_mailbox_and_reason_as_critical() -> None:
+    rule = {r.alert: r for r in load({}).rules}["MailDeadLettered"]
+    assert (rule.function, rule.metric, rule.match, rule.op, rule.threshold, rule.for_) == (
+        "increase",
+        "imap.messages",
+        {"outcome": "dead_lettered"},
+        ">",
+        0.0,
+        0.0,
+    )
+    assert rule.labels == {"severity": "critical"}
+    assert "{{ labels.imap_mailbox }}" in rule.annotations["summary"]
+    assert "{{ labels.error_type }}" in rule.annotations["summary"]
+
+
+def test_r2_transfers_failing_is_the_share_of_every_outcome_but_success() -> None:
+    rule = {r.alert: r for r in load({}).rules}["R2TransfersFailing"]
+    assert rule.function == "ratio"
+    assert rule.numerator is not None
+    assert rule.denominator is not None
+    assert (rule.numerator.metric, rule.numerator.match, rule.numerator.exclude) == (
+        "r2.transfers",
+        {},
+        {"outcome": "success"},
+    )
+    assert (rule.denominator.metric, rule.denominator.match, rule.denominator.exclude) == (
+        "r2.transfers",
+        {},
+        {},
+    )
+    assert (rule.window, rule.threshold, rule.resolve_threshold, rule.min_denominator) == (
+        900.0,
+        0.25,
+        0.10,
+        5.0,
+    )
+    assert (rule.no_data, rule.labels) == ("ok", {"severity": "warning"})
+
+
+def test_exclude_is_read_on_a_rule_and_on_each_ratio_series() -> None:
+    increase = GOOD | {
+        "alert": "NotOk",
+        "metric": "r2.transfers",
+        "function": "increase",
+        "window": "5m",
+        "exclude": {"outcome": "success"},
+    }
+    ratio = {
+        "alert": "Share",
+        "function": "ratio",
+        "window": "5m",
+        "op": ">",
+        "threshold": 0.5,
+        "min_denominator": 10,
+        "numerator": {"metric": "r2.transfers", "exclude": {"outcome": "success"}},
+        "denominator": {"metric": "r2.transfers", "match": {"r2.provider": "dropbox"}},
+    }
+    rules = {r.alert: r for r in load({"use_defaults": False, "rules": [increase, ratio]}).rules}
+    assert rules["NotOk"].exclude == {"outcome": "success"}
+    assert rules["Share"].numerator is not None
+    assert rules["Share"].numerator.exclude == {"outcome": "success"}
+    assert rules["Share"].min_denominator == 10.0
 
 
 def test_evaluation_interval_defaults_to_the_export_interval() -> None:
@@ -185,6 +251,31 @@ BAD = [
         "alerts.rules[0].annotations.summary: unknown template '{{ $value }}'",
     ),
     ({"rules": [GOOD, GOOD]}, "alerts.rules[1].alert: duplicate alert name 'A'"),
+    (
+        {"rules": [GOOD | {"exclude": {"outcome": 1}}]},
+        "alerts.rules[0].exclude.outcome: expected a string",
+    ),
+    (
+        {"rules": [GOOD | {"min_denominator": 5}]},
+        "alerts.rules[0].min_denominator: only function 'ratio' takes it",
+    ),
+    (
+        {
+            "rules": [
+                {
+                    "alert": "R",
+                    "function": "ratio",
+                    "window": "1h",
+                    "op": ">",
+                    "threshold": 1,
+                    "min_denominator": -1,
+                    "numerator": {"metric": "r2.transfers"},
+                    "denominator": {"metric": "r2.transfers"},
+                }
+            ]
+        },
+        "alerts.rules[0].min_denominator: must not be negative",
+    ),
 ]
 
 

@@ -74,6 +74,27 @@ def test_matchers_select_series_by_exact_attribute_values() -> None:
     assert store.value("g", {"mode": "b"}, T0) == {(("mode", "b"),): 2.0}
 
 
+def test_exclude_drops_the_series_with_that_attribute_value() -> None:
+    store = SeriesStore({"g": 0.0}, staleness=45.0)
+    store.record(
+        [
+            Sample("g", {"mode": "a"}, 1.0, T0),
+            Sample("g", {"mode": "b"}, 2.0, T0),
+            Sample("g", {"kind": "x"}, 3.0, T0),
+        ]
+    )
+    kept = store.value("g", {}, T0, exclude={"mode": "a"})
+    assert kept == {(("mode", "b"),): 2.0, (("kind", "x"),): 3.0}
+
+
+def test_ratio_whose_denominator_grew_less_than_its_minimum_is_no_data() -> None:
+    store = SeriesStore({"c": 600.0}, staleness=45.0)
+    store.record(points([(0, 0), (15, 4)]))
+    assert store.ratio(("c", {}), ("c", {}), 600.0, T0 + 15, min_denominator=5) is None
+    store.record(points([(30, 5)]))
+    assert store.ratio(("c", {}), ("c", {}), 600.0, T0 + 30, min_denominator=5) == 1.0
+
+
 def test_a_series_not_exported_for_the_staleness_period_has_no_value() -> None:
     store = SeriesStore({"g": 0.0}, staleness=45.0)
     store.record([Sample("g", {}, 1.0, T0)])

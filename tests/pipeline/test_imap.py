@@ -189,6 +189,17 @@ async def test_fetch_in_small_batches_returns_every_message(
     assert [m.data for m in fetched] == raws
 
 
+async def test_fetch_of_only_expunged_uids_returns_nothing(
+    dovecot: Dovecot, client: ImapClient
+) -> None:
+    dovecot.append_many("alice", [_message("kept"), _message("gone")])
+    dovecot.expunge("alice", 2)
+    await client.select()
+
+    assert await client.fetch([2], max_bytes=10_000) == []
+    assert [m.uid for m in await client.fetch([1, 2], max_bytes=10_000)] == [1]
+
+
 async def test_fetch_leaves_messages_unseen(dovecot: Dovecot, client: ImapClient) -> None:
     dovecot.append("alice", _message("unread"))
     await client.select()

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags
 
@@ -45,10 +46,28 @@ class Processing:
     spans: InMemorySpanExporter
     settings: Settings
     telemetry: Telemetry
+    reader: InMemoryMetricReader
 
-    async def process(self, raw: bytes, uid: int = 1, uidvalidity: int = 7) -> ProcessOutcome:
+    async def process(
+        self, raw: bytes, uid: int = 1, uidvalidity: int = 7, *, redrive: bool = False
+    ) -> ProcessOutcome:
         message = FetchedMessage(uid=uid, size=len(raw), data=raw, partial=False)
-        return await self.processor.process("box", uidvalidity, message, POLL)
+        return await self.processor.process("box", uidvalidity, message, POLL, redrive=redrive)
+
+    def counted(self, metric: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """The metric's points now, by their sorted attributes."""
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        return {
+            tuple(sorted((str(k), str(v)) for k, v in (point.attributes or {}).items())): float(
+                point.value  # type: ignore[union-attr]
+            )
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for found in scope.metrics
+            if found.name == metric
+            for point in found.data.data_points
+        }
 
 
 @pytest.fixture
@@ -62,7 +81,7 @@ async def make_processing(
         webhook = {"url": receiver.url + "/hook", "secret": "s", "max_attempts": 1,
                    **sections.pop("webhook", {})}  # fmt: skip
         settings = settings_from_mapping({"webhook": webhook, **sections})
-        telemetry, spans, _reader, _logs = telemetry_for_tests(settings)
+        telemetry, spans, reader, _logs = telemetry_for_tests(settings)
         store = LocalStore(tmp_path / f"state-{len(opened)}.sqlite3")
         await store.start()
         session = aiohttp.ClientSession()
@@ -74,7 +93,7 @@ async def make_processing(
         processor = EmailProcessor(settings, store=store, tracer=tracer,
                                    instruments=telemetry.instruments, webhook=client,
                                    links=LinkRegistry(settings.links))  # fmt: skip
-        return Processing(processor, store, spans, settings, telemetry)
+        return Processing(processor, store, spans, settings, telemetry, reader)
 
     yield make
     for telemetry, session, store in opened:
@@ -214,6 +233,84 @@ async def test_a_400_dead_letters_the_message_with_the_reason(
     assert outcome.outcome == "dead_lettered"
     assert "HTTP 400" in outcome.reason
     assert outcome.durable
+
+
+async def test_a_mail_the_app_refuses_is_kept_as_a_dead_letter_naming_its_uid_and_reason(
+    processing: Processing, receiver: Receiver
+) -> None:
+    receiver.answers = [400]
+    await processing.process(hostile.ordinary(), uid=9, uidvalidity=7)
+    letter = await processing.store.dead_letter(email_id_for("box", 7, 9))
+    assert letter is not None
+    assert (letter.mailbox, letter.uidvalidity, letter.uid, letter.status) == (
+        "box",
+        7,
+        9,
+        "dead_lettered",
+    )
+    assert (letter.reason, letter.error_type, letter.attempts) == (
+        "HTTP 400: permanent failure",
+        "webhook_rejected",
+        1,
+    )
+
+
+async def test_a_mail_failing_every_attempt_is_kept_as_a_dead_letter_of_an_unavailable_app(
+    make_processing: Callable[..., Awaitable[Processing]], receiver: Receiver
+) -> None:
+    processing = await make_processing(imap={"max_attempts": 2})
+    receiver.default = 503
+    assert (await processing.process(hostile.ordinary(), uid=4)).outcome == "failed"
+    assert await processing.store.dead_letter(email_id_for("box", 7, 4)) is None
+    outcome = await processing.process(hostile.ordinary(), uid=4)
+    assert (outcome.outcome, outcome.error_type) == ("dead_lettered", "webhook_unavailable")
+    letter = await processing.store.dead_letter(email_id_for("box", 7, 4))
+    assert letter is not None
+    assert (letter.uid, letter.error_type, letter.attempts) == (4, "webhook_unavailable", 2)
+    assert letter.reason.startswith("gave up after 2 attempts: HTTP 503")
+    assert await processing.store.is_processed(email_id_for("box", 7, 4))
+
+
+async def test_a_dead_lettered_mail_is_counted_with_its_mailbox_and_error_type(
+    processing: Processing, receiver: Receiver
+) -> None:
+    receiver.answers = [400]
+    await processing.process(hostile.make_message(subject="one", message_id="<1@x>"), uid=1)
+    await processing.process(hostile.make_message(subject="two", message_id="<2@x>"), uid=2)
+    counted = processing.counted("imap.messages")
+    dead = (
+        ("error.type", "webhook_rejected"),
+        ("imap.mailbox", "box"),
+        ("outcome", "dead_lettered"),
+    )
+    assert counted[dead] == 1
+    assert counted[(("imap.mailbox", "box"), ("outcome", "delivered"))] == 1
+
+
+async def test_every_mailbox_has_its_dead_letter_series_at_zero_from_the_start(
+    make_processing: Callable[..., Awaitable[Processing]],
+) -> None:
+    boxes = [{"name": n, "host": "imap.example", "username": "u"} for n in ("a", "b")]
+    processing = await make_processing(mailboxes=boxes)
+    counted = processing.counted("imap.messages")
+    for name in ("a", "b"):
+        for reason in ("webhook_rejected", "webhook_unavailable", "store_error"):
+            key = (("error.type", reason), ("imap.mailbox", name), ("outcome", "dead_lettered"))
+            assert counted[key] == 0, key
+
+
+async def test_a_redrive_delivers_a_dead_lettered_mail_again_with_the_same_key(
+    processing: Processing, receiver: Receiver
+) -> None:
+    receiver.answers = [400]
+    await processing.process(hostile.ordinary(), uid=5)
+    assert (await processing.process(hostile.ordinary(), uid=5)).outcome == "duplicate"
+    outcome = await processing.process(hostile.ordinary(), uid=5, redrive=True)
+    assert outcome.outcome == "delivered"
+    keys = [r.headers["Idempotency-Key"] for r in receiver.requests]
+    assert keys == [email_id_for("box", 7, 5)] * 2
+    spans = [s for s in processing.spans.get_finished_spans() if s.name == "email.process"]
+    assert [dict(s.attributes or {}).get("email.redrive") for s in spans] == [None, None, True]
 
 
 @pytest.mark.parametrize(

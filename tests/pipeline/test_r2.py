@@ -236,6 +236,28 @@ async def test_a_timed_out_transfer_counts_in_r2_transfers_with_outcome_timeout(
     assert client.transfers_counted("success") == 0
 
 
+async def test_every_provider_and_outcome_is_counted_from_zero_before_any_transfer(
+    make_client: MakeClient, r2_worker: R2Worker
+) -> None:
+    client = await make_client(r2_worker)
+    client.telemetry.force_flush(5.0)
+    data = client.metrics.get_metrics_data()
+    assert data is not None
+    series = {
+        (str(p.attributes["r2.provider"]), str(p.attributes["outcome"])): p.value  # type: ignore[index, union-attr]
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "r2.transfers"
+        for p in metric.data.data_points
+    }
+    providers = ("dropbox", "fromsmash", "swisstransfer", "wetransfer", "generic")
+    outcomes = (
+        "success", "failure", "timeout", "rejected", "unauthorized", "unresolved", "unavailable"
+    )  # fmt: skip
+    assert series == {(provider, outcome): 0 for provider in providers for outcome in outcomes}
+
+
 async def test_a_wrong_token_is_one_401_attempt_with_a_clear_error_in_the_entry_and_the_log(
     make_client: MakeClient, r2_worker: R2Worker, file_server: FileServer
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent.store.base import DeliveryRecord, Lease, Store, Watermark
+from agent.store.base import DeadLetter, DeliveryRecord, Lease, Store, Watermark
 from agent.store.local import LocalStore
 from agent.store.redis import RedisStore
 
@@ -464,6 +465,184 @@ async def test_delivery_log_keeps_at_most_max_records(open_store: OpenStore) -> 
     assert [r.at for r in recent] == [now - 100 + i for i in range(11, 6, -1)]
     window = await store.delivery_window(86400, now=now)
     assert window.counts == {"delivered": 5}
+
+
+# Dead letters.
+
+
+def _letter(email_id: str, at: float, mailbox: str = "box", **extra: Any) -> DeadLetter:
+    fields: dict[str, Any] = {
+        "uidvalidity": 7,
+        "uid": int(at) % 1000,
+        "reason": "HTTP 400: permanent failure",
+        "error_type": "webhook_rejected",
+        **extra,
+    }
+    return DeadLetter(email_id=email_id, mailbox=mailbox, at=at, **fields)
+
+
+async def _dead(store: Store, letter: DeadLetter) -> None:
+    record = DeliveryRecord(
+        at=letter.at, outcome="dead_lettered", mailbox=letter.mailbox, email_id=letter.email_id
+    )
+    await store.record_dead_letter([letter.email_id], 60, record, letter)
+
+
+async def test_record_dead_letter_marks_the_keys_logs_the_record_and_keeps_the_letter(
+    store: Store,
+) -> None:
+    now = time.time()
+    letter = _letter("e1", now, attempts=3)
+    record = DeliveryRecord(at=now, outcome="dead_lettered", mailbox="box", email_id="e1")
+    await store.record_dead_letter(["e1", "msg:1"], 60, record, letter)
+    assert await store.is_processed("e1")
+    assert await store.is_processed("msg:1")
+    assert await store.recent_deliveries(5) == [record]
+    assert await store.dead_letter("e1") == dataclasses.replace(letter, updated_at=now)
+
+
+async def test_a_dead_letter_round_trips_every_field(store: Store) -> None:
+    now = time.time()
+    await _dead(store, _letter("e1", now - 5))
+    await store.request_redrive("e1", now)
+    await store.finish_redrive("e1", "gone", now + 1.5, "UIDVALIDITY changed from 7 to 8")
+    assert await store.dead_letter("e1") == DeadLetter(
+        email_id="e1",
+        mailbox="box",
+        uidvalidity=7,
+        uid=int(now - 5) % 1000,
+        reason="HTTP 400: permanent failure",
+        error_type="webhook_rejected",
+        at=now - 5,
+        attempts=1,
+        status="gone",
+        redrives=1,
+        requested_at=None,
+        updated_at=now + 1.5,
+        note="UIDVALIDITY changed from 7 to 8",
+    )
+
+
+async def test_dead_letter_is_none_for_an_unknown_email_id(store: Store) -> None:
+    assert await store.dead_letter("nobody") is None
+
+
+async def test_dead_letters_are_listed_newest_first_and_filtered_by_mailbox_and_status(
+    store: Store,
+) -> None:
+    now = time.time()
+    for email_id, at, mailbox in [("a", 1, "x"), ("b", 3, "y"), ("c", 2, "x"), ("d", 4, "x")]:
+        await _dead(store, _letter(email_id, now - 10 + at, mailbox))
+    await store.request_redrive("d", now)
+    assert [d.email_id for d in await store.dead_letters()] == ["d", "b", "c", "a"]
+    assert [d.email_id for d in await store.dead_letters(limit=2)] == ["d", "b"]
+    assert [d.email_id for d in await store.dead_letters(mailbox="x")] == ["d", "c", "a"]
+    waiting = await store.dead_letters(mailbox="x", statuses=["dead_lettered"])
+    assert [d.email_id for d in waiting] == ["c", "a"]
+
+
+async def test_request_redrive_moves_a_dead_letter_to_requested_and_clears_its_attempts(
+    store: Store,
+) -> None:
+    now = time.time()
+    await _dead(store, _letter("e1", now - 5))
+    await store.incr_attempts("e1", 60)
+    before = await store.request_redrive("e1", now)
+    assert before is not None
+    assert before.status == "dead_lettered"
+    after = await store.dead_letter("e1")
+    assert after is not None
+    assert (after.status, after.requested_at, after.redrives) == ("redrive_requested", now, 1)
+    assert await store.incr_attempts("e1", 60) == 1
+
+
+async def test_request_redrive_twice_is_one_request(store: Store) -> None:
+    now = time.time()
+    await _dead(store, _letter("e1", now - 5))
+    await store.request_redrive("e1", now)
+    again = await store.request_redrive("e1", now + 1)
+    assert again is not None
+    assert (again.status, again.requested_at, again.redrives) == ("redrive_requested", now, 1)
+    assert [d.email_id for d in await store.pending_redrives("box", 10)] == ["e1"]
+
+
+async def test_request_redrive_of_an_unknown_email_id_is_none(store: Store) -> None:
+    assert await store.request_redrive("nobody", time.time()) is None
+    assert await store.dead_letter("nobody") is None
+
+
+async def test_request_redrive_leaves_a_delivered_letter_as_it_is(store: Store) -> None:
+    now = time.time()
+    await _dead(store, _letter("e1", now - 5))
+    await store.request_redrive("e1", now)
+    assert await store.finish_redrive("e1", "delivered", now + 1, "HTTP 200")
+    before = await store.request_redrive("e1", now + 2)
+    assert before is not None
+    assert (before.status, before.redrives) == ("delivered", 1)
+    assert await store.pending_redrives("box", 10) == []
+
+
+async def test_pending_redrives_lists_one_mailboxs_requests_oldest_request_first(
+    store: Store,
+) -> None:
+    now = time.time()
+    for email_id, mailbox in [("a", "x"), ("b", "x"), ("c", "y"), ("d", "x")]:
+        await _dead(store, _letter(email_id, now - 10, mailbox))
+    for offset, email_id in enumerate(["d", "c", "a"]):
+        await store.request_redrive(email_id, now + offset)
+    assert [d.email_id for d in await store.pending_redrives("x", 10)] == ["d", "a"]
+    assert [d.email_id for d in await store.pending_redrives("x", 1)] == ["d"]
+    assert [d.email_id for d in await store.pending_redrives("y", 10)] == ["c"]
+
+
+async def test_finish_redrive_settles_the_request_once(store: Store) -> None:
+    now = time.time()
+    await _dead(store, _letter("e1", now - 5))
+    assert not await store.finish_redrive("e1", "delivered", now, "before any request")
+    await store.request_redrive("e1", now)
+    assert await store.finish_redrive("e1", "delivered", now + 1, "HTTP 200")
+    assert not await store.finish_redrive("e1", "gone", now + 2, "too late")
+    done = await store.dead_letter("e1")
+    assert done is not None
+    assert (done.status, done.note, done.requested_at) == ("delivered", "HTTP 200", None)
+    assert await store.pending_redrives("box", 10) == []
+
+
+async def test_a_letter_dead_lettered_again_keeps_its_redrive_count_and_settles_the_request(
+    store: Store,
+) -> None:
+    now = time.time()
+    await _dead(store, _letter("e1", now - 5))
+    await store.request_redrive("e1", now - 4)
+    await _dead(store, _letter("e1", now, reason="x", attempts=2))
+    again = await store.dead_letter("e1")
+    assert again is not None
+    assert (again.status, again.redrives, again.at, again.attempts) == (
+        "dead_lettered",
+        1,
+        now,
+        2,
+    )
+    assert await store.pending_redrives("box", 10) == []
+
+
+async def test_dead_letters_older_than_the_retention_are_dropped(open_store: OpenStore) -> None:
+    store = await open_store(dead_letter_retention=60.0)
+    now = time.time()
+    await _dead(store, _letter("old", now - 120))
+    await _dead(store, _letter("new", now - 30))
+    assert [d.email_id for d in await store.dead_letters()] == ["new"]
+    assert await store.dead_letter("old") is None
+
+
+async def test_dead_letters_beyond_the_count_bound_drop_the_oldest(open_store: OpenStore) -> None:
+    store = await open_store(dead_letter_max_records=3)
+    now = time.time()
+    for i in range(6):
+        await _dead(store, _letter(f"e{i}", now - 10 + i))
+    await store.request_redrive("e5", now)
+    assert [d.email_id for d in await store.dead_letters()] == ["e5", "e4", "e3"]
+    assert [d.email_id for d in await store.pending_redrives("box", 10)] == ["e5"]
 
 
 # Key-value.

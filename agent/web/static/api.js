@@ -5,9 +5,11 @@ const TOKEN_KEY = "signal-sidecar.api-token";
 export class AuthRequired extends Error {}
 export class Unreachable extends Error {}
 export class ApiError extends Error {
-  constructor(status, message) {
+  // detail: the sidecar's own explanation (its JSON `error`), for people.
+  constructor(status, message, detail = "") {
     super(message);
     this.status = status;
+    this.detail = detail;
   }
 }
 
@@ -91,7 +93,7 @@ export class Api {
       if (data === null && response.status >= 502 && response.status <= 504) {
         throw new Unreachable(`sidecar unreachable: HTTP ${response.status}`);
       }
-      throw new ApiError(response.status, `${route}: HTTP ${response.status} ${detail}`);
+      throw new ApiError(response.status, `${route}: HTTP ${response.status} ${detail}`, detail);
     }
     return data;
   }

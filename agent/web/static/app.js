@@ -1,6 +1,7 @@
 // The dashboard: reads config once, then refreshes every panel on the poller's schedule.
 
 import { Api, AuthRequired, Unreachable, clearToken, getToken, setToken, takeTokenFromFragment } from "./api.js";
+import { RedriveDialog, renderDeadLetters } from "./deadletters.js";
 import { Rum } from "./rum.js";
 import { Poller } from "./schedule.js";
 import { RECENT_QUERY, renderRecentTransfers, renderTransferCounts } from "./transfers.js";
@@ -14,6 +15,7 @@ const api = new Api((route, seconds) => rum.addApi(route, seconds));
 let config = null;
 let lastStatus = null;
 let lastMetrics = null;
+let deadLetters = new Map();
 
 function logFilters() {
   return {
@@ -51,10 +53,11 @@ async function refresh() {
     api.get("/api/alerts"),
     api.get("/api/logs", logFilters()),
     api.get("/api/logs", RECENT_QUERY),
+    api.get("/api/dead-letters", { limit: 50 }),
   ]);
   const fatal = firstFatal(results);
   if (fatal) throw fatal;
-  const [status, metrics, alerts, logs, transfers] = results.map((r) => (r.status === "fulfilled" ? r.value : null));
+  const [status, metrics, alerts, logs, transfers, letters] = results.map((r) => (r.status === "fulfilled" ? r.value : null));
   if (status) {
     lastStatus = status;
     renderOverall(status);
@@ -69,6 +72,11 @@ async function refresh() {
   if (alerts) renderAlerts(alerts);
   if (logs) renderLogs(logs, config.jaeger_ui_url);
   if (transfers) renderRecentTransfers(transfers, config.jaeger_ui_url);
+  if (letters) {
+    deadLetters = new Map(letters.dead_letters.map((letter) => [letter.email_id, letter]));
+    renderDeadLetters(letters);
+    redrive.settle(deadLetters);
+  }
   await rum.flush(api);
   const failed = results.find((r) => r.status === "rejected");
   if (failed) throw failed.reason;
@@ -130,6 +138,12 @@ const poller = new Poller(refresh, {
     if (state.state === "error") console.warn(state.error);
   },
 });
+
+const redrive = new RedriveDialog(api, {
+  onDone: () => poller.run(),
+  onAuth: () => askForToken("The token was refused. Enter it again."),
+});
+redrive.attach(document.getElementById("dead-letters"), () => deadLetters);
 
 takeTokenFromFragment();
 setupLoggerOptions();

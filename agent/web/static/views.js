@@ -36,7 +36,7 @@ export function clock(value) {
   return date ? date.toLocaleTimeString([], { hour12: false }) : "";
 }
 
-function badge(status) {
+export function badge(status) {
   return el("span", { text: status, className: "badge", attrs: { "data-status": status } });
 }
 
