@@ -260,12 +260,6 @@ class TelemetrySettings:
     )
     sampler_interval: Duration = setting(Duration(5.0), doc="psutil sampling interval.")
     log_level: str = setting("info", "SIDECAR_LOG_LEVEL", doc="Lowest level logged.")
-    export_process: bool = setting(
-        True,
-        "SIDECAR_TELEMETRY_EXPORT_PROCESS",
-        doc="OTLP spans and log records are encoded and sent by a child process, off the "
-        "pipeline's interpreter lock; false keeps them on threads of the sidecar.",
-    )
 
 
 @dataclass(frozen=True)

@@ -185,18 +185,15 @@ class TrackedMetricExporter(MetricExporter):
 
     The reader's thread only runs the listeners: a dead collector (whose exporter retries for
     seconds) never delays what the alert engine sees. The sender keeps at most `backlog`
-    batches; with cumulative temporality (the OTLP default) the newest batch supersedes older
-    ones, so dropping the oldest loses no totals. With `inner=None` (OTEL_METRICS_EXPORTER=none
-    or OTEL_SDK_DISABLED) only the listeners run.
+    batches; with cumulative temporality (the SDK's default, which the reader takes from this
+    wrapper) the newest batch supersedes older ones, so dropping the oldest loses no totals.
+    With `inner=None` (OTEL_METRICS_EXPORTER=none) only the listeners run.
     """
 
     def __init__(
         self, inner: MetricExporter | None, tracker: ExportTracker, *, backlog: int = 2
     ) -> None:
-        super().__init__(
-            preferred_temporality=getattr(inner, "_preferred_temporality", None),
-            preferred_aggregation=getattr(inner, "_preferred_aggregation", None),
-        )
+        super().__init__()
         self._inner = inner
         self._tracker = tracker
         self._listeners: list[MetricListener] = []

@@ -11,7 +11,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from agent.config import settings_from_mapping
 from agent.telemetry.masking import Masker
-from agent.telemetry.setup import MaskingSpanExporter, telemetry_for_tests
+from agent.telemetry.masking_exporters import MaskingSpanExporter
+from tests.support.telemetry import telemetry_for_tests
 
 
 def test_configured_secret_is_replaced_wherever_it_appears() -> None:

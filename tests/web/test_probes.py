@@ -13,9 +13,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from agent.config import Settings, settings_from_mapping
 from agent.runtime import Sidecar
-from agent.telemetry.setup import telemetry_for_tests
 from agent.web.app import create_app
 from tests.fixtures.redis import RedisServer
+from tests.support.telemetry import telemetry_for_tests
 
 Factory = Callable[..., Awaitable[tuple[Sidecar, TestClient[Any, Any]]]]
 
