@@ -16,6 +16,7 @@ from tests.fixtures.collector import TelemetryStack
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.receiver import Receiver
 from tests.pipeline import hostile
+from tests.support.net import free_port
 from tests.support.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.timeout(180)
@@ -222,3 +223,26 @@ async def test_at_ten_percent_sampling_a_tenth_of_email_traces_arrive_and_nothin
         assert {"email.process", "email.parse", "webhook.deliver", "POST"} <= {
             s["operationName"] for s in trace["spans"]
         }
+
+
+async def test_the_sdks_warnings_with_the_collector_down_are_json_lines_of_the_log_stream(
+    sidecar_process: Start,
+) -> None:
+    env = {"ENABLE_BACKGROUND_TASKS": "false", "SIDECAR_API_TOKEN": API_TOKEN,
+           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+           "OTEL_EXPORTER_OTLP_TIMEOUT": "500", "OTEL_BSP_SCHEDULE_DELAY": "100",
+           "OTEL_BLRP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "500"}  # fmt: skip
+    proc = await asyncio.to_thread(sidecar_process, env=env)
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    await asyncio.to_thread(proc.get, "/api/metrics", headers)
+
+    def sdk_events() -> list[dict[str, Any]]:
+        return [e for e in proc.log_events() if e.get("event") == "otel.sdk"]
+
+    events = await _until("the SDK's export failures in the log stream", sdk_events, 20)
+    assert await asyncio.to_thread(proc.terminate) <= 5.0
+    assert all(e["logger"] == "telemetry" and e["level"] in ("warning", "error") for e in events)
+    assert any("Failed to export" in e["message"] for e in events)
+    lines = [line for line in proc.log_text().splitlines() if line.strip()]
+    assert [line for line in lines if not line.startswith("{")] == []
+    assert len(lines) == len(proc.log_events())
