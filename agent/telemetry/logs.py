@@ -32,22 +32,12 @@ DOMAINS: tuple[str, ...] = (
 # A plain attribute value: what an OTLP attribute holds as it is (a list of one of these, too).
 PLAIN_VALUES = frozenset({str, bool, int, float})
 
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "warn": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
-}
-_SEVERITY = {
-    "debug": SeverityNumber.DEBUG,
-    "info": SeverityNumber.INFO,
-    "warning": SeverityNumber.WARN,
-    "error": SeverityNumber.ERROR,
-    "exception": SeverityNumber.ERROR,
-    "critical": SeverityNumber.FATAL,
-}
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "warn": logging.WARNING, "error": logging.ERROR,
+           "critical": logging.CRITICAL}  # fmt: skip
+_SEVERITY = {"debug": SeverityNumber.DEBUG, "info": SeverityNumber.INFO,
+             "warning": SeverityNumber.WARN, "error": SeverityNumber.ERROR,
+             "exception": SeverityNumber.ERROR, "critical": SeverityNumber.FATAL}  # fmt: skip
 # Keys that are fields of the OTLP record itself, not attributes.
 _RECORD_KEYS = frozenset({"event", "level", "timestamp", "trace_id", "span_id"})
 _FIRST_KEYS = ("timestamp", "level", "logger", "event", "trace_id", "span_id")
@@ -59,32 +49,74 @@ _SDK_RECORD: ContextVar[bool] = ContextVar("signal_sidecar_sdk_log", default=Fal
 
 
 class _Pipeline:
-    """What the processors of the current configuration write to."""
+    """The last two processors of the current configuration: masking, then the fan-out."""
 
     def __init__(self, masker: Masker, logger_provider: LoggerProvider | None) -> None:
-        self.masker = masker
-        self.logger_provider = logger_provider
+        self._masker = masker
+        self._provider = logger_provider
         self._otel_loggers: dict[str, Logger] = {}
-        self._lock = threading.Lock()
 
-    def otel_logger(self, domain: str) -> Logger | None:
-        """The OTLP logger of a domain (scope signal-sidecar.<domain>), or None without logs."""
-        found = self._otel_loggers.get(domain)  # one dict read; the lock guards creation only
-        if found is not None or self.logger_provider is None:
-            return found
-        with self._lock:
-            found = self._otel_loggers.get(domain)
-            if found is None:
-                found = self.logger_provider.get_logger(f"signal-sidecar.{domain}")
-                self._otel_loggers[domain] = found
-            return found
+    def mask(self, _logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+        """The event with its secrets masked (the same dict when it holds none)."""
+        masked: EventDict = self._masker.mask_event(event_dict)
+        return masked
+
+    def fan_out(self, _logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+        """The JSON line; on the way, one OTLP log record and a copy for every sink."""
+        event = {key: event_dict[key] for key in _FIRST_KEYS if key in event_dict}
+        event.update(event_dict)
+        event["event"] = str(event.get("event", ""))
+        line = json.dumps(event, default=str, ensure_ascii=False)
+        if _HANDING_OUT.get():
+            return line  # logged by a sink or an exporter: handing it out again could loop
+        token = _HANDING_OUT.set(True)
+        try:
+            if not _SDK_RECORD.get():
+                self._emit_otlp(method, event)
+            with _registry.lock:
+                sinks = list(_registry.sinks)
+            for sink in sinks:
+                try:
+                    sink(dict(event))
+                except Exception:  # a broken sink must not lose the log line
+                    get_logger("telemetry").exception("telemetry.log_sink_failed", sink=repr(sink))
+        finally:
+            _HANDING_OUT.reset(token)
+        return line
+
+    def _emit_otlp(self, method: str, event: Mapping[str, Any]) -> None:
+        if self._provider is None:
+            return
+        domain = str(event.get("logger", "app"))
+        otel_logger = self._otel_loggers.get(domain)
+        if otel_logger is None:  # two threads may both ask: the provider gives equal loggers
+            otel_logger = self._provider.get_logger(f"signal-sidecar.{domain}")
+            self._otel_loggers[domain] = otel_logger
+        level = str(event.get("level", method))
+        attributes: dict[str, Any] = {}
+        for key, value in event.items():
+            if key in _RECORD_KEYS:
+                continue
+            if key == "exception":
+                attributes["exception.stacktrace"] = str(value)
+            elif value.__class__ in PLAIN_VALUES:
+                attributes[key] = value  # most fields: stored without a call
+            else:
+                _flatten(attributes, key, value)
+        # The record takes its trace and span ids from the current context.
+        otel_logger.emit(
+            timestamp=time.time_ns(),
+            severity_number=_SEVERITY.get(level, SeverityNumber.INFO),
+            severity_text=level.upper(),
+            body=str(event.get("event", "")),
+            attributes=attributes,
+        )
 
 
 class _Registry:
-    """The active pipeline and the sinks; set by configure_logging, never at import."""
+    """The sinks and the SDK log handler; set by configure_logging, never at import."""
 
     def __init__(self) -> None:
-        self.pipeline: _Pipeline | None = None
         self.sinks: list[LogSink] = []
         self.lock = threading.Lock()
         self.sdk_handler: logging.Handler | None = None
@@ -103,7 +135,6 @@ def configure_logging(
     masker = telemetry.masker if telemetry is not None else Masker()
     provider = telemetry.logger_provider if telemetry is not None else None
     pipeline = _Pipeline(masker, provider)
-    _registry.pipeline = pipeline
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -112,8 +143,8 @@ def configure_logging(
             _add_logger_name,
             _add_trace_context,
             structlog.processors.format_exc_info,
-            _mask(pipeline),
-            _fan_out(pipeline),
+            pipeline.mask,
+            pipeline.fan_out,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
@@ -152,65 +183,6 @@ def _add_trace_context(_logger: WrappedLogger, _method: str, event_dict: EventDi
         event_dict["trace_id"] = trace.format_trace_id(span_context.trace_id)
         event_dict["span_id"] = trace.format_span_id(span_context.span_id)
     return event_dict
-
-
-def _mask(pipeline: _Pipeline) -> Callable[[WrappedLogger, str, EventDict], EventDict]:
-    def mask(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-        masked: EventDict = pipeline.masker.mask_event(event_dict)
-        return masked
-
-    return mask
-
-
-def _fan_out(pipeline: _Pipeline) -> Callable[[WrappedLogger, str, EventDict], str]:
-    def fan_out(_logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
-        event = {key: event_dict[key] for key in _FIRST_KEYS if key in event_dict}
-        event.update(event_dict)
-        event["event"] = str(event.get("event", ""))
-        line = json.dumps(event, default=str, ensure_ascii=False)
-        if _HANDING_OUT.get():
-            return line  # logged by a sink or an exporter: handing it out again could loop
-        token = _HANDING_OUT.set(True)
-        try:
-            if not _SDK_RECORD.get():
-                _emit_otlp(pipeline, method, event)
-            with _registry.lock:
-                sinks = list(_registry.sinks)
-            for sink in sinks:
-                try:
-                    sink(dict(event))
-                except Exception:  # a broken sink must not lose the log line
-                    logging.getLogger(__name__).exception("log sink %r failed", sink)
-        finally:
-            _HANDING_OUT.reset(token)
-        return line
-
-    return fan_out
-
-
-def _emit_otlp(pipeline: _Pipeline, method: str, event: Mapping[str, Any]) -> None:
-    otel_logger = pipeline.otel_logger(str(event.get("logger", "app")))
-    if otel_logger is None:
-        return
-    level = str(event.get("level", method))
-    attributes: dict[str, Any] = {}
-    for key, value in event.items():
-        if key in _RECORD_KEYS:
-            continue
-        if key == "exception":
-            attributes["exception.stacktrace"] = str(value)
-        elif value.__class__ in PLAIN_VALUES:
-            attributes[key] = value  # most fields: stored without a call
-        else:
-            _flatten(attributes, key, value)
-    # The record takes its trace and span ids from the current context.
-    otel_logger.emit(
-        timestamp=time.time_ns(),
-        severity_number=_SEVERITY.get(level, SeverityNumber.INFO),
-        severity_text=level.upper(),
-        body=str(event.get("event", "")),
-        attributes=attributes,
-    )
 
 
 def _flatten(out: dict[str, Any], key: str, value: Any) -> None:

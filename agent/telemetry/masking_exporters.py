@@ -12,14 +12,15 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, Status
 
+from agent.telemetry.exporters import Wrapping
 from agent.telemetry.masking import Masker, strings_in
 
 
-class MaskingSpanExporter(SpanExporter):
+class MaskingSpanExporter(Wrapping[SpanExporter], SpanExporter):
     """Masks span names, attributes, events (exception messages), links and status."""
 
     def __init__(self, inner: SpanExporter, masker: Masker) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._masker = masker
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -28,14 +29,6 @@ class MaskingSpanExporter(SpanExporter):
         if not self._masker.finds([_span_texts(span) for span in spans]):
             return self._inner.export(spans)
         return self._inner.export([self._mask(span) for span in spans])
-
-    def shutdown(self) -> None:
-        """Shuts the wrapped exporter down."""
-        self._inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Flushes the wrapped exporter."""
-        return self._inner.force_flush(timeout_millis)
 
     def _mask(self, span: ReadableSpan) -> ReadableSpan:
         mask = self._masker
@@ -78,11 +71,11 @@ def _span_texts(span: ReadableSpan) -> list[str]:
     return texts
 
 
-class MaskingLogExporter(LogRecordExporter):
+class MaskingLogExporter(Wrapping[LogRecordExporter], LogRecordExporter):
     """Masks log record bodies and attributes (structured logs arrive masked; anything else not)."""
 
     def __init__(self, inner: LogRecordExporter, masker: Masker) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._masker = masker
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
@@ -90,14 +83,6 @@ class MaskingLogExporter(LogRecordExporter):
         if not self._masker.finds([_record_texts(record) for record in batch]):
             return self._inner.export(batch)
         return self._inner.export([self._mask(record) for record in batch])
-
-    def shutdown(self) -> None:
-        """Shuts the wrapped exporter down."""
-        self._inner.shutdown()  # type: ignore[no-untyped-call]
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Flushes the wrapped exporter."""
-        return self._inner.force_flush(timeout_millis)
 
     def _mask(self, record: ReadableLogRecord) -> ReadableLogRecord:
         if not self._masker.finds(_record_texts(record)):

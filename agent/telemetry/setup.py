@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 from opentelemetry import metrics, trace
@@ -36,15 +36,17 @@ from agent.telemetry.catalogue import Instruments
 from agent.telemetry.exporters import (
     ExportTracker,
     MetricListener,
+    MetricTee,
     TrackedLogExporter,
     TrackedMetricExporter,
     TrackedSpanExporter,
 )
+from agent.telemetry.logs import get_logger
 from agent.telemetry.masking import Masker
 from agent.telemetry.masking_exporters import MaskingLogExporter, MaskingSpanExporter
 from agent.telemetry.resource import build_resource
 
-_logger = logging.getLogger(__name__)
+_log = get_logger("telemetry")
 
 _METER_NAME = "signal-sidecar"
 # The values OTEL_TRACES_SAMPLER takes (the SDK falls back to the default on any other, with a
@@ -68,7 +70,7 @@ class Telemetry:
     instruments: Instruments
     masker: Masker
     exports: ExportTracker
-    metric_tee: TrackedMetricExporter = field(repr=False)
+    metric_tee: MetricTee = field(repr=False)
     export_interval: float = 15.0
     _closed: bool = field(default=False, repr=False)
 
@@ -86,14 +88,9 @@ class Telemetry:
 
     def force_flush(self, timeout: float) -> bool:
         """Exports everything queued; returns after at most `timeout` seconds (True if done)."""
+        providers = (self.tracer_provider, self.meter_provider, self.logger_provider)
         millis = int(timeout * 1000)
-        calls: list[Callable[[], object]] = [
-            lambda: self.tracer_provider.force_flush(millis),
-            lambda: self.meter_provider.force_flush(millis),
-        ]
-        if self.logger_provider is not None:
-            logger_provider = self.logger_provider
-            calls.append(lambda: logger_provider.force_flush(millis))
+        calls = [partial(p.force_flush, millis) for p in providers if p is not None]
         return _run_bounded(calls, timeout)
 
     def shutdown(self, timeout: float) -> None:
@@ -105,17 +102,16 @@ class Telemetry:
         if self._closed:
             return
         self._closed = True
+        meter_provider = self.meter_provider
         calls: list[Callable[[], object]] = [
             self.tracer_provider.shutdown,
-            lambda: self.meter_provider.shutdown(timeout_millis=timeout * 1000),
+            lambda: meter_provider.shutdown(timeout_millis=timeout * 1000),
         ]
         if self.logger_provider is not None:
             calls.append(self.logger_provider.shutdown)
-        finished = _run_bounded(calls, timeout)
+        if not _run_bounded(calls, timeout):
+            _log.warning("telemetry.shutdown_incomplete", timeout_s=timeout)
         self.exports.remove_error_capture()
-        if not finished:
-            _logger.warning("telemetry shutdown did not finish within %.1fs; dropped the rest",
-                            timeout)  # fmt: skip
 
 
 def _run_bounded(calls: Sequence[Callable[[], object]], timeout: float) -> bool:
@@ -144,7 +140,7 @@ def _quietly(call: Callable[[], object]) -> Callable[[], None]:
         try:
             call()
         except Exception:  # one provider failing must not keep the others from finishing
-            _logger.exception("telemetry provider failed to flush or shut down")
+            _log.exception("telemetry.provider_failed")
 
     return run
 
@@ -194,12 +190,18 @@ def setup_telemetry(
             else BatchLogRecordProcessor(tracked_logs)
         )
 
-    metrics_out = _chosen("metrics", metric_exporter, disabled, exports, otlp.metric_exporter)
-    tee = TrackedMetricExporter(metrics_out, exports)
+    # Two readers at one interval: the tee for the alert engine, and the exporter's own.
     interval = _metric_interval(settings, metric_interval)
-    reader = PeriodicExportingMetricReader(tee, export_interval_millis=interval * 1000)
+    tee = MetricTee()
+    readers = [PeriodicExportingMetricReader(tee, export_interval_millis=interval * 1000)]
+    metrics_out = _chosen("metrics", metric_exporter, disabled, exports, otlp.metric_exporter)
+    if metrics_out is not None:
+        tracked_metrics = TrackedMetricExporter(metrics_out, exports)
+        readers.append(
+            PeriodicExportingMetricReader(tracked_metrics, export_interval_millis=interval * 1000)
+        )
     meter_provider = MeterProvider(
-        metric_readers=[reader, *metric_readers],
+        metric_readers=[*readers, *metric_readers],
         resource=resource,
         exemplar_filter=_exemplar_filter(),
         shutdown_on_exit=False,

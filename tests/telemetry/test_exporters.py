@@ -34,7 +34,9 @@ def test_last_error_is_masked_and_short() -> None:
     assert len(error) <= 200
 
 
-def test_metric_listeners_run_before_a_failing_export(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_metric_listeners_receive_every_collection_while_the_exporter_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for name, value in (("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}"),
                         ("OTEL_EXPORTER_OTLP_TIMEOUT", "300"), ("OTEL_TRACES_EXPORTER", "none"),
                         ("OTEL_LOGS_EXPORTER", "none")):  # fmt: skip
