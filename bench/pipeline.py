@@ -212,16 +212,8 @@ def _cpu(process: psutil.Process) -> dict[int, float]:
 
 
 def _modes(endpoint: str) -> dict[str, dict[str, str]]:
-    on = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-          "OTEL_SERVICE_NAME": "signal-sidecar-bench"}  # fmt: skip
-    ratio = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
-    return {
-        "off": {"OTEL_SDK_DISABLED": "true"},
-        "on": on,
-        "sampled": {**on, **ratio},
-        "spans_off": {**on, "OTEL_TRACES_SAMPLER": "always_off"},
-        "default_gc": on,
-    }
+    modes = telemetry_floor.telemetry_modes(endpoint, "signal-sidecar-bench")
+    return {**modes, "default_gc": modes["on"]}
 
 
 async def _main(workdir: Path) -> tuple[dict[str, list[_Run]], dict[str, list[float]]]:

@@ -167,17 +167,23 @@ def main() -> dict[str, float]:
     return medians
 
 
-def floor_modes(endpoint: str) -> dict[str, dict[str, str]]:
-    """The modes of the pipeline benchmark, as OTEL_* variables for the floor's child."""
-    on = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": "telemetry-floor"}
+def telemetry_modes(endpoint: str, service: str) -> dict[str, dict[str, str]]:
+    """The modes the floor and the pipeline share, as OTEL_* variables."""
+    on = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+          "OTEL_SERVICE_NAME": service}  # fmt: skip
     ratio = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
     return {
         "off": {"OTEL_SDK_DISABLED": "true"},
         "on": on,
         "sampled": {**on, **ratio},
         "spans_off": {**on, "OTEL_TRACES_SAMPLER": "always_off"},
-        "no_spans": {**on, "BENCH_FLOOR_SPANS": "none"},
     }
+
+
+def floor_modes(endpoint: str) -> dict[str, dict[str, str]]:
+    """The shared modes, and a no-op tracer with logs and metrics on: no span work at all."""
+    modes = telemetry_modes(endpoint, "telemetry-floor")
+    return {**modes, "no_spans": {**modes["on"], "BENCH_FLOOR_SPANS": "none"}}
 
 
 if __name__ == "__main__":
