@@ -397,12 +397,6 @@ class TelemetrySettings:
     log_level: LogLevel = setting(
         "info", "SIDECAR_LOG_LEVEL", doc="Lowest level logged: debug, info, warning, error."
     )
-    export_process: bool = setting(
-        True,
-        "SIDECAR_TELEMETRY_EXPORT_PROCESS",
-        doc="OTLP spans and log records are encoded and sent by a child process, off the "
-        "pipeline's interpreter lock; false keeps them on threads of the sidecar.",
-    )
 
 
 @dataclass(frozen=True)

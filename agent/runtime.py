@@ -20,8 +20,8 @@ from agent.health.registry import CheckSpec, HealthRegistry
 from agent.health.report import HealthSources
 from agent.store.base import Store
 from agent.store.factory import open_store
+from agent.telemetry.host_metrics import ResourceSampler
 from agent.telemetry.logs import get_logger
-from agent.telemetry.sampler import ResourceSampler
 from agent.telemetry.setup import Telemetry
 
 if TYPE_CHECKING:

@@ -11,15 +11,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
+from urllib.parse import unquote
 
 import yaml
 
-from agent import __version__
 from agent.alerts import promnames
 from agent.alerts.promql import duration, translate
 from agent.alerts.rules import TEMPLATE, AlertConfig, AlertRule, sanitize_label
 from agent.config import ConfigError, Settings
-from agent.telemetry.resource import build_resource
+from agent.telemetry.resource import DEFAULT_SERVICE_NAME
 
 Format = Literal["prometheus", "prometheus-operator"]
 GROUP = "signal-sidecar"
@@ -137,7 +137,7 @@ def export_command(
     from agent.alerts.wiring import alert_config
 
     if job is None:
-        job = promnames.job(build_resource(env, version=__version__).attributes)
+        job = promnames.job(_service_attributes(env))
     if not job:
         raise ConfigError("--job: expected a job label (OTEL_SERVICE_NAME is empty)")
     metadata: dict[str, str] = {}
@@ -147,3 +147,16 @@ def export_command(
             raise ConfigError(f"--label: expected KEY=VALUE, got {item!r}")
         metadata[name] = value
     return export(alert_config(settings), job=job, output_format=output_format, labels=metadata)
+
+
+def _service_attributes(env: Mapping[str, str]) -> dict[str, str]:
+    """service.name and service.namespace as the SDK reads them from `env` (the spec's rules:
+    OTEL_SERVICE_NAME over OTEL_RESOURCE_ATTRIBUTES over the sidecar's default name)."""
+    attributes = {"service.name": DEFAULT_SERVICE_NAME}
+    for item in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip() in ("service.name", "service.namespace"):
+            attributes[key.strip()] = unquote(value.strip())
+    if env.get("OTEL_SERVICE_NAME", "").strip():
+        attributes["service.name"] = env["OTEL_SERVICE_NAME"].strip()
+    return attributes

@@ -6,38 +6,15 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
 
 # Seconds-based histograms: buckets from 5 ms to 10 min, enough for IMAP, webhooks and transfers.
-DURATION_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-)
-SIZE_BUCKETS = (
-    1024.0,
-    16384.0,
-    131072.0,
-    1048576.0,
-    5242880.0,
-    26214400.0,
-    104857600.0,
-    524288000.0,
-    2147483648.0,
-)
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    120.0, 300.0, 600.0)  # fmt: skip
+# Bytes-based histograms: 1 KiB to 2 GiB.
+SIZE_BUCKETS = (1024.0, 16384.0, 131072.0, 1048576.0, 5242880.0, 26214400.0, 104857600.0,
+                524288000.0, 2147483648.0)  # fmt: skip
+_BUCKETS = {"s": DURATION_BUCKETS, "By": SIZE_BUCKETS}
 
 GaugeSource = Callable[[], Iterable[Observation]]
 
@@ -238,61 +215,38 @@ class Instruments:
     def __init__(self, meter: Meter) -> None:
         self._lock = threading.Lock()
         self._sources: dict[str, list[GaugeSource]] = {}
-        self.imap_operation_duration = meter.create_histogram(
-            **_kw("imap.client.operation.duration"),
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self.imap_poll_duration = meter.create_histogram(
-            **_kw("imap.poll.duration"), explicit_bucket_boundaries_advisory=DURATION_BUCKETS
-        )
-        self.imap_messages = meter.create_counter(**_kw("imap.messages"))
-        self.imap_message_size = meter.create_histogram(
-            **_kw("imap.message.size"), explicit_bucket_boundaries_advisory=SIZE_BUCKETS
-        )
-        self.html_truncations = meter.create_counter(**_kw("email.html.truncations"))
-        self.parse_duration = meter.create_histogram(
-            **_kw("email.parse.duration"), explicit_bucket_boundaries_advisory=DURATION_BUCKETS
-        )
-        self.r2_transfer_duration = meter.create_histogram(
-            **_kw("r2.transfer.duration"), explicit_bucket_boundaries_advisory=DURATION_BUCKETS
-        )
-        self.r2_transfer_size = meter.create_histogram(
-            **_kw("r2.transfer.size"), explicit_bucket_boundaries_advisory=SIZE_BUCKETS
-        )
-        self.r2_transfers = meter.create_counter(**_kw("r2.transfers"))
-        self.webhook_delivery_duration = meter.create_histogram(
-            **_kw("webhook.delivery.duration"),
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self.webhook_deliveries = meter.create_counter(**_kw("webhook.deliveries"))
-        self.alert_notifications = meter.create_counter(**_kw("alert.notifications"))
-        self.export_failures = meter.create_counter(**_kw("telemetry.export.failures"))
-        self.http_server_duration = meter.create_histogram(
-            **_kw("http.server.request.duration"),
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self.browser_page_load = meter.create_histogram(
-            **_kw("browser.page.load.duration"),
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self.browser_api_duration = meter.create_histogram(
-            **_kw("browser.api.request.duration"),
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
+        self._meter = meter
+        self.imap_operation_duration = self._histogram("imap.client.operation.duration")
+        self.imap_poll_duration = self._histogram("imap.poll.duration")
+        self.imap_messages = self._counter("imap.messages")
+        self.imap_message_size = self._histogram("imap.message.size")
+        self.html_truncations = self._counter("email.html.truncations")
+        self.parse_duration = self._histogram("email.parse.duration")
+        self.r2_transfer_duration = self._histogram("r2.transfer.duration")
+        self.r2_transfer_size = self._histogram("r2.transfer.size")
+        self.r2_transfers = self._counter("r2.transfers")
+        self.webhook_delivery_duration = self._histogram("webhook.delivery.duration")
+        self.webhook_deliveries = self._counter("webhook.deliveries")
+        self.alert_notifications = self._counter("alert.notifications")
+        self.export_failures = self._counter("telemetry.export.failures")
+        self.http_server_duration = self._histogram("http.server.request.duration")
+        self.browser_page_load = self._histogram("browser.page.load.duration")
+        self.browser_api_duration = self._histogram("browser.api.request.duration")
         for spec in CATALOGUE:
             if spec.kind == "gauge":
-                meter.create_observable_gauge(
-                    spec.name,
-                    callbacks=[self._callback(spec.name)],
-                    unit=spec.unit,
-                    description=spec.description,
-                )
-        meter.create_observable_counter(
-            "system.network.io",
-            callbacks=[self._callback("system.network.io")],
-            unit=SPECS["system.network.io"].unit,
-            description=SPECS["system.network.io"].description,
+                meter.create_observable_gauge(callbacks=[self._callback(spec.name)], **_kw(spec))
+        network = SPECS["system.network.io"]
+        meter.create_observable_counter(callbacks=[self._callback(network.name)], **_kw(network))
+
+    def _histogram(self, name: str) -> Histogram:
+        spec = SPECS[name]
+        buckets = _BUCKETS[spec.unit]
+        return self._meter.create_histogram(
+            explicit_bucket_boundaries_advisory=buckets, **_kw(spec)
         )
+
+    def _counter(self, name: str) -> Counter:
+        return self._meter.create_counter(**_kw(SPECS[name]))
 
     def publish(self, name: str, source: GaugeSource) -> None:
         """Adds a source of cached observations for an observable instrument of the catalogue."""
@@ -320,6 +274,5 @@ class Instruments:
         return observe
 
 
-def _kw(name: str) -> dict[str, str]:
-    spec = SPECS[name]
+def _kw(spec: InstrumentSpec) -> dict[str, str]:
     return {"name": spec.name, "unit": spec.unit, "description": spec.description}

@@ -1,4 +1,4 @@
-"""Exporter wrappers that record export health per signal and tee metrics to in-process readers."""
+"""Exporter wrappers that record export health per signal, and the metric tee for in-process use."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from agent.telemetry.catalogue import Instruments
+from agent.telemetry.logs import get_logger
 from agent.telemetry.masking import Masker
 
 MetricListener = Callable[[MetricsData], None]
@@ -27,7 +28,7 @@ MetricListener = Callable[[MetricsData], None]
 SIGNALS: tuple[str, ...] = ("traces", "metrics", "logs")
 
 _ERROR_CHARS = 200
-_logger = logging.getLogger(__name__)
+_log = get_logger("telemetry")
 # The signal whose export runs on this thread, so SDK error logs are attributed to it.
 _exporting = threading.local()
 
@@ -130,21 +131,20 @@ def _run_export(tracker: ExportTracker, signal: str, export: Callable[[], bool])
     return ok
 
 
-class TrackedSpanExporter(SpanExporter):
-    """Wraps a span exporter; records each outcome in the tracker."""
+class _Flushable(Protocol):
+    def shutdown(self) -> None: ...
 
-    def __init__(self, inner: SpanExporter, tracker: ExportTracker) -> None:
+    def force_flush(self, timeout_millis: int = 30000) -> bool: ...
+
+
+_Inner = TypeVar("_Inner", bound=_Flushable)
+
+
+class Wrapping(Generic[_Inner]):
+    """The part every exporter wrapper shares: shutdown and force_flush reach the wrapped one."""
+
+    def __init__(self, inner: _Inner) -> None:
         self._inner = inner
-        self._tracker = tracker
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        """Exports and records the outcome."""
-        ok = _run_export(
-            self._tracker,
-            "traces",
-            lambda: self._inner.export(spans) == SpanExportResult.SUCCESS,
-        )
-        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
         """Shuts the wrapped exporter down."""
@@ -152,14 +152,29 @@ class TrackedSpanExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Flushes the wrapped exporter."""
-        return bool(self._inner.force_flush(timeout_millis))
+        return self._inner.force_flush(timeout_millis)
 
 
-class TrackedLogExporter(LogRecordExporter):
+class TrackedSpanExporter(Wrapping[SpanExporter], SpanExporter):
+    """Wraps a span exporter; records each outcome in the tracker."""
+
+    def __init__(self, inner: SpanExporter, tracker: ExportTracker) -> None:
+        super().__init__(inner)
+        self._tracker = tracker
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Exports and records the outcome."""
+        ok = _run_export(
+            self._tracker, "traces", lambda: self._inner.export(spans) == SpanExportResult.SUCCESS
+        )
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+
+class TrackedLogExporter(Wrapping[LogRecordExporter], LogRecordExporter):
     """Wraps a log record exporter; records each outcome in the tracker."""
 
     def __init__(self, inner: LogRecordExporter, tracker: ExportTracker) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._tracker = tracker
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
@@ -171,129 +186,82 @@ class TrackedLogExporter(LogRecordExporter):
         )
         return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
 
-    def shutdown(self) -> None:
-        """Shuts the wrapped exporter down."""
-        self._inner.shutdown()  # type: ignore[no-untyped-call]
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Flushes the wrapped exporter."""
-        return bool(self._inner.force_flush(timeout_millis))
-
 
 class TrackedMetricExporter(MetricExporter):
-    """Feeds metric listeners (the tee) with every export, then hands the data to a sender thread.
+    """Wraps the metric exporter of the OTLP reader; records each outcome in the tracker.
 
-    The reader's thread only runs the listeners: a dead collector (whose exporter retries for
-    seconds) never delays what the alert engine sees. The sender keeps at most `backlog`
-    batches; with cumulative temporality (the OTLP default) the newest batch supersedes older
-    ones, so dropping the oldest loses no totals. With `inner=None` (OTEL_METRICS_EXPORTER=none
-    or OTEL_SDK_DISABLED) only the listeners run.
+    The reader asks this wrapper, not the exporter, for the temporality and aggregation it
+    prefers: the SDK's defaults (cumulative, explicit buckets).
     """
 
-    def __init__(
-        self, inner: MetricExporter | None, tracker: ExportTracker, *, backlog: int = 2
-    ) -> None:
-        super().__init__(
-            preferred_temporality=getattr(inner, "_preferred_temporality", None),
-            preferred_aggregation=getattr(inner, "_preferred_aggregation", None),
-        )
+    def __init__(self, inner: MetricExporter, tracker: ExportTracker) -> None:
+        super().__init__()
         self._inner = inner
         self._tracker = tracker
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        """Exports and records the outcome."""
+        ok = _run_export(
+            self._tracker,
+            "metrics",
+            lambda: (
+                self._inner.export(metrics_data, timeout_millis, **kwargs)
+                == MetricExportResult.SUCCESS
+            ),
+        )
+        return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        """Flushes the wrapped exporter."""
+        return self._inner.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Shuts the wrapped exporter down."""
+        self._inner.shutdown(timeout_millis, **kwargs)
+
+
+class MetricTee(MetricExporter):
+    """The in-process end of a metric reader of its own: each collection goes to the listeners.
+
+    It runs beside the OTLP reader, at the same interval, so a dead or silent collector never
+    delays what the alert engine and the dashboard see; with OTEL_METRICS_EXPORTER=none it is
+    the only reader.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
         self._listeners: list[MetricListener] = []
-        self._listeners_lock = threading.Lock()
-        self._backlog = backlog
-        self._queue: list[tuple[MetricsData, float]] = []
-        self._cond = threading.Condition()
-        self._busy = False
-        self._closed = False
-        self._sender: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     def add_listener(self, listener: MetricListener) -> None:
-        """Calls listener(metrics_data) at every export, before the data leaves the process."""
-        with self._listeners_lock:
+        """Calls listener(metrics_data) at every collection."""
+        with self._lock:
             self._listeners.append(listener)
 
     def remove_listener(self, listener: MetricListener) -> None:
         """Stops calling a listener added with add_listener."""
-        with self._listeners_lock:
+        with self._lock:
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
-        """Tees to the listeners, then queues the data for the sender thread."""
-        with self._listeners_lock:
+        """Hands the collection to every listener."""
+        with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:
             try:
                 listener(metrics_data)
-            except Exception:  # a broken listener must never stop the export
-                _logger.exception("metric listener %r failed", listener)
-        if self._inner is None:
-            return MetricExportResult.SUCCESS
-        with self._cond:
-            if self._closed:
-                return MetricExportResult.FAILURE
-            if len(self._queue) >= self._backlog:
-                self._queue.pop(0)
-                self._tracker.failure("metrics", "export backlog full: oldest batch dropped")
-            self._queue.append((metrics_data, timeout_millis))
-            if self._sender is None:
-                self._sender = threading.Thread(
-                    target=self._send_loop, name="metric-sender", daemon=True
-                )
-                self._sender.start()
-            self._cond.notify_all()
+            except Exception:  # a broken listener must never stop the others
+                _log.exception("telemetry.metric_listener_failed", listener=repr(listener))
         return MetricExportResult.SUCCESS
 
-    def _send_loop(self) -> None:
-        inner = self._inner
-        if inner is None:  # the sender thread only starts when there is an exporter
-            return
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                data, timeout_millis = self._queue.pop(0)
-                self._busy = True
-            try:
-                _run_export(
-                    self._tracker,
-                    "metrics",
-                    lambda d=data, t=timeout_millis: (  # type: ignore[misc]
-                        inner.export(d, timeout_millis=t) == MetricExportResult.SUCCESS
-                    ),
-                )
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
-
-    def _drain(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._queue or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        """Nothing is held here."""
         return True
 
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        """Waits (bounded) until queued batches are sent, then flushes the wrapped exporter."""
-        if self._inner is None:
-            return True
-        return self._drain(timeout_millis / 1000) and bool(self._inner.force_flush(timeout_millis))
-
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        """Sends what is queued within the timeout, then shuts the wrapped exporter down."""
-        if self._inner is None:
-            return
-        self._drain(timeout_millis / 1000)
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+        """Nothing to release."""

@@ -8,19 +8,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
-from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry._logs import SeverityNumber
+from opentelemetry._logs import Logger, SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
-from agent.telemetry import log_records
-from agent.telemetry.log_records import PLAIN_VALUES
 from agent.telemetry.masking import Masker
-from agent.telemetry.setup import Telemetry
+
+if TYPE_CHECKING:
+    from agent.telemetry.setup import Telemetry
 
 LogSink = Callable[[dict[str, Any]], None]
 
@@ -29,55 +29,94 @@ DOMAINS: tuple[str, ...] = (
     "store", "app",
 )  # fmt: skip
 
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "warn": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
-}
-_SEVERITY = {
-    "debug": SeverityNumber.DEBUG,
-    "info": SeverityNumber.INFO,
-    "warning": SeverityNumber.WARN,
-    "error": SeverityNumber.ERROR,
-    "exception": SeverityNumber.ERROR,
-    "critical": SeverityNumber.FATAL,
-}
+# A plain attribute value: what an OTLP attribute holds as it is (a list of one of these, too).
+PLAIN_VALUES = frozenset({str, bool, int, float})
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "warn": logging.WARNING, "error": logging.ERROR,
+           "critical": logging.CRITICAL}  # fmt: skip
+_SEVERITY = {"debug": SeverityNumber.DEBUG, "info": SeverityNumber.INFO,
+             "warning": SeverityNumber.WARN, "error": SeverityNumber.ERROR,
+             "exception": SeverityNumber.ERROR, "critical": SeverityNumber.FATAL}  # fmt: skip
 # Keys that are fields of the OTLP record itself, not attributes.
 _RECORD_KEYS = frozenset({"event", "level", "timestamp", "trace_id", "span_id"})
 _FIRST_KEYS = ("timestamp", "level", "logger", "event", "trace_id", "span_id")
 _SDK_LOG_INTERVAL = 60.0
+# True while an event is handed to OTLP and the sinks: what they log then is only printed.
+_HANDING_OUT: ContextVar[bool] = ContextVar("signal_sidecar_log_handing_out", default=False)
+# True for the SDK's own log records: exporting an export failure would only fail again.
+_SDK_RECORD: ContextVar[bool] = ContextVar("signal_sidecar_sdk_log", default=False)
 
 
 class _Pipeline:
-    """What the processors of the current configuration write to."""
+    """The last two processors of the current configuration: masking, then the fan-out."""
 
     def __init__(self, masker: Masker, logger_provider: LoggerProvider | None) -> None:
-        self.masker = masker
-        self.logger_provider = logger_provider
-        self._otel_loggers: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        self._reentry = threading.local()
+        self._masker = masker
+        self._provider = logger_provider
+        self._otel_loggers: dict[str, Logger] = {}
 
-    def otel_logger(self, domain: str) -> Any:
-        found = self._otel_loggers.get(domain)  # one dict read; the lock guards creation only
-        if found is not None:
-            return found
-        with self._lock:
-            found = self._otel_loggers.get(domain)
-            if found is None and self.logger_provider is not None:
-                found = self.logger_provider.get_logger(f"signal-sidecar.{domain}")
-                self._otel_loggers[domain] = found
-            return found
+    def mask(self, _logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+        """The event with its secrets masked (the same dict when it holds none)."""
+        masked: EventDict = self._masker.mask_event(event_dict)
+        return masked
+
+    def fan_out(self, _logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+        """The JSON line; on the way, one OTLP log record and a copy for every sink."""
+        event = {key: event_dict[key] for key in _FIRST_KEYS if key in event_dict}
+        event.update(event_dict)
+        event["event"] = str(event.get("event", ""))
+        line = json.dumps(event, default=str, ensure_ascii=False)
+        if _HANDING_OUT.get():
+            return line  # logged by a sink or an exporter: handing it out again could loop
+        token = _HANDING_OUT.set(True)
+        try:
+            if not _SDK_RECORD.get():
+                self._emit_otlp(method, event)
+            with _registry.lock:
+                sinks = list(_registry.sinks)
+            for sink in sinks:
+                try:
+                    sink(dict(event))
+                except Exception:  # a broken sink must not lose the log line
+                    get_logger("telemetry").exception("telemetry.log_sink_failed", sink=repr(sink))
+        finally:
+            _HANDING_OUT.reset(token)
+        return line
+
+    def _emit_otlp(self, method: str, event: Mapping[str, Any]) -> None:
+        if self._provider is None:
+            return
+        domain = str(event.get("logger", "app"))
+        otel_logger = self._otel_loggers.get(domain)
+        if otel_logger is None:  # two threads may both ask: the provider gives equal loggers
+            otel_logger = self._provider.get_logger(f"signal-sidecar.{domain}")
+            self._otel_loggers[domain] = otel_logger
+        level = str(event.get("level", method))
+        attributes: dict[str, Any] = {}
+        for key, value in event.items():
+            if key in _RECORD_KEYS:
+                continue
+            if key == "exception":
+                attributes["exception.stacktrace"] = str(value)
+            elif value.__class__ in PLAIN_VALUES:
+                attributes[key] = value  # most fields: stored without a call
+            else:
+                _flatten(attributes, key, value)
+        # The record takes its trace and span ids from the current context.
+        otel_logger.emit(
+            timestamp=time.time_ns(),
+            severity_number=_SEVERITY.get(level, SeverityNumber.INFO),
+            severity_text=level.upper(),
+            body=str(event.get("event", "")),
+            attributes=attributes,
+        )
 
 
 class _Registry:
-    """The active pipeline and the sinks; set by configure_logging, never at import."""
+    """The sinks and the SDK log handler; set by configure_logging, never at import."""
 
     def __init__(self) -> None:
-        self.pipeline: _Pipeline | None = None
         self.sinks: list[LogSink] = []
         self.lock = threading.Lock()
         self.sdk_handler: logging.Handler | None = None
@@ -96,7 +135,6 @@ def configure_logging(
     masker = telemetry.masker if telemetry is not None else Masker()
     provider = telemetry.logger_provider if telemetry is not None else None
     pipeline = _Pipeline(masker, provider)
-    _registry.pipeline = pipeline
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -105,8 +143,8 @@ def configure_logging(
             _add_logger_name,
             _add_trace_context,
             structlog.processors.format_exc_info,
-            _mask(pipeline),
-            _fan_out(pipeline),
+            pipeline.mask,
+            pipeline.fan_out,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
@@ -147,67 +185,9 @@ def _add_trace_context(_logger: WrappedLogger, _method: str, event_dict: EventDi
     return event_dict
 
 
-def _mask(pipeline: _Pipeline) -> Callable[[WrappedLogger, str, EventDict], EventDict]:
-    def mask(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-        masked: EventDict = pipeline.masker.mask_event(event_dict)
-        return masked
-
-    return mask
-
-
-def _fan_out(pipeline: _Pipeline) -> Callable[[WrappedLogger, str, EventDict], str]:
-    def fan_out(_logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
-        event = {key: event_dict[key] for key in _FIRST_KEYS if key in event_dict}
-        event.update(event_dict)
-        event["event"] = str(event.get("event", ""))
-        # A sink or exporter that logs must not recurse into this pipeline.
-        if not getattr(pipeline._reentry, "active", False):
-            pipeline._reentry.active = True
-            try:
-                _emit_otlp(pipeline, method, event)
-                with _registry.lock:
-                    sinks = list(_registry.sinks)
-                for sink in sinks:
-                    try:
-                        sink(dict(event))
-                    except Exception:  # a broken sink must not lose the log line
-                        logging.getLogger(__name__).exception("log sink %r failed", sink)
-            finally:
-                pipeline._reentry.active = False
-        return json.dumps(event, default=str, ensure_ascii=False)
-
-    return fan_out
-
-
-def _emit_otlp(pipeline: _Pipeline, method: str, event: Mapping[str, Any]) -> None:
-    otel_logger = pipeline.otel_logger(str(event.get("logger", "app")))
-    if otel_logger is None:
-        return
-    level = str(event.get("level", method))
-    attributes: dict[str, Any] = {}
-    for key, value in event.items():
-        if key in _RECORD_KEYS:
-            continue
-        if key == "exception":
-            attributes["exception.stacktrace"] = str(value)
-        elif value.__class__ in PLAIN_VALUES:
-            attributes[key] = value  # most fields: stored without a call
-        else:
-            _flatten(attributes, key, value)
-    log_records.emit(
-        otel_logger,
-        timestamp=time.time_ns(),
-        context=otel_context.get_current(),
-        severity_number=_SEVERITY.get(level, SeverityNumber.INFO),
-        severity_text=level.upper(),
-        body=str(event.get("event", "")),
-        attributes=attributes,
-    )
-
-
 def _flatten(out: dict[str, Any], key: str, value: Any) -> None:
-    """OTel attribute values: primitives, homogeneous primitive lists; dicts become dotted keys."""
-    if isinstance(value, bool | str | int | float):
+    """OTLP attribute values: plain values, lists of one plain type; dicts become dotted keys."""
+    if value.__class__ in PLAIN_VALUES:
         out[key] = value
     elif value is None:
         out[key] = "None"
@@ -215,7 +195,7 @@ def _flatten(out: dict[str, Any], key: str, value: Any) -> None:
         for sub_key, sub_value in value.items():
             _flatten(out, f"{key}.{sub_key}", sub_value)
     elif isinstance(value, list | tuple):
-        kinds = {type(item) for item in value}
+        kinds = {item.__class__ for item in value}
         if len(kinds) == 1 and kinds <= PLAIN_VALUES:
             out[key] = list(value)
         else:
@@ -245,19 +225,41 @@ class _RateLimit(logging.Filter):
             return True
 
 
-def route_sdk_logs() -> None:
-    """The SDK's own stdlib loggers go to stderr, WARNING and up, rate-limited, and never to OTLP.
+class _SdkLogHandler(logging.Handler):
+    """The SDK's own stdlib log records as structured events of the `telemetry` logger."""
 
-    They stop propagating so that no handler on the root logger (such as OTel's LoggingHandler)
-    can turn an export failure into another log record to export.
+    def emit(self, record: logging.LogRecord) -> None:
+        """Logs the record through structlog: a JSON line and the sinks, never an OTLP record."""
+        fields: dict[str, Any] = {"message": record.getMessage(), "sdk_logger": record.name}
+        if record.exc_info:
+            fields["exc_info"] = record.exc_info
+        token = _SDK_RECORD.set(True)
+        try:
+            log = get_logger("telemetry")
+            if record.levelno >= logging.CRITICAL:
+                log.critical("otel.sdk", **fields)
+            elif record.levelno >= logging.ERROR:
+                log.error("otel.sdk", **fields)
+            else:
+                log.warning("otel.sdk", **fields)
+        except Exception:  # the SDK's warning must never break the thread that logged it
+            self.handleError(record)
+        finally:
+            _SDK_RECORD.reset(token)
+
+
+def route_sdk_logs() -> None:
+    """The SDK's own loggers (WARNING and up, rate-limited) become structured events.
+
+    They go to the JSON stream and the sinks, never to OTLP, and stop propagating, so that no
+    handler on the root logger (such as OTel's LoggingHandler) can turn an export failure into
+    another record to export.
     """
     sdk_logger = logging.getLogger("opentelemetry")
     if _registry.sdk_handler is not None:
         sdk_logger.removeHandler(_registry.sdk_handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setLevel(logging.WARNING)
+    handler = _SdkLogHandler(level=logging.WARNING)
     handler.addFilter(_RateLimit(_SDK_LOG_INTERVAL))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     sdk_logger.addHandler(handler)
     sdk_logger.propagate = False
     _registry.sdk_handler = handler

@@ -10,29 +10,11 @@ from agent.config import MASK
 
 # Query parameters whose values are credentials (compared case-insensitively).
 TOKEN_PARAMETERS: tuple[str, ...] = (
-    "token",
-    "access_token",
-    "refresh_token",
-    "id_token",
-    "dl_token",
-    "key",
-    "api_key",
-    "apikey",
-    "sig",
-    "signature",
-    "x-amz-signature",
-    "x-amz-credential",
-    "x-amz-security-token",
-    "x-goog-signature",
-    "x-goog-credential",
-    "password",
-    "passwd",
-    "pwd",
-    "secret",
-    "client_secret",
-    "auth",
-    "code",
-)
+    "token", "access_token", "refresh_token", "id_token", "dl_token", "key", "api_key", "apikey",
+    "sig", "signature", "x-amz-signature", "x-amz-credential", "x-amz-security-token",
+    "x-goog-signature", "x-goog-credential", "password", "passwd", "pwd", "secret",
+    "client_secret", "auth", "code",
+)  # fmt: skip
 
 _MIN_SECRET_LENGTH = 4
 _NUMBERS = (int, float)  # bool is an int

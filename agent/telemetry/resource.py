@@ -1,14 +1,16 @@
-"""The OTel resource: who emits the telemetry, from OTEL_* and the Kubernetes downward API."""
+"""The OTel resource: who emits the telemetry, from the SDK's detectors and the downward API."""
 
 from __future__ import annotations
 
+import os
 import socket
-import uuid
-from collections.abc import Mapping
-from urllib.parse import unquote
 
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.version import __version__ as _sdk_version
+from opentelemetry.sdk.resources import (
+    OTELResourceDetector,
+    Resource,
+    ResourceDetector,
+    get_aggregated_resources,
+)
 
 DEFAULT_SERVICE_NAME = "signal-sidecar"
 
@@ -20,38 +22,41 @@ _K8S_VARIABLES = {
 }
 
 
-def parse_resource_attributes(raw: str) -> dict[str, str]:
-    """OTEL_RESOURCE_ATTRIBUTES ("k=v,k2=v2", values percent-encoded); malformed pairs dropped."""
-    attributes: dict[str, str] = {}
-    for pair in raw.split(","):
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if sep and key:
-            attributes[key] = unquote(value.strip())
-    return attributes
+class SidecarResourceDetector(ResourceDetector):
+    """The sidecar's name and version, its host, its pod, and an instance id people can read."""
+
+    def __init__(self, version: str, instance_id: str) -> None:
+        super().__init__()
+        self._version = version
+        self._instance_id = instance_id
+
+    def detect(self) -> Resource:
+        """service.*, host.name and k8s.* attributes."""
+        host = socket.gethostname()
+        pod = os.environ.get("K8S_POD_NAME", "").strip()
+        attributes: dict[str, str] = {
+            "service.name": DEFAULT_SERVICE_NAME,
+            "service.version": self._version,
+            # The SDK's per-process UUID, prefixed by the pod or host name that holds leases.
+            "service.instance.id": f"{pod or host}-{self._instance_id}",
+            "host.name": host,
+        }
+        for variable, attribute in _K8S_VARIABLES.items():
+            value = os.environ.get(variable, "").strip()
+            if value:
+                attributes[attribute] = value
+        return Resource(attributes)
 
 
-def build_resource(env: Mapping[str, str], *, version: str) -> Resource:
-    """The resource of this process; OTEL_RESOURCE_ATTRIBUTES overrides what is detected."""
-    host = socket.gethostname()
-    pod = env.get("K8S_POD_NAME", "").strip()
-    # One id per process, so two replicas (or a restart) never share a series.
-    instance = f"{pod or host}-{uuid.uuid4()}"
-    attributes: dict[str, str] = {
-        "telemetry.sdk.language": "python",
-        "telemetry.sdk.name": "opentelemetry",
-        "telemetry.sdk.version": _sdk_version,
-        "service.name": DEFAULT_SERVICE_NAME,
-        "service.version": version,
-        "service.instance.id": instance,
-        "host.name": host,
-    }
-    for variable, attribute in _K8S_VARIABLES.items():
-        value = env.get(variable, "").strip()
-        if value:
-            attributes[attribute] = value
-    attributes.update(parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", "")))
-    service_name = env.get("OTEL_SERVICE_NAME", "").strip()
-    if service_name:
-        attributes["service.name"] = service_name
-    return Resource(attributes)
+def build_resource(*, version: str) -> Resource:
+    """The resource of this process; OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME win.
+
+    `Resource.create()` gives the SDK's attributes (telemetry.sdk.*, a per-process UUID as
+    service.instance.id, OTEL_EXPERIMENTAL_RESOURCE_DETECTORS); the sidecar's detector comes
+    over it and the SDK's own environment detector last, so what the operator sets wins.
+    """
+    sdk = Resource.create()
+    uuid = str(sdk.attributes.get("service.instance.id", ""))
+    return get_aggregated_resources(
+        [SidecarResourceDetector(version, uuid), OTELResourceDetector()], initial_resource=sdk
+    )

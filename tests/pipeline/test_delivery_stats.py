@@ -13,8 +13,9 @@ from agent.config import Settings
 from agent.pipeline.delivery_stats import DeliveryStats
 from agent.store.base import DeliveryRecord
 from agent.store.redis import RedisStore
-from agent.telemetry.setup import Telemetry, telemetry_for_tests
+from agent.telemetry.setup import Telemetry
 from tests.fixtures.redis import RedisServer
+from tests.support.telemetry import telemetry_for_tests
 
 
 @pytest.fixture

@@ -27,12 +27,13 @@ from agent.pipeline.webhook import WebhookClient
 from agent.store.base import Store, Watermark
 from agent.store.local import LocalStore
 from agent.store.redis import RedisStore
-from agent.telemetry.setup import Telemetry, telemetry_for_tests
+from agent.telemetry.setup import Telemetry
 from tests.fixtures.blackhole import BlackHole
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.receiver import Receiver
 from tests.fixtures.redis import RedisServer
 from tests.pipeline.hostile import DROPBOX_URL, make_message
+from tests.support.telemetry import telemetry_for_tests
 
 _SECTIONS: dict[str, Any] = {
     "imap": {"timeout": "2s", "lease_ttl": "60s", "concurrency": 1, "batch_size": 10},

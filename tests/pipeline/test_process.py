@@ -27,9 +27,10 @@ from agent.pipeline.process import EmailProcessor, ProcessOutcome, email_id_for
 from agent.pipeline.webhook import WebhookClient
 from agent.store.local import LocalStore
 from agent.telemetry.logs import configure_logging
-from agent.telemetry.setup import Telemetry, telemetry_for_tests
+from agent.telemetry.setup import Telemetry
 from tests.fixtures.receiver import Receiver
 from tests.pipeline import hostile
+from tests.support.telemetry import telemetry_for_tests
 
 POLL = SpanContext(trace_id=0xABC, span_id=0xDEF, is_remote=False,
                    trace_flags=TraceFlags(TraceFlags.SAMPLED))  # fmt: skip

@@ -21,11 +21,12 @@ from agent.config import settings_from_mapping
 from agent.pipeline.links import DeliveryLink
 from agent.pipeline.r2 import TransferClient
 from agent.telemetry.logs import configure_logging
-from agent.telemetry.setup import Telemetry, telemetry_for_tests
+from agent.telemetry.setup import Telemetry
 from tests.fixtures.fileserver import FileServer, sha256_of
 from tests.fixtures.miniflare import R2Worker, start_r2_worker
 from tests.fixtures.providers import THREE_FILES, ProviderStandIns, wetransfer_link
 from tests.support.net import free_port
+from tests.support.telemetry import telemetry_for_tests
 
 CAP = 1024 * 1024
 

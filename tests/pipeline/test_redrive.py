@@ -19,10 +19,11 @@ from agent.pipeline.redrive import REDRIVES_PER_CYCLE, request_redrive
 from agent.pipeline.replicas import ReplicaIdentity, Replicas
 from agent.store.base import DeadLetter
 from agent.store.local import LocalStore
-from agent.telemetry.setup import Telemetry, telemetry_for_tests
+from agent.telemetry.setup import Telemetry
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.receiver import Receiver
 from tests.pipeline.hostile import make_message
+from tests.support.telemetry import telemetry_for_tests
 
 
 @dataclass

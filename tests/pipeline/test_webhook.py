@@ -18,10 +18,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from agent.config import Settings, settings_from_mapping
 from agent.pipeline.webhook import WebhookClient
 from agent.store.local import LocalStore
-from agent.telemetry.setup import Telemetry, telemetry_for_tests
+from agent.telemetry.setup import Telemetry
 from tests.fixtures.blackhole import BlackHole
 from tests.fixtures.receiver import Receiver
 from tests.support.net import free_port
+from tests.support.telemetry import telemetry_for_tests
 
 SECRET = "hook-secret-7f3a"
 PAYLOAD: dict[str, Any] = {"email_id": "e1", "subject": "Grüße", "delivery_links": []}

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
+import pytest
 from opentelemetry.metrics import Observation
 
 from agent.config import settings_from_mapping
@@ -40,16 +41,23 @@ def _debug_with(stack: TelemetryStack, trace_id: str) -> str | None:
     return output if f"Trace ID: {trace_id}" in output else None
 
 
-def _telemetry(stack: TelemetryStack, service: str, protocol: str = "http/protobuf") -> Telemetry:
-    endpoint = stack.otlp_grpc_endpoint if protocol == "grpc" else stack.otlp_http_endpoint
-    env = {
-        "OTEL_SERVICE_NAME": service,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-        "OTEL_EXPORTER_OTLP_TIMEOUT": "5000",
-    }
-    settings = settings_from_mapping({"r2": {"fetch_token": SECRET}})
-    return setup_telemetry(settings, env, metric_reader_interval=0.5)
+@pytest.fixture
+def telemetry_in(
+    monkeypatch: pytest.MonkeyPatch, telemetry_stack: TelemetryStack
+) -> Callable[..., Telemetry]:
+    """Telemetry of this process exporting to the stack (the SDK reads OTEL_* from os.environ)."""
+
+    def make(service: str, protocol: str = "http/protobuf") -> Telemetry:
+        stack = telemetry_stack
+        endpoint = stack.otlp_grpc_endpoint if protocol == "grpc" else stack.otlp_http_endpoint
+        monkeypatch.setenv("OTEL_SERVICE_NAME", service)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "5000")
+        settings = settings_from_mapping({"r2": {"fetch_token": SECRET}})
+        return setup_telemetry(settings, metric_interval=0.5)
+
+    return make
 
 
 def _emit(telemetry: Telemetry) -> str:
@@ -63,9 +71,11 @@ def _emit(telemetry: Telemetry) -> str:
     return f"{span.get_span_context().trace_id:032x}"
 
 
-def test_span_reaches_jaegers_query_api(telemetry_stack: TelemetryStack) -> None:
+def test_span_reaches_jaegers_query_api(
+    telemetry_stack: TelemetryStack, telemetry_in: Callable[..., Telemetry]
+) -> None:
     service = f"sidecar-{uuid.uuid4().hex[:8]}"
-    telemetry = _telemetry(telemetry_stack, service)
+    telemetry = telemetry_in(service)
     trace_id = _emit(telemetry)
     telemetry.shutdown(5.0)
     traces = _eventually(lambda: telemetry_stack.traces(service))
@@ -73,9 +83,11 @@ def test_span_reaches_jaegers_query_api(telemetry_stack: TelemetryStack) -> None
     assert [s["operationName"] for s in traces[0]["spans"]] == ["r2.transfer"]
 
 
-def test_span_reaches_jaeger_over_grpc(telemetry_stack: TelemetryStack) -> None:
+def test_span_reaches_jaeger_over_grpc(
+    telemetry_stack: TelemetryStack, telemetry_in: Callable[..., Telemetry]
+) -> None:
     service = f"sidecar-grpc-{uuid.uuid4().hex[:8]}"
-    telemetry = _telemetry(telemetry_stack, service, protocol="grpc")
+    telemetry = telemetry_in(service, protocol="grpc")
     trace_id = _emit(telemetry)
     telemetry.shutdown(5.0)
     traces = _eventually(lambda: telemetry_stack.traces(service))
@@ -83,10 +95,10 @@ def test_span_reaches_jaeger_over_grpc(telemetry_stack: TelemetryStack) -> None:
 
 
 def test_metrics_appear_on_the_collectors_prometheus_endpoint(
-    telemetry_stack: TelemetryStack,
+    telemetry_stack: TelemetryStack, telemetry_in: Callable[..., Telemetry]
 ) -> None:
     service = f"sidecar-{uuid.uuid4().hex[:8]}"
-    telemetry = _telemetry(telemetry_stack, service)
+    telemetry = telemetry_in(service)
     _emit(telemetry)
     try:
         text = _eventually(lambda: _scrape_with(telemetry_stack, service))
@@ -100,9 +112,9 @@ def test_metrics_appear_on_the_collectors_prometheus_endpoint(
 
 
 def test_log_record_with_its_trace_id_reaches_the_debug_exporter(
-    telemetry_stack: TelemetryStack,
+    telemetry_stack: TelemetryStack, telemetry_in: Callable[..., Telemetry]
 ) -> None:
-    telemetry = _telemetry(telemetry_stack, f"sidecar-{uuid.uuid4().hex[:8]}")
+    telemetry = telemetry_in(f"sidecar-{uuid.uuid4().hex[:8]}")
     trace_id = _emit(telemetry)
     telemetry.shutdown(5.0)
     output = _eventually(lambda: _debug_with(telemetry_stack, trace_id))
@@ -113,9 +125,11 @@ def test_log_record_with_its_trace_id_reaches_the_debug_exporter(
     assert "marker: Str(stack-log)" in record
 
 
-def test_configured_secret_reaches_no_backend(telemetry_stack: TelemetryStack) -> None:
+def test_configured_secret_reaches_no_backend(
+    telemetry_stack: TelemetryStack, telemetry_in: Callable[..., Telemetry]
+) -> None:
     service = f"sidecar-{uuid.uuid4().hex[:8]}"
-    telemetry = _telemetry(telemetry_stack, service)
+    telemetry = telemetry_in(service)
     trace_id = _emit(telemetry)
     try:
         traces = _eventually(lambda: telemetry_stack.traces(service))
@@ -130,10 +144,10 @@ def test_configured_secret_reaches_no_backend(telemetry_stack: TelemetryStack) -
 
 
 def test_shutdown_flushes_queued_spans_when_the_collector_is_up(
-    telemetry_stack: TelemetryStack,
+    telemetry_stack: TelemetryStack, telemetry_in: Callable[..., Telemetry]
 ) -> None:
     service = f"sidecar-{uuid.uuid4().hex[:8]}"
-    telemetry = _telemetry(telemetry_stack, service)
+    telemetry = telemetry_in(service)
     tracer = telemetry.tracer("test")
     for index in range(20):
         with tracer.start_as_current_span(f"queued-{index}"):
@@ -146,9 +160,9 @@ def test_shutdown_flushes_queued_spans_when_the_collector_is_up(
 
 
 def test_export_failure_is_tracked_while_the_collector_is_down_and_recovers(
-    telemetry_stack: TelemetryStack,
+    telemetry_stack: TelemetryStack, telemetry_in: Callable[..., Telemetry]
 ) -> None:
-    telemetry = _telemetry(telemetry_stack, f"sidecar-{uuid.uuid4().hex[:8]}")
+    telemetry = telemetry_in(f"sidecar-{uuid.uuid4().hex[:8]}")
     tracer = telemetry.tracer("test")
     telemetry_stack.stop_collector()
     try:

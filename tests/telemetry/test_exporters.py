@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from agent.config import Settings
@@ -33,14 +34,14 @@ def test_last_error_is_masked_and_short() -> None:
     assert len(error) <= 200
 
 
-def test_metric_listeners_run_before_a_failing_export() -> None:
-    env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
-        "OTEL_EXPORTER_OTLP_TIMEOUT": "300",
-        "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_LOGS_EXPORTER": "none",
-    }
-    telemetry = setup_telemetry(Settings(), env, metric_reader_interval=3600.0)
+def test_metric_listeners_receive_every_collection_while_the_exporter_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in (("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}"),
+                        ("OTEL_EXPORTER_OTLP_TIMEOUT", "300"), ("OTEL_TRACES_EXPORTER", "none"),
+                        ("OTEL_LOGS_EXPORTER", "none")):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    telemetry = setup_telemetry(Settings(), metric_interval=3600.0)
     received: list[MetricsData] = []
     telemetry.add_metric_listener(received.append)
     telemetry.instruments.webhook_deliveries.add(1, {"outcome": "failed"})

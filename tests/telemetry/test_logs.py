@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk._logs import LoggingHandler
-from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agent.config import settings_from_mapping
+from agent.config import Settings, settings_from_mapping
 from agent.telemetry.logs import add_log_sink, configure_logging, get_logger, remove_log_sink
-from agent.telemetry.setup import Telemetry, telemetry_for_tests
+from agent.telemetry.setup import Telemetry, setup_telemetry
+from tests.support.telemetry import telemetry_for_tests
 
 SECRET = "imap-pass-98765"
 
@@ -111,7 +112,7 @@ def test_removed_sink_receives_nothing_more(logged: Any) -> None:
 def test_sdk_stdlib_logs_are_never_exported_even_with_an_otel_handler_on_root(
     logged: Any,
 ) -> None:
-    telemetry, _spans, logs, stream = logged
+    telemetry, _spans, logs, _stream = logged
     # An application or instrumentation may bridge stdlib logging to OTLP at the root logger;
     # the SDK's own warnings (export failures) must still not become records to export.
     bridge = LoggingHandler(logger_provider=telemetry.logger_provider)
@@ -123,7 +124,60 @@ def test_sdk_stdlib_logs_are_never_exported_even_with_an_otel_handler_on_root(
     finally:
         root.removeHandler(bridge)
     assert logs.get_finished_logs() == ()
-    assert "sdk export failed" not in stream.getvalue()
+
+
+def test_sdk_warnings_become_json_events_of_the_telemetry_logger(logged: Any) -> None:
+    _telemetry, _spans, _logs, stream = logged
+    events: list[dict[str, Any]] = []
+    add_log_sink(events.append)
+    try:
+        logging.getLogger("opentelemetry.exporter.otlp.proto.http").error(
+            "Failed to export %s batch code: %s, reason: %s", "spans", 401, f"token {SECRET}"
+        )
+    finally:
+        remove_log_sink(events.append)
+    (line,) = _lines(stream)
+    assert line["logger"] == "telemetry"
+    assert line["level"] == "error"
+    assert line["event"] == "otel.sdk"
+    assert line["message"] == "Failed to export spans batch code: 401, reason: token ***"
+    assert line["sdk_logger"] == "opentelemetry.exporter.otlp.proto.http"
+    assert events == [line]
+
+
+def test_a_repeated_sdk_warning_is_printed_once_a_minute(logged: Any) -> None:
+    _telemetry, _spans, _logs, stream = logged
+    for attempt in range(5):
+        logging.getLogger("opentelemetry.sdk.x").warning("Queue full, dropping %s.", attempt)
+    assert [line["message"] for line in _lines(stream)] == ["Queue full, dropping 0."]
+
+
+def test_an_exporter_that_logs_while_exporting_gets_one_line_and_no_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class LoudFailure(InMemoryLogRecordExporter):
+        def export(self, batch: Any) -> LogRecordExportResult:
+            super().export(batch)
+            logging.getLogger("opentelemetry.exporter.x").warning("collector down %s", len(batch))
+            return LogRecordExportResult.FAILURE
+
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    exporter = LoudFailure()  # type: ignore[no-untyped-call]
+    spans = InMemorySpanExporter()
+    telemetry = setup_telemetry(Settings(), log_exporter=exporter, span_exporter=spans)
+    stream = io.StringIO()
+    configure_logging(telemetry, stream=stream)
+    try:
+        get_logger("app").info("delivered")
+    finally:
+        telemetry.shutdown(2.0)
+        configure_logging(None, stream=io.StringIO())
+    lines = _lines(stream)
+    assert [(line["event"], line.get("message")) for line in lines] == [
+        ("otel.sdk", "collector down 1"),
+        ("delivered", None),
+    ]
+    assert [r.log_record.body for r in exporter.get_finished_logs()] == ["delivered"]
 
 
 def test_exception_is_logged_with_its_traceback(logged: Any) -> None:

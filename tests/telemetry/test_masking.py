@@ -5,13 +5,18 @@ from __future__ import annotations
 import random
 
 from opentelemetry import trace
+from opentelemetry._logs import LogRecord
+from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agent.config import settings_from_mapping
 from agent.telemetry.masking import Masker
-from agent.telemetry.setup import MaskingSpanExporter, telemetry_for_tests
+from agent.telemetry.masking_exporters import MaskingLogExporter, MaskingSpanExporter
+from tests.support.telemetry import telemetry_for_tests
 
 
 def test_configured_secret_is_replaced_wherever_it_appears() -> None:
@@ -207,3 +212,30 @@ def test_finds_never_misses_a_secret_in_any_string_of_a_container() -> None:
             assert masker.finds({"a": strings, "b": tuple(strings)}), strings
         else:
             assert masker.mask_value(strings) == strings
+
+
+def test_a_log_record_emitted_past_structlog_is_masked_before_export() -> None:
+    settings = settings_from_mapping({"webhook": {"secret": "whsec-0123456789"}})
+    telemetry, _spans, _reader, logs = telemetry_for_tests(settings)
+    assert telemetry.logger_provider is not None
+    bridge = telemetry.logger_provider.get_logger("third-party")
+    bridge.emit(body="signed with whsec-0123456789",
+                attributes={"url": "https://u:pw@app/hook", "n": 3})  # fmt: skip
+    bridge.emit(body="clean", attributes={"n": 4})
+    telemetry.shutdown(2.0)
+    masked, clean = (record.log_record for record in logs.get_finished_logs())
+    assert masked.body == "signed with ***"
+    assert dict(masked.attributes or {}) == {"url": "https://***@app/hook", "n": 3}
+    assert (clean.body, dict(clean.attributes or {})) == ("clean", {"n": 4})
+
+
+def test_a_log_batch_without_secrets_is_exported_as_it_is() -> None:
+    exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    masking = MaskingLogExporter(exporter, Masker(["whsec-0123456789"]))
+    records = [
+        ReadableLogRecord(LogRecord(body=f"line {i}", attributes={"n": i}), resource=Resource({}))
+        for i in range(3)
+    ]
+    masking.export(records)
+    assert all(sent is kept for sent, kept in zip(exporter.get_finished_logs(), records,
+                                                  strict=True))  # fmt: skip

@@ -22,9 +22,9 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from agent.config import settings_from_mapping
 from agent.runtime import Sidecar
 from agent.telemetry.logs import configure_logging, get_logger
-from agent.telemetry.setup import telemetry_for_tests
 from agent.web.app import create_app
 from agent.web.dashboard import LOG_BUFFER_KEY
+from tests.support.telemetry import telemetry_for_tests
 
 SECRET = "wh-secret-7c1d9e2f"
 TOKEN = "api-token-5a9b3c7d"

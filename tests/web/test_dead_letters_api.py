@@ -16,8 +16,8 @@ from agent.config import settings_from_mapping
 from agent.runtime import Sidecar
 from agent.store.base import DeadLetter, DeliveryRecord
 from agent.telemetry.logs import configure_logging
-from agent.telemetry.setup import telemetry_for_tests
 from agent.web.app import create_app
+from tests.support.telemetry import telemetry_for_tests
 
 SECRET = "wh-secret-91be77d0"
 TOKEN = "api-token-c4f1e2a8"

@@ -15,13 +15,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from agent.components import start_components
 from agent.config import Settings, settings_from_mapping
 from agent.runtime import Sidecar
-from agent.telemetry.setup import telemetry_for_tests
 from agent.web.app import create_app
 from agent.web.probes import HEALTH_JSON
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.receiver import Receiver
 from tests.fixtures.redis import RedisServer
 from tests.support.net import free_port
+from tests.support.telemetry import telemetry_for_tests
 
 Factory = Callable[..., Awaitable[tuple[Sidecar, TestClient[Any, Any]]]]
 

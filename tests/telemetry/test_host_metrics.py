@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import psutil
-from opentelemetry.sdk.metrics.export import MetricsData
 
-from agent.telemetry.sampler import ResourceSampler, cgroup_memory_limit
-from agent.telemetry.setup import telemetry_for_tests
+from agent.telemetry.host_metrics import ResourceSampler, cgroup_memory_limit
+from tests.support.telemetry import metric_points, telemetry_for_tests
 
 _LIMIT = 512 * 1024 * 1024
 
@@ -31,16 +29,6 @@ def _cgroup_v1(tmp_path: Path, value: str) -> tuple[Path, Path]:
     self_cgroup = tmp_path / "self_cgroup"
     self_cgroup.write_text("12:pids:/docker/abc\n4:memory:/docker/abc\n1:cpu,cpuacct:/docker/abc\n")
     return root, self_cgroup
-
-
-def _points(data: MetricsData | None, name: str) -> list[Any]:
-    found: list[Any] = []
-    for resource_metrics in data.resource_metrics if data else []:
-        for scope in resource_metrics.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name == name:
-                    found.extend(metric.data.data_points)
-    return found
 
 
 def test_cgroup_v2_memory_max_is_the_limit(tmp_path: Path) -> None:
@@ -99,19 +87,20 @@ def test_sampled_values_are_published_to_the_instruments(tmp_path: Path) -> None
     sample = sampler.sample_once()
     data = reader.get_metrics_data()
     telemetry.shutdown(2.0)
-    (rss,) = _points(data, "process.memory.usage")
+    (rss,) = metric_points(data, "process.memory.usage")
     assert rss.value == sample.rss > 0
-    (disk,) = _points(data, "system.filesystem.utilization")
+    (disk,) = metric_points(data, "system.filesystem.utilization")
     assert 0.0 < disk.value <= 1.0
     assert disk.attributes["system.filesystem.mountpoint"] == sample.mountpoint
     network = {
-        p.attributes["network.io.direction"]: p.value for p in _points(data, "system.network.io")
+        p.attributes["network.io.direction"]: p.value
+        for p in metric_points(data, "system.network.io")
     }
     assert set(network) == {"transmit", "receive"}
     for name in ("system.cpu.utilization", "system.memory.utilization", "process.cpu.utilization"):
-        (point,) = _points(data, name)
+        (point,) = metric_points(data, name)
         assert 0.0 <= point.value <= 1.0
-    (processes,) = _points(data, "system.process.count")
+    (processes,) = metric_points(data, "system.process.count")
     assert processes.value >= 1
 
 
@@ -120,7 +109,7 @@ def test_nothing_is_published_before_the_first_sample(tmp_path: Path) -> None:
     ResourceSampler(telemetry.instruments, str(tmp_path), 1.0)
     data = reader.get_metrics_data()
     telemetry.shutdown(2.0)
-    assert _points(data, "process.memory.usage") == []
+    assert metric_points(data, "process.memory.usage") == []
 
 
 async def test_run_samples_in_the_background_until_cancelled(tmp_path: Path) -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 from opentelemetry.metrics import Observation
 
-from agent.telemetry.catalogue import Instruments
+from agent.telemetry.catalogue import GaugeSource, Instruments
 from agent.telemetry.logs import get_logger
 
 _MB = 1024 * 1024
@@ -146,15 +146,8 @@ class ResourceSampler:
         # cpu_percent(None) measures since the previous call; this call starts the first window.
         psutil.cpu_percent(None)
         self._process.cpu_percent(None)
-        self._sources = {
-            "system.cpu.utilization": self._observe_cpu,
-            "system.memory.utilization": self._observe_memory,
-            "system.filesystem.utilization": self._observe_filesystem,
-            "system.network.io": self._observe_network,
-            "system.process.count": self._observe_processes,
-            "process.memory.usage": self._observe_rss,
-            "process.memory.utilization": self._observe_process_memory,
-            "process.cpu.utilization": self._observe_process_cpu,
+        self._sources: dict[str, GaugeSource] = {
+            name: self._source(read) for name, read in _READINGS.items()
         }
         for name, source in self._sources.items():
             instruments.publish(name, source)
@@ -214,51 +207,31 @@ class ResourceSampler:
         for name, source in self._sources.items():
             self._instruments.unpublish(name, source)
 
-    def _observe(
-        self, value: float | None, attributes: dict[str, str] | None = None
-    ) -> list[Observation]:
-        return [] if value is None else [Observation(value, attributes)]
+    def _source(self, read: Callable[[Sample], list[Observation]]) -> GaugeSource:
+        """A gauge source reading the cached sample (nothing before the first one)."""
+        return lambda: read(self._sample) if self._sample is not None else []
 
-    def _observe_cpu(self) -> Iterable[Observation]:
-        s = self._sample
-        return self._observe(s.cpu_utilization if s else None)
 
-    def _observe_memory(self) -> Iterable[Observation]:
-        s = self._sample
-        return self._observe(s.memory_utilization if s else None)
+def _one(value: float, attributes: dict[str, str] | None = None) -> list[Observation]:
+    return [Observation(value, attributes)]
 
-    def _observe_filesystem(self) -> Iterable[Observation]:
-        s = self._sample
-        if s is None:
-            return []
-        return self._observe(
-            s.filesystem_utilization, {"system.filesystem.mountpoint": s.mountpoint}
-        )
 
-    def _observe_network(self) -> Iterable[Observation]:
-        s = self._sample
-        if s is None:
-            return []
-        return [
-            Observation(s.network_transmit, {"network.io.direction": "transmit"}),
-            Observation(s.network_receive, {"network.io.direction": "receive"}),
-        ]
-
-    def _observe_processes(self) -> Iterable[Observation]:
-        s = self._sample
-        return self._observe(s.process_count if s else None)
-
-    def _observe_rss(self) -> Iterable[Observation]:
-        s = self._sample
-        return self._observe(s.rss if s else None)
-
-    def _observe_process_memory(self) -> Iterable[Observation]:
-        s = self._sample
-        return self._observe(s.process_memory_utilization if s else None)
-
-    def _observe_process_cpu(self) -> Iterable[Observation]:
-        s = self._sample
-        return self._observe(s.process_cpu_utilization if s else None)
+# What each instrument of the catalogue reads from a sample.
+_READINGS: dict[str, Callable[[Sample], list[Observation]]] = {
+    "system.cpu.utilization": lambda s: _one(s.cpu_utilization),
+    "system.memory.utilization": lambda s: _one(s.memory_utilization),
+    "system.filesystem.utilization": lambda s: _one(
+        s.filesystem_utilization, {"system.filesystem.mountpoint": s.mountpoint}
+    ),
+    "system.network.io": lambda s: [
+        Observation(s.network_transmit, {"network.io.direction": "transmit"}),
+        Observation(s.network_receive, {"network.io.direction": "receive"}),
+    ],
+    "system.process.count": lambda s: _one(s.process_count),
+    "process.memory.usage": lambda s: _one(s.rss),
+    "process.memory.utilization": lambda s: _one(s.process_memory_utilization),
+    "process.cpu.utilization": lambda s: _one(s.process_cpu_utilization),
+}
 
 
 def _real_limit(limit: int | None, host_total: int) -> int | None:
