@@ -148,7 +148,7 @@ class DebianBase:
         if engine.has_image(self.ref):
             return self.ref
         if not self.tarball.exists():
-            self._bootstrap(log)
+            self.bootstrap(log)
         with log.step(f"importing {self.tarball.name}"):
             engine.run(
                 "import", "--change", 'CMD ["/bin/bash"]', str(self.tarball), self.ref,
@@ -156,7 +156,8 @@ class DebianBase:
             )  # fmt: skip
         return self.ref
 
-    def _bootstrap(self, log: Log) -> None:
+    def bootstrap(self, log: Log) -> None:
+        """Builds the root filesystem tarball into the cache (about 30 s)."""
         mmdebstrap = shutil.which("mmdebstrap")
         if mmdebstrap is None:
             raise ImageError("mmdebstrap is not installed (`make system` installs it)")
