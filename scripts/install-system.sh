@@ -6,11 +6,12 @@ PACKAGES=(redis-server dovecot-imapd prometheus-alertmanager prometheus chromium
 BINARIES=(redis-server dovecot prometheus-alertmanager prometheus chromium wrk)
 # The container engine for `make image` and tests/deploy: podman with runc (crun refuses hybrid
 # cgroups), netavark and aardvark-dns for compose networks with service names, slirp4netns for a
-# container that reaches services on the host's loopback, and mmdebstrap for a base image made
-# from Debian's packages where no image registry answers.
-PACKAGES+=(runc podman netavark aardvark-dns iptables slirp4netns mmdebstrap)
+# container that reaches services on the host's loopback, catatonit for the pause container of
+# `podman kube play` pods, and mmdebstrap for a base image made from Debian's packages where no
+# image registry answers.
+PACKAGES+=(runc podman netavark aardvark-dns iptables slirp4netns catatonit mmdebstrap)
 BINARIES+=(runc podman /usr/lib/podman/netavark /usr/lib/podman/aardvark-dns iptables slirp4netns
-           mmdebstrap)
+           catatonit mmdebstrap)
 PODMAN_CONF=/etc/containers/containers.conf.d/50-signal-sidecar.conf
 PODMAN_SETTINGS='# Written by signal-sidecar scripts/install-system.sh.
 [containers]

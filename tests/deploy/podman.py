@@ -40,12 +40,12 @@ class Podman:
         *args: str,
         timeout: float = 120.0,
         check: bool = True,
-        env: dict[str, str] | None = None,
+        input_text: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """podman ARGS, bounded in time; raises PodmanError with the output when check fails."""
         result = subprocess.run(
             [self.binary, *args], capture_output=True, text=True, timeout=timeout, check=False,
-            env={**os.environ, **(env or {})},
+            input=input_text,
         )  # fmt: skip
         if check and result.returncode != 0:
             raise PodmanError(
@@ -100,6 +100,12 @@ def http_status(url: str, timeout: float = 2.0) -> int:
         return int(exc.code)
     except (OSError, TimeoutError):
         return 0
+
+
+def http_json(url: str, timeout: float = 5.0) -> Any:
+    """GET url and decode its JSON body."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
 
 
 def wait_until(what: str, check: Callable[[], object], timeout: float, every: float = 0.25) -> Any:
