@@ -185,6 +185,7 @@ class Build:
     target: str = ""
     build_args: tuple[tuple[str, str], ...] = ()
     tags: tuple[str, ...] = ()
+    base_arg: str = "PYTHON_IMAGE"
 
     def digest(self, base_id: str) -> str:
         """sha256 over the inputs' paths and bytes, the target, the arguments and the base's id."""
@@ -292,7 +293,7 @@ def ensure_image(engine: Engine, build: Build, base: str, log: Log) -> Built:
             args += ["--format", "docker"]
         if build.target:
             args += ["--target", build.target]
-        for key, value in (("PYTHON_IMAGE", base), *build.build_args):
+        for key, value in ((build.base_arg, base), *build.build_args):
             args += ["--build-arg", f"{key}={value}"]
         bundle = ca_bundle()
         if bundle is not None:
