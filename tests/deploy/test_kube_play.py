@@ -221,6 +221,9 @@ def played(
     finally:
         podman.run("kube", "down", str(yaml_path), check=False, timeout=120)
         podman.run("secret", "rm", secret, check=False)
+        # podman 4.3 keeps the volume it made of the ConfigMap after kube down.
+        configmap = documents["ConfigMap"]["metadata"]["name"]
+        podman.run("volume", "rm", "--force", configmap, check=False)
         dovecot.stop()
         redis.kill()
         shutil.rmtree(base, ignore_errors=True)
