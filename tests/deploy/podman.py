@@ -77,8 +77,11 @@ class Podman:
         return dict(data[0])
 
     def logs(self, container: str) -> str:
-        """Everything the container wrote to stdout and stderr."""
-        result = self.run("logs", container, check=False)
+        """Everything the container wrote to stdout and stderr (for failure messages)."""
+        try:
+            result = self.run("logs", container, check=False, timeout=30)
+        except subprocess.TimeoutExpired:
+            return f"(podman logs {container} did not answer in 30 s)"
         return result.stdout + result.stderr
 
     def remove_all(self) -> None:

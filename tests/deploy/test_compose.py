@@ -1,4 +1,4 @@
-"""docker-compose.yml cannot be run here (no Docker engine), so its promises are checked as data."""
+"""docker-compose.yml as data: pins, ports, the demo's variables (test_compose_up.py runs it)."""
 
 from __future__ import annotations
 

@@ -47,7 +47,10 @@ STANDIN_TARGETS = {
     "STANDIN_ALERTMANAGER": "alertmanager",
     "STANDIN_PROMETHEUS": "prometheus",
 }
+# Building images (session fixtures) may fall into any test of this module: more than the default.
+pytestmark = pytest.mark.timeout(1200)
 HEALTHY_TIMEOUT = 240.0
+PORTS_TIMEOUT = 180.0
 FLOW_TIMEOUT = 180.0
 
 
@@ -137,8 +140,13 @@ def stack(
         missing("r2-worker/node_modules", "run `make worker-deps`")
     podman = Podman(podman_binary)
     services: dict[str, dict[str, Any]] = yaml.safe_load(COMPOSE.read_text())["services"]
-    busy = [port for port in _published_ports(services) if port_is_open(port)]
-    assert not busy, f"ports docker-compose.yml publishes are taken on 127.0.0.1: {busy}"
+    # The published ports are fixed; `make demo` prefers the same ones and may run a moment.
+    ports = _published_ports(services)
+    wait_until(
+        f"the ports docker-compose.yml publishes free on 127.0.0.1: {ports}",
+        lambda: not any(port_is_open(port) for port in ports),
+        PORTS_TIMEOUT,
+    )
     compose = _podman_compose()
     env = {
         **os.environ,
@@ -152,6 +160,19 @@ def stack(
         yield stack
     finally:
         _compose(stack, "down", "--volumes", timeout=300, check=False)
+        _remove_leftovers(podman)
+
+
+def _remove_leftovers(podman: Podman) -> None:
+    """Whatever `down` left (a failed `up`, a killed run), found by the project's label."""
+    label = f"label=io.podman.compose.project={PROJECT}"
+    containers = podman.run("ps", "--all", "--quiet", "--filter", label).stdout.split()
+    if containers:
+        podman.run("rm", "--force", "--depend", "--time", "0", *containers, check=False)
+    volumes = podman.run("volume", "ls", "--quiet", "--filter", label).stdout.split()
+    if volumes:
+        podman.run("volume", "rm", "--force", *volumes, check=False)
+    podman.run("network", "rm", "--force", f"{PROJECT}_default", check=False)
 
 
 def _compose(stack: Stack, *args: str, timeout: float, check: bool = True) -> str:

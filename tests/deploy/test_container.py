@@ -11,6 +11,8 @@ import hashlib
 import hmac
 from collections.abc import Callable
 
+import pytest
+
 from tests.deploy.conftest import ProjectImages
 from tests.deploy.podman import HOST_LOOPBACK, SLIRP, Podman, http_status, wait_until
 from tests.fixtures.dovecot import Dovecot
@@ -18,6 +20,8 @@ from tests.fixtures.receiver import Receiver
 from tests.pipeline import hostile
 from tests.support.net import free_port
 
+# The session fixture that builds the images may run in any test here.
+pytestmark = pytest.mark.timeout(1200)
 SECRET = "container-webhook-secret"
 DATA_DIR = "/var/lib/signal-sidecar"
 # compose's stop_grace_period; Kubernetes gives 30 s. Exit code 0 means no SIGKILL was needed.

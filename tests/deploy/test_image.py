@@ -13,6 +13,8 @@ from tests.deploy.conftest import ProjectImages
 from tests.deploy.podman import Podman
 from tests.support.components import ROOT
 
+# The session fixture that builds the images may run in any test here.
+pytestmark = pytest.mark.timeout(1200)
 # The images measure about 190 MB on the Debian base; a compiler or a second Python would not fit.
 SIZE_BUDGET_MB = 250
 # Anything here in an image means a build tool, a cache or the test suite got into it.

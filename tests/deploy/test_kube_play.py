@@ -37,6 +37,8 @@ from tests.pipeline import hostile
 from tests.support.components import ROOT, require_binary
 from tests.support.net import free_port
 
+# The session fixture that builds the images may run in any test here.
+pytestmark = pytest.mark.timeout(1200)
 MANIFESTS = ROOT / "deploy" / "kubernetes"
 WEBHOOK_SECRET = "kube-webhook-secret"
 READY_TIMEOUT = 120.0
