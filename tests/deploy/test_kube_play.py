@@ -2,9 +2,22 @@
 
 The manifests are played as an operator deploys them: the ConfigMap edited to point at the
 mailbox (here a real Dovecot), the Secret created out of band, the images set to the ones
-`make image` built (what the kustomization's `images:` does). Where podman 4.3 does not do what
-Kubernetes does, the test says so in KUBE_GAPS and does the kubelet's part itself; the manifests
-stay as Kubernetes needs them (tests/deploy/test_kubernetes.py checks them as data).
+`make image` built (what the kustomization's `images:` does). The manifests stay as Kubernetes
+needs them (tests/deploy/test_kubernetes.py checks them as data). What podman 4.3 does not do as
+Kubernetes does, and what the test does in its place:
+- `kind: Secret` is stored as YAML while secretKeyRef reads JSON (containers/podman#16269): the
+  test creates the podman secret from stringData, as `kubectl create secret` would;
+- fieldRef metadata.namespace, spec.nodeName and status.hostIP are not supported, and `$(VAR)`
+  in env values is not expanded: the test sets the values a kubelet would (FIELD_VALUES);
+- a containerPort without hostPort is published on every host address (containers/podman#18576):
+  the test publishes each on 127.0.0.1 at a free port;
+- `replicas: 2` would be two pods on this host taking the same ports: the test plays one;
+- livenessProbe becomes a curl health check on port 0 (named ports are not resolved, and the
+  image has no curl), startupProbe and readinessProbe are ignored: the test runs each probe
+  against the pod's published port, as the kubelet would against the pod's address;
+- terminationGracePeriodSeconds is ignored (10 s), and `podman kube down` kills at once without
+  SIGTERM (containers/podman#22397): the test stops the pod with the manifest's grace period
+  first, as the kubelet does, then runs `kube down`.
 """
 
 from __future__ import annotations
@@ -42,23 +55,6 @@ pytestmark = pytest.mark.timeout(1200)
 MANIFESTS = ROOT / "deploy" / "kubernetes"
 WEBHOOK_SECRET = "kube-webhook-secret"
 READY_TIMEOUT = 120.0
-# What podman 4.3 does differently from Kubernetes, and what this test does in its place.
-KUBE_GAPS = {
-    "kind: Secret": "stored as YAML while secretKeyRef reads JSON (containers/podman#16269): the "
-    "test creates the podman secret from stringData, as `kubectl create secret` would",
-    "fieldRef metadata.namespace, spec.nodeName, status.hostIP": "not supported: the test sets "
-    "the values the kubelet would",
-    "$(VAR) in env values": "not expanded: the test expands them",
-    "containerPort without hostPort": "published on every host address (containers/podman#18576):"
-    " the test publishes each on 127.0.0.1 at a free port",
-    "replicas: 2": "every replica would take the same host ports: the test plays one",
-    "startupProbe, livenessProbe, readinessProbe": "liveness becomes a curl health check on port 0"
-    " (named ports are not resolved; the image has no curl), the others are ignored: the test "
-    "runs each probe against the published port",
-    "terminationGracePeriodSeconds": "ignored; podman stops containers after 10 s",
-    "podman kube down": "kills the containers at once, without SIGTERM (containers/podman#22397):"
-    " the test stops the pod first with the manifest's grace period, as the kubelet does",
-}
 # The values a kubelet on this host would give the fields podman cannot resolve.
 FIELD_VALUES = {
     "metadata.namespace": "email-app",
