@@ -38,6 +38,7 @@ from tests.support.net import port_is_open
 COMPOSE = ROOT / "docker-compose.yml"
 STANDINS = ROOT / "tests" / "deploy" / "compose"
 PROJECT = "sst-compose"
+COMPOSE_SECRETS = ("IMAP_PASSWORD", "WEBHOOK_SECRET", "R2_FETCH_TOKEN", "SIDECAR_API_TOKEN")
 # Stand-in targets of the Containerfile, by the variable standins.yml reads.
 STANDIN_TARGETS = {
     "STANDIN_REDIS": "redis",
@@ -81,7 +82,7 @@ def _published_ports(services: dict[str, dict[str, Any]]) -> list[int]:
     ]
 
 
-def _context(image_script: ModuleType) -> Path:
+def _context() -> Path:
     """The stand-ins' build context: this folder plus the two binaries the test bed runs."""
     context = Path(tempfile.mkdtemp(prefix="standins-"))
     for path in STANDINS.iterdir():
@@ -102,7 +103,7 @@ def _context(image_script: ModuleType) -> Path:
 def _build_standins(podman: Podman, image_script: ModuleType) -> dict[str, str]:
     engine = image_script.Engine(podman.binary)
     log = image_script.Log(quiet=True)
-    context = _context(image_script)
+    context = _context()
     try:
         with image_script.machine_lock():
             base = image_script.DebianBase().ensure(engine, log)
@@ -121,8 +122,9 @@ def _build_standins(podman: Podman, image_script: ModuleType) -> dict[str, str]:
 
 
 def _podman_compose() -> list[str]:
-    found = shutil.which("podman-compose") or str(Path(sys.executable).parent / "podman-compose")
-    if not Path(found).exists():
+    beside = Path(sys.executable).parent / "podman-compose"
+    found = str(beside) if beside.exists() else shutil.which("podman-compose") or ""
+    if not found:
         missing("podman-compose", "`make deps` installs it from PyPI")
     return [found, "--project-name", PROJECT, "--file", str(COMPOSE), "--file",
             str(STANDINS / "standins.yml")]  # fmt: skip
@@ -148,8 +150,10 @@ def stack(
         PORTS_TIMEOUT,
     )
     compose = _podman_compose()
+    # The stack's own defaults for its secrets, whatever the caller's environment holds.
+    env = {k: v for k, v in os.environ.items() if k not in COMPOSE_SECRETS}
     env = {
-        **os.environ,
+        **env,
         **_build_standins(podman, image_script),
         "SIDECAR_IMAGE": project_images.sidecar,
         "SIDECAR_DEMO_APP_IMAGE": project_images.demo_app,
