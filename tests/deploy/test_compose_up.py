@@ -176,6 +176,7 @@ def _remove_leftovers(podman: Podman) -> None:
     volumes = podman.run("volume", "ls", "--quiet", "--filter", label).stdout.split()
     if volumes:
         podman.run("volume", "rm", "--force", *volumes, check=False)
+    podman.run("pod", "rm", "--force", f"pod_{PROJECT}", check=False)
     podman.run("network", "rm", "--force", f"{PROJECT}_default", check=False)
 
 
