@@ -1,11 +1,11 @@
-# Documented entry points: make demo, make test, make bench, make lint.
+# Documented entry points: make demo, make test, make bench, make lint, make image.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint docs alert-rules deps system jaeger worker-deps r2-worker clean
+.PHONY: demo test bench lint docs alert-rules deps system jaeger worker-deps r2-worker image clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ alert-rules: $(STAMP)
 
 r2-worker: worker-deps
 	bash scripts/r2-worker.sh
+
+# The sidecar and demo-app images (Docker, or podman where Docker is absent); prints their size.
+image: system $(STAMP)
+	$(PY) scripts/image.py
 
 demo: deps
 	$(PY) scripts/demo.py

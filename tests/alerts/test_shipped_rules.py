@@ -82,7 +82,9 @@ def test_compose_mounts_the_rules_where_prometheus_yml_looks_for_them() -> None:
 def test_compose_sidecar_evaluates_alongside_prometheus() -> None:
     compose: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
     sidecar = compose["services"]["sidecar"]
-    [mounted] = sidecar["configs"]
-    assert sidecar["environment"]["SIDECAR_CONFIG"] == mounted["target"]
-    content = compose["configs"][mounted["source"]]["content"]
+    mounts = dict(str(v).split(":")[:2] for v in sidecar["volumes"])
+    [source] = [
+        s for s, target in mounts.items() if target == sidecar["environment"]["SIDECAR_CONFIG"]
+    ]
+    content = (ROOT / source).read_text()
     assert tomllib.loads(content)["alerts"]["evaluator"] == "both"

@@ -1,4 +1,4 @@
-"""docker-compose.yml cannot be run here (no Docker engine), so its promises are checked as data."""
+"""docker-compose.yml as data: pins, ports, the demo's variables (test_compose_up.py runs it)."""
 
 from __future__ import annotations
 
@@ -187,3 +187,15 @@ def test_the_sidecar_image_is_the_default_target_with_a_healthcheck() -> None:
     assert last_from.endswith("AS sidecar")
     stage = "\n".join(_final_stage(text, "sidecar"))
     assert re.search(r'HEALTHCHECK .*\n\s+CMD \["signal-sidecar", "check"', stage)
+
+
+def test_every_published_port_binds_the_host_loopback_only(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for entry in service.get("ports", []):
+            assert str(entry).startswith("127.0.0.1:"), f"{name} publishes {entry} on every address"
+
+
+def test_no_service_relies_on_top_level_configs(compose: dict[str, Any]) -> None:
+    """podman-compose ignores `configs:`; a service using it would start without its file."""
+    assert "configs" not in compose
+    assert not [name for name, service in compose["services"].items() if "configs" in service]
