@@ -80,9 +80,8 @@ INVALID = [
         "valid IPv4 address",
     ),
     (
-        '[imap]\nlease_ttl = "30s"\n[[mailboxes]]\nhost = "a"\nusername = "u"\n',
-        "mailboxes[0].poll_interval (IMAP_POLL_INTERVAL): expected less than imap.lease_ttl "
-        "(30s), which every cycle renews, got 30s",
+        '[imap]\nidle_keepalive = "5m"\nidle_renew = "2m"\n',
+        "imap.idle_keepalive: expected less than imap.idle_renew (2m), got 5m",
     ),
     (
         '[webhook]\nbackoff_initial = "5s"\nbackoff_max = "1s"\n',
