@@ -105,6 +105,14 @@ def test_invalid_file_names_key_file_and_expectation(
     assert str(path) in message
 
 
+def test_a_poll_interval_longer_than_the_lease_ttl_is_accepted_because_resting_renews_it() -> None:
+    settings = load_settings(None, env={"IMAP_HOST": "imap.example", "IMAP_USERNAME": "u",
+                                        "IMAP_POLL_INTERVAL": "300"})  # fmt: skip
+    assert settings.mailboxes[0].poll_interval == 300
+    assert settings.imap.lease_ttl == 60
+    assert settings.imap.idle
+
+
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.toml: file not found"):
         load_settings(tmp_path / "nope.toml", env={})

@@ -131,6 +131,29 @@ async def test_the_delivery_lag_from_internaldate_to_the_webhook_is_recorded(
     assert dict(point.attributes or {}) == {"imap.mailbox": poller.mailbox.name}
 
 
+async def test_an_idling_leader_keeps_a_lease_far_shorter_than_its_poll_interval(
+    make_pipeline: MakePipeline, dovecot: Dovecot, receiver: Receiver, redis_server: RedisServer
+) -> None:
+    pipeline = await make_pipeline(redis_url=redis_server.url, imap={"lease_ttl": "1500ms"})
+    poller = pipeline.poller(_slow_poll(dovecot.settings("alice")))
+    with structlog.testing.capture_logs() as logs:
+        async with _running(poller):
+            await _until("the leader idles", lambda: poller.mode == "idle")
+            first = await pipeline.store.lease_holder(poller.lease_name)
+            await asyncio.sleep(4.5)  # three lease TTLs in one rest
+            held = await pipeline.store.lease_holder(poller.lease_name)
+            leads = poller.leader
+            dovecot.append("alice", _mail(1))
+            await receiver.wait_for(1, timeout=10)
+    assert first is not None
+    assert held is not None
+    assert (held.holder, held.token) == (first.holder, first.token)
+    assert held.expires_at > first.expires_at + 3.0
+    assert leads
+    assert not [e for e in logs if e["event"] == "poller.lease_lost"]
+    assert len(_polls(pipeline)) == 2  # the first cycle and the one IDLE woke
+
+
 async def test_a_server_without_idle_is_polled_and_the_poller_says_so(
     pipeline: Pipeline, dovecot_without_idle: Dovecot, receiver: Receiver
 ) -> None:
