@@ -39,6 +39,12 @@ class IdleSession:
         self.keepalive_checks = 0
 
     @property
+    def proven(self) -> bool:
+        """Whether IDLE outlived a keepalive check or a re-issue on this connection: it works
+        here, whatever failed before."""
+        return bool(self.keepalive_checks or self.reissued)
+
+    @property
     def active(self) -> bool:
         """Whether IDLE is in progress on the connection."""
         return self._active

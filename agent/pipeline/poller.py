@@ -260,7 +260,8 @@ class MailboxPoller:
                         return
                 if idle is not None:
                     woke = await idle.wait(chunk, wake)
-                    self._idle_failures = 0
+                    if woke is not None or idle.proven:
+                        self._idle_failures = 0
                     if woke is not None:
                         self._wakeup = woke
                         return

@@ -257,6 +257,38 @@ def _client(dovecot: Dovecot, telemetry: Telemetry) -> ImapClient:
     )
 
 
+async def test_an_idle_that_keeps_dying_falls_back_to_polling_and_says_so(
+    make_pipeline: MakePipeline,
+    dovecot: Dovecot,
+    receiver: Receiver,
+    tcp_proxy: Callable[[int], TcpProxy],
+) -> None:
+    pipeline = await make_pipeline(imap={"idle_keepalive": "2s", "timeout": "1s",
+                                         "reconnect_max_backoff": "500ms",
+                                         "idle_max_failures": 2})  # fmt: skip
+    proxy = tcp_proxy(dovecot.port)
+    proxy.forget_after = 1.0  # a NAT that forgets a connection silent for a second
+    mailbox = dataclasses.replace(_slow_poll(dovecot.settings("alice"), 4.0), port=proxy.port)
+    with structlog.testing.capture_logs() as logs:
+        poller = pipeline.poller(mailbox)
+        async with _running(poller):
+            fell_back = lambda: poller.mode_reason.startswith("IDLE failed")  # noqa: E731
+            await _until("the leader falls back to polling", fell_back, timeout=40)
+            status = poller.status()
+            points = _mode_points(pipeline)
+            proxy.forget_after = None
+            dovecot.append("alice", _mail(1))
+            await receiver.wait_for(1, timeout=30)
+    assert status["mode"] == "poll"
+    assert status["mode_reason"].startswith("IDLE failed 2 times in a row (timeout)")
+    assert points == {"idle": 0.0, "poll": 1.0}
+    failed = [e for e in logs if e["event"] == "imap.idle_failed"]
+    assert [e["consecutive_failures"] for e in failed[:2]] == [1, 2]
+    modes = [(e["mode"], e["reason"]) for e in logs if e["event"] == "imap.mode"]
+    assert modes[0] == ("idle", None)
+    assert modes[-1] == ("poll", status["mode_reason"])
+
+
 async def test_a_live_but_silent_idle_passes_its_keepalive_checks_and_still_wakes_on_mail(
     dovecot: Dovecot,
 ) -> None:
