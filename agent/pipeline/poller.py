@@ -503,15 +503,14 @@ class MailboxPoller:
 
     def _trace_wakeup(self, wakeup: IdleEvents) -> None:
         """A child span from the server's announcement to the end of IDLE (DONE answered)."""
-        with self._tracer.start_as_current_span(
+        self._tracer.start_span(
             "imap.idle.wakeup",
             start_time=wakeup.woke_ns,
             attributes={
                 "imap.mailbox": self.mailbox.name,
                 "imap.idle.responses": list(wakeup.responses),
             },
-        ):
-            pass
+        ).end()
 
     async def _cycle(self, poll_context: Any, stop: asyncio.Event | None) -> int:
         client = await self._session.ensure()
@@ -681,8 +680,8 @@ def pollers_status(pollers: list[MailboxPoller], replica: str = "") -> dict[str,
 
 
 def _overall_mode(boxes: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """ "idle" when every mailbox this replica leads idles, "poll" when one polls, None when it
-    leads none."""
+    """The replica's mode: idle when every mailbox it leads idles, poll when one of them polls,
+    None when it leads none."""
     modes = {b["mode"] for b in boxes.values() if b["leader"]}
     if not modes:
         return None
