@@ -9,12 +9,11 @@ imap.timeout raises, and the caller reconnects and polls (black-holed networks, 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
 from agent.config import ImapSettings
-from agent.pipeline.imap import IdleEvents, ImapClient, announces_mail
+from agent.pipeline.imap import IdleEvents, IdleWake, ImapClient, announces_mail
 
 
 class IdleSession:
@@ -56,7 +55,7 @@ class IdleSession:
         self._since = self._heard = self._clock()
         self.started_ns = time.time_ns()
 
-    async def wait(self, seconds: float, wake: threading.Event) -> IdleEvents | None:
+    async def wait(self, seconds: float, wake: IdleWake) -> IdleEvents | None:
         """Waits up to `seconds` (or until `wake` is set) for new mail; None when none came.
 
         Raises ImapError when the connection is dead (the keepalive check failed, or the

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
+import socket
 import ssl
 import threading
 import time
@@ -50,8 +52,6 @@ _BACKSTOP_SLACK = 1.0
 # this throughput on top (bytes per second) before it calls the server stalled.
 _MIN_FETCH_THROUGHPUT = 1_000_000
 _DEFAULT_FETCH_BATCH = 50
-# How often an IDLE wait looks at its wake flag: how soon a stop or a lost lease ends it.
-IDLE_SLICE = 0.5
 # Untagged responses kept per IDLE wait, for spans and logs (a server may send many).
 _IDLE_RESPONSES_KEPT = 20
 # UIDs per RFC822.SIZE fetch: about 8 KB of command line, far below servers' line limits.
@@ -128,6 +128,35 @@ class IdleEvents:
     # time.time_ns() when the first EXISTS or RECENT arrived.
     woke_ns: int | None = None
     responses: tuple[str, ...] = field(default_factory=tuple)
+
+
+class IdleWake:
+    """Ends an IDLE wait from another thread: set() wakes the waiting select() at once."""
+
+    def __init__(self) -> None:
+        self._flag = threading.Event()
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+
+    def set(self) -> None:
+        """Wakes the wait (idempotent, callable from any thread)."""
+        if not self._flag.is_set():
+            self._flag.set()
+            with contextlib.suppress(OSError):
+                self._writer.send(b"!")
+
+    def is_set(self) -> bool:
+        """Whether set() was called."""
+        return self._flag.is_set()
+
+    def fileno(self) -> int:
+        """For select(): readable once set."""
+        return self._reader.fileno()
+
+    def close(self) -> None:
+        """Releases the socket pair."""
+        self._reader.close()
+        self._writer.close()
 
 
 class ImapClient:
@@ -325,13 +354,14 @@ class ImapClient:
         """Sends IDLE; until idle_done(), only idle_wait() may be called."""
         await self._command("idle", lambda conn: conn.idle())
 
-    async def idle_wait(self, seconds: float, wake: threading.Event) -> IdleEvents:
+    async def idle_wait(self, seconds: float, wake: IdleWake) -> IdleEvents:
         """Waits in IDLE up to `seconds` for the server to announce new mail (EXISTS or RECENT).
 
-        The wait runs in the connection's thread, looking at `wake` every IDLE_SLICE seconds, so
-        setting it ends the wait at once; the command timeout does not bound this wait (silence
-        is normal in IDLE), the asyncio backstop still does. A closed connection or BYE raises
-        ImapConnectionError.
+        The wait runs in the connection's thread and sleeps in select() on the connection's
+        socket (imapclient offers it for exactly this) and on `wake`, so it costs nothing while
+        the server is silent and setting `wake` ends it at once. The command timeout does not
+        bound this wait (silence is normal in IDLE), the asyncio backstop still does. A closed
+        connection or BYE raises ImapConnectionError.
         """
         where = self._where()
 
@@ -345,13 +375,14 @@ class ImapClient:
                 left = end - time.monotonic()
                 if left <= 0:
                     break
-                step = min(IDLE_SLICE, left)
-                began = time.monotonic()
-                responses = conn.idle_check(timeout=step)
+                readable, _, _ = select.select([conn.socket(), wake], [], [], left)
+                if wake.is_set() or not readable:
+                    continue
+                responses = conn.idle_check(timeout=0)
                 if not responses:
-                    # idle_check returns at once with nothing when the server closed the
-                    # connection (it swallows EOF): twice in a row is a closed connection.
-                    early = early + 1 if time.monotonic() - began < step / 2 else 0
+                    # A readable socket with nothing to read is a closed connection
+                    # (idle_check swallows EOF); once may be half a line, twice is not.
+                    early += 1
                     if early >= 2:
                         raise ImapConnectionError(f"{where}: connection closed during IDLE")
                     continue

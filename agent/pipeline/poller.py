@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -45,7 +44,13 @@ from opentelemetry.trace import Span, StatusCode, Tracer
 
 from agent.config import MailboxSettings, Settings
 from agent.pipeline.idle import IdleSession
-from agent.pipeline.imap import FetchedMessage, IdleEvents, ImapError, ReconnectingSession
+from agent.pipeline.imap import (
+    FetchedMessage,
+    IdleEvents,
+    IdleWake,
+    ImapError,
+    ReconnectingSession,
+)
 from agent.pipeline.process import EmailProcessor, ProcessOutcome
 from agent.pipeline.redrive import carry_out_redrives
 from agent.pipeline.replicas import Replicas
@@ -241,7 +246,7 @@ class MailboxPoller:
         Raises LeaseLost when a renewal finds the lease gone (IDLE is left first)."""
         events = [stop] if self.failures else [stop, self._replicas.changed()]
         waiters = {asyncio.ensure_future(event.wait()) for event in events}
-        wake = threading.Event()  # the IDLE wait runs in a thread: it looks at this flag
+        wake = IdleWake()  # the IDLE wait runs in a thread: this ends it
         for waiter in waiters:
             waiter.add_done_callback(lambda _done: wake.set())
         self.next_check = self._clock() + seconds
@@ -281,6 +286,7 @@ class MailboxPoller:
                 waiter.cancel()
             if idle is not None:
                 await self._end_idle(idle)
+            wake.close()
 
     async def _start_idle(self) -> IdleSession | None:
         """IDLE on the leader's open connection, or None (and the mode says why) when it

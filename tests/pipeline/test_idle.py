@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import structlog
 
 from agent.config import Duration, ImapSettings, MailboxSettings
 from agent.pipeline.idle import IdleSession
-from agent.pipeline.imap import ImapClient
+from agent.pipeline.imap import IdleWake, ImapClient
 from agent.pipeline.poller import MailboxPoller
 from agent.telemetry.setup import Telemetry
 from tests.fixtures.blackhole import TcpProxy
@@ -250,6 +250,14 @@ async def test_a_black_holed_idle_is_found_dead_within_the_keepalive_budget_and_
     assert _subjects(receiver) == {"idle 1"}
 
 
+@pytest.fixture
+def wake() -> Iterator[IdleWake]:
+    """A wake flag for IDLE waits, released after the test."""
+    flag = IdleWake()
+    yield flag
+    flag.close()
+
+
 def _client(dovecot: Dovecot, telemetry: Telemetry) -> ImapClient:
     tracer = telemetry.tracer("test")
     return ImapClient(
@@ -290,7 +298,7 @@ async def test_an_idle_that_keeps_dying_falls_back_to_polling_and_says_so(
 
 
 async def test_a_live_but_silent_idle_passes_its_keepalive_checks_and_still_wakes_on_mail(
-    dovecot: Dovecot,
+    dovecot: Dovecot, wake: IdleWake
 ) -> None:
     telemetry, spans, _reader, _logs = telemetry_for_tests()
     imap = ImapSettings(
@@ -303,10 +311,10 @@ async def test_a_live_but_silent_idle_passes_its_keepalive_checks_and_still_wake
     idle = IdleSession(client, imap)
     await idle.start()
     try:
-        assert await idle.wait(5.6, threading.Event()) is None
+        assert await idle.wait(5.6, wake) is None
         assert idle.keepalive_checks >= 2
         dovecot.append("alice", _mail(1))
-        woke = await idle.wait(5.0, threading.Event())
+        woke = await idle.wait(5.0, wake)
         assert woke is not None
         assert woke.new_mail
     finally:
@@ -318,7 +326,7 @@ async def test_a_live_but_silent_idle_passes_its_keepalive_checks_and_still_wake
 
 
 async def test_idle_is_issued_again_after_idle_renew_without_losing_a_wake_up(
-    dovecot: Dovecot,
+    dovecot: Dovecot, wake: IdleWake
 ) -> None:
     telemetry, spans, _reader, _logs = telemetry_for_tests()
     imap = ImapSettings(idle_keepalive=Duration(60.0), idle_renew=Duration(1.0))
@@ -329,9 +337,9 @@ async def test_idle_is_issued_again_after_idle_renew_without_losing_a_wake_up(
     idle = IdleSession(client, imap)
     await idle.start()
     try:
-        assert await idle.wait(3.5, threading.Event()) is None
+        assert await idle.wait(3.5, wake) is None
         dovecot.append("alice", _mail(1))
-        woke = await idle.wait(5.0, threading.Event())
+        woke = await idle.wait(5.0, wake)
     finally:
         await idle.end()
         await client.logout()
@@ -345,7 +353,9 @@ async def test_idle_is_issued_again_after_idle_renew_without_losing_a_wake_up(
     assert "imap.noop" not in names
 
 
-async def test_setting_the_wake_flag_ends_an_idle_wait_at_once(dovecot: Dovecot) -> None:
+async def test_setting_the_wake_flag_ends_an_idle_wait_at_once(
+    dovecot: Dovecot, wake: IdleWake
+) -> None:
     telemetry, _spans, _reader, _logs = telemetry_for_tests()
     client = _client(dovecot, telemetry)
     await client.connect()
@@ -353,7 +363,6 @@ async def test_setting_the_wake_flag_ends_an_idle_wait_at_once(dovecot: Dovecot)
     await client.select()
     idle = IdleSession(client, ImapSettings())
     await idle.start()
-    wake = threading.Event()
     asyncio.get_running_loop().call_later(0.2, wake.set)
     started = time.monotonic()
     assert await idle.wait(60.0, wake) is None
