@@ -375,6 +375,9 @@ class ImapClient:
                 left = end - time.monotonic()
                 if left <= 0:
                     break
+                # A line that TLS or imaplib's reader already buffered is invisible to select()
+                # (as to idle_check itself): it is read with the server's next line, at the
+                # latest when the keepalive check's DONE draws it (IdleSession.wait).
                 readable, _, _ = select.select([conn.socket(), wake], [], [], left)
                 if wake.is_set() or not readable:
                     continue
