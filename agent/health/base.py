@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from agent.config import Settings
+    from agent.pipeline.oauth import TokenSources
     from agent.store.base import Store
     from agent.telemetry.exporters import ExportTracker
 
@@ -33,12 +34,14 @@ class ProbeResult:
 
 @dataclass
 class ProbeContext:
-    """What probes may read: settings, the store, export outcomes, an HTTP session, and extras."""
+    """What probes may read: settings, the store, export outcomes, an HTTP session, the mailboxes'
+    OAuth token sources, and extras."""
 
     settings: Settings
     store: Store | None = None
     exports: ExportTracker | None = None
     http: aiohttp.ClientSession | None = None
+    tokens: TokenSources | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 

@@ -33,6 +33,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from agent.config import ImapSettings, MailboxSettings
 from agent.pipeline.folder_name import FolderNameError, encode_folder
+from agent.pipeline.oauth import AccessToken, AccessTokenSource, TokenError, sasl_initial_response
 from agent.retry import Backoff
 from agent.telemetry.catalogue import Instruments
 
@@ -60,6 +61,12 @@ class ImapAuthError(ImapError):
     """The server refused the credentials."""
 
     error_type = "auth"
+
+
+class ImapTokenError(ImapAuthError):
+    """No OAuth access token could be had for the login (the token endpoint failed)."""
+
+    error_type = "oauth_refresh"
 
 
 class ImapTimeoutError(ImapError):
@@ -119,8 +126,10 @@ class ImapClient:
         tracer: Tracer,
         instruments: Instruments,
         ssl_context: ssl.SSLContext | None = None,
+        tokens: AccessTokenSource | None = None,
     ) -> None:
         self._mailbox = mailbox
+        self._tokens = tokens
         self._timeout = float(timeout)
         self._tracer = tracer
         self._instruments = instruments
@@ -160,9 +169,59 @@ class ImapClient:
         self._state = "open"
 
     async def login(self) -> None:
-        """Authenticates with the mailbox's username and password (LOGIN)."""
-        user, password = self._mailbox.username, self._mailbox.password
-        await self._command("login", lambda conn: conn.login(user, password))
+        """Authenticates: LOGIN with the password, or SASL XOAUTH2 / OAUTHBEARER with an access
+        token; a refused token is refreshed once and tried again (when it can be refreshed)."""
+        mailbox = self._mailbox
+        if mailbox.auth == "password":
+            user, password = mailbox.username, mailbox.password
+            await self._command("login", lambda conn: conn.login(user, password))
+            return
+        tokens = self._tokens
+        if tokens is None:
+            raise RuntimeError(
+                f"ImapClient: mailbox {mailbox.name} uses {mailbox.auth}, but has no token source"
+            )
+        token = await self._access_token(tokens.token())
+        try:
+            await self._sasl_login(token.value)
+        except ImapAuthError:
+            if not tokens.refreshable or not self.connected:
+                raise
+            token = await self._access_token(tokens.refresh(token))
+            await self._sasl_login(token.value)
+
+    async def _access_token(self, pending: Awaitable[AccessToken]) -> AccessToken:
+        try:
+            return await pending
+        except TokenError as exc:
+            with self._operation("login") as span:
+                span.set_attribute("imap.auth", self._mailbox.auth)
+                raise ImapTokenError(
+                    f"{self._where()}: no access token for {self._mailbox.username!r}: {exc}"
+                ) from None
+
+    async def _sasl_login(self, token: str) -> None:
+        mechanism = self._mailbox.auth.upper()
+        initial = sasl_initial_response(
+            self._mailbox.auth,
+            self._mailbox.username,
+            token,
+            host=self._mailbox.host,
+            port=self._mailbox.effective_port,
+        )
+        # After a refusal the server sends an error challenge; RFC 7628 answers it with a
+        # dummy response (XOAUTH2 servers take an empty one) and then reads the tagged NO.
+        responses = iter([initial])
+        farewell = b"\x01" if mechanism == "OAUTHBEARER" else b""
+
+        def respond(_challenge: bytes) -> bytes:
+            return next(responses, farewell)
+
+        await self._command(
+            "login",
+            lambda conn: conn.authenticate(mechanism, respond),
+            attributes={"imap.auth": self._mailbox.auth},
+        )
 
     async def select(self, folder: str | None = None) -> MailboxStatus:
         """Opens `folder` (default: the configured one) read-only and returns its status."""
@@ -298,15 +357,26 @@ class ImapClient:
         host, port, mode = self._mailbox.host, self._mailbox.effective_port, self._mailbox.tls
         context = self._ssl_context or ssl.create_default_context()
         if mode == "ssl":
-            return imaplib.IMAP4_SSL(host, port, ssl_context=context, timeout=self._timeout)
-        conn = imaplib.IMAP4(host, port, timeout=self._timeout)
+            conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(
+                host, port, ssl_context=context, timeout=self._timeout
+            )
+        else:
+            conn = imaplib.IMAP4(host, port, timeout=self._timeout)
         if mode == "starttls":
             try:
                 conn.starttls(ssl_context=context)
             except BaseException:
                 _drop(conn)
                 raise
+        self._note_certificate(conn.socket())
         return conn
+
+    def _note_certificate(self, sock: socket.socket) -> None:
+        """The server certificate of this connection, for tls.certificate.expiry."""
+        if isinstance(sock, ssl.SSLSocket):
+            self._instruments.certificates.record(
+                "imap", self._mailbox.host, self._mailbox.effective_port, sock.getpeercert()
+            )
 
     async def _command(
         self,
@@ -421,8 +491,8 @@ class ImapClient:
             return ImapConnectionError(f"{where}: {command}: connection lost ({detail})")
         if isinstance(exc, imaplib.IMAP4.error):
             if command == "login":
-                user = self._mailbox.username
-                return ImapAuthError(f"{where}: login as {user!r} refused ({detail})")
+                user, how = self._mailbox.username, self._mailbox.auth
+                return ImapAuthError(f"{where}: login as {user!r} ({how}) refused ({detail})")
             return ImapProtocolError(f"{where}: {command}: {detail}")
         if isinstance(exc, ssl.SSLError):
             return ImapConnectionError(f"{where}: {command}: TLS failed ({detail})")
@@ -442,8 +512,10 @@ class ReconnectingSession:
         instruments: Instruments,
         backoff: Backoff | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        tokens: AccessTokenSource | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
+        self._tokens = tokens
         base = backoff or Backoff(initial=1.0, maximum=float(imap.reconnect_max_backoff))
         self._backoff = Backoff(
             initial=base.initial,
@@ -506,6 +578,7 @@ class ReconnectingSession:
             tracer=self._tracer,
             instruments=self._instruments,
             ssl_context=self._ssl_context,
+            tokens=self._tokens,
         )
         self._client = client
         try:

@@ -254,6 +254,7 @@ class WebhookClient:
                 async with self._session.post(
                     settings.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
                 ) as response:
+                    self._note_certificate(response)
                     await response.read()
                     span.set_attribute("http.response.status_code", response.status)
                     if response.status >= 400:
@@ -264,6 +265,19 @@ class WebhookClient:
                 span.set_status(StatusCode.ERROR)
                 span.set_attribute("error.type", type(exc).__name__)
                 raise
+
+    def _note_certificate(self, response: aiohttp.ClientResponse) -> None:
+        """The peer certificate of the connection this answer came on (HTTPS only)."""
+        connection = response.connection
+        transport = connection.transport if connection is not None else None
+        if transport is None or response.url.scheme != "https":
+            return
+        self._instruments.certificates.record(
+            "webhook",
+            response.url.host or "",
+            response.url.port or 443,
+            transport.get_extra_info("peercert"),
+        )
 
 
 def _describe(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ async def probe(ctx: ProbeContext) -> ProbeResult:
             timeout=ctx.settings.health.timeout,
             tracer=NoOpTracer(),
             instruments=instruments,
+            tokens=ctx.tokens.get(mailbox) if ctx.tokens is not None else None,
         )
         started = time.perf_counter()
         try:
