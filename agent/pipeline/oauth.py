@@ -353,20 +353,6 @@ class TokenSources:
             await source.close()
 
 
-def sasl_initial_response(
-    mechanism: str, username: str, token: str, *, host: str, port: int
-) -> bytes:
-    """The client's first SASL message: XOAUTH2 (Google's and Microsoft's form) or OAUTHBEARER
-    (RFC 7628 section 3.1, with the GS2 header naming the user)."""
-    if mechanism == "xoauth2":
-        return f"user={username}\x01auth=Bearer {token}\x01\x01".encode()
-    if mechanism == "oauthbearer":
-        authzid = username.replace("=", "=3D").replace(",", "=2C")
-        fields = f"host={host}\x01port={port}\x01auth=Bearer {token}\x01\x01"
-        return f"n,a={authzid},\x01{fields}".encode()
-    raise ValueError(f"unknown SASL mechanism {mechanism!r}")
-
-
 def _origin(url: str) -> str:
     # The endpoint is named by its origin only: a token URL may carry a tenant or a key.
     scheme, _, rest = url.partition("://")
