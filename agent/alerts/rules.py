@@ -98,6 +98,14 @@ class AlertRule:
     no_data: NoData = "keep_last"
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # Tells apart rules that share an alert name, as Prometheus allows (a warning level and a
+    # critical one); empty for a name with one rule.
+    variant: str = ""
+
+    @property
+    def key(self) -> str:
+        """The rule's identity in the engine and its stored state: alert[/variant]."""
+        return f"{self.alert}/{self.variant}" if self.variant else self.alert
 
     def metrics(self) -> tuple[str, ...]:
         """Every metric the rule reads."""
@@ -278,6 +286,54 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
             "description": "Files are not copied into R2; the app gets the original links. "
             "See the r2.transfer spans' error.type: unauthorized (token), failure (Worker or "
             "source 5xx), timeout, rejected.",
+        },
+    ),
+    # Seconds until notAfter of the certificate an endpoint presented at its latest connection;
+    # the warning and the critical level are two rules of one alert name, as in Prometheus.
+    _rule(
+        "CertificateExpiresSoon",
+        "tls.certificate.expiry",
+        "<",
+        14 * 86400.0,
+        variant="warning",
+        labels={"severity": "warning"},
+        annotations={
+            "summary": "The certificate of {{ labels.tls_endpoint }} at "
+            "{{ labels.server_address }}:{{ labels.server_port }} expires in {{ value }}s "
+            "(under 14 days)",
+            "description": "Renew the server's certificate before it expires, or the sidecar "
+            "can no longer connect to it.",
+        },
+    ),
+    _rule(
+        "CertificateExpiresSoon",
+        "tls.certificate.expiry",
+        "<",
+        3 * 86400.0,
+        variant="critical",
+        labels={"severity": "critical"},
+        annotations={
+            "summary": "The certificate of {{ labels.tls_endpoint }} at "
+            "{{ labels.server_address }}:{{ labels.server_port }} expires in {{ value }}s "
+            "(under 3 days)",
+            "description": "Renew the server's certificate now: the sidecar cannot connect to "
+            "it once it has expired.",
+        },
+    ),
+    # 1 while the mailbox's latest login failed on authentication (password or token refused,
+    # or no token could be had); for 10 minutes, so a single refusal does not page.
+    _rule(
+        "MailboxAuthFailing",
+        "imap.login.failing",
+        ">",
+        0.0,
+        for_=600.0,
+        labels={"severity": "critical"},
+        annotations={
+            "summary": "Mailbox {{ labels.imap_mailbox }} cannot log in ({{ labels.imap_auth }}) "
+            "for 10m",
+            "description": "No mail is fetched. See /health services.imap and the poller's "
+            "error: a refused password or token, or a failing OAuth token refresh.",
         },
     ),
     _rule(

@@ -33,6 +33,8 @@ def test_absent_rules_give_the_defaults() -> None:
         "MailDeadLettered",
         "R2TransfersFailing",
         "R2TransfersTimingOut",
+        "CertificateExpiresSoon",
+        "MailboxAuthFailing",
     } == set(names)
 
 
