@@ -90,6 +90,7 @@ class Sidecar:
             instance_id=str(telemetry.resource.attributes.get("service.instance.id", "")),
             memory=self._memory,
             required=list(settings.health.required),
+            certificates=telemetry.instruments.certificates.health,
         )
         self.health_sources.poller = self._poller_status
         self.components = Components()

@@ -147,6 +147,13 @@ class RefreshingToken:
         self._sleep = sleep
         self._log = get_logger("imap")
         self._current: AccessToken | None = None
+        # After a failed refresh, callers get the same error without a request until the
+        # cooldown (growing with each consecutive failure) is over: the poller and the health
+        # probe both ask, and a refused grant must not be hammered.
+        self._failure: TokenError | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._cooldown = Backoff(initial=5.0, maximum=300.0)
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self.last_error = ""
@@ -188,6 +195,8 @@ class RefreshingToken:
         return left is not None and left <= self._refresh_before
 
     async def _fetch(self, reason: str) -> AccessToken:
+        if self._failure is not None and time.monotonic() < self._retry_at:
+            raise self._failure
         attempt = 0
         while True:
             attempt += 1
@@ -201,6 +210,7 @@ class RefreshingToken:
                 continue
             self._current = token
             self.last_error = ""
+            self._failure, self._failures = None, 0
             self._instruments.oauth_refreshes.add(
                 1, {"imap.mailbox": self._mailbox, "outcome": "ok"}
             )
@@ -216,6 +226,9 @@ class RefreshingToken:
 
     def _failed(self, exc: TokenError, attempts: int, reason: str) -> None:
         self.last_error = str(exc)
+        self._failure = exc
+        self._failures += 1
+        self._retry_at = time.monotonic() + self._cooldown.delay(self._failures)
         self._instruments.oauth_refreshes.add(
             1, {"imap.mailbox": self._mailbox, "outcome": "error"}
         )
@@ -238,7 +251,7 @@ class RefreshingToken:
             form["client_secret"] = grant.client_secret
         if grant.scope:
             form["scope"] = grant.scope
-        where = f"token endpoint {_origin(grant.token_url)}"
+        where = f"OAuth endpoint {_origin(grant.token_url)}"
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:

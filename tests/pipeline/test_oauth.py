@@ -262,7 +262,7 @@ async def test_a_revoked_grant_is_a_clear_error_and_no_secret_reaches_any_output
         await login(box, tokens, dovecot_oauth, captured, clients)
 
     message = str(raised.value)
-    assert f"token endpoint {oauth_server.url}" in message
+    assert f"OAuth endpoint {oauth_server.url}" in message
     assert "HTTP 400, the grant was refused: invalid_grant" in message
     assert raised.value.error_type == "oauth_refresh"
     refreshes = captured.points("imap.oauth.refreshes")
