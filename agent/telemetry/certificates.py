@@ -80,6 +80,25 @@ class CertificateExpiry:
         ]
 
 
+def observing_context(on_handshake: Callable[[object], None]) -> ssl.SSLContext:
+    """A default client context (SSL_CERT_FILE honoured) that hands every peer certificate to
+    `on_handshake` once a handshake of an asyncio connection completes.
+
+    aiohttp releases a connection as soon as a short answer is read, before the caller could
+    ask the response for it; the context sees every handshake instead. `sslobject_class` is the
+    documented hook for this (the class SSLContext.wrap_bio returns, which asyncio uses).
+    """
+    context = ssl.create_default_context()
+
+    class _Observed(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            super().do_handshake()  # raises SSLWantReadError until the handshake is done
+            on_handshake(self.getpeercert())
+
+    context.sslobject_class = _Observed
+    return context
+
+
 def _not_after(peercert: object) -> float | None:
     if not isinstance(peercert, Mapping):
         return None
