@@ -33,7 +33,7 @@ from opentelemetry.trace import Span, StatusCode, Tracer
 
 from agent.config import MailboxSettings, Settings
 from agent.pipeline.imap import FetchedMessage, ImapAuthError, ImapError, ReconnectingSession
-from agent.pipeline.oauth import AccessTokenSource
+from agent.pipeline.oauth import AccessTokenSource, TokenError
 from agent.pipeline.process import EmailProcessor, ProcessOutcome
 from agent.pipeline.redrive import carry_out_redrives
 from agent.pipeline.replicas import Replicas
@@ -376,6 +376,7 @@ class MailboxPoller:
                 await self._heartbeat()
 
     async def _cycle(self, poll_context: Any, stop: asyncio.Event | None) -> int:
+        await self._keep_token_fresh()
         client = await self._session.ensure()
         status = await client.select()
         mark = await self._store.get_watermark(self.mailbox.name)
@@ -442,6 +443,15 @@ class MailboxPoller:
             self.backlog = len([u for u in uids if u > mark.uid])
             await self._renew()
         return processed
+
+    async def _keep_token_fresh(self) -> None:
+        """Refreshes an OAuth token nearing its expiry while the connection still works, so a
+        failing token endpoint shows (log, metric, /health) before a login needs it."""
+        if self._tokens is None:
+            return
+        # The source logs and counts a failure; the cycle goes on with the connection it has.
+        with contextlib.suppress(TokenError):
+            await self._tokens.token()
 
     async def _process(
         self, uidvalidity: int, message: FetchedMessage, poll_context: Any

@@ -122,3 +122,30 @@ async def test_the_default_mailbox_auth_rule_fires_after_ten_minutes_of_failing_
         "severity": "critical",
     }
     assert alert["annotations"]["summary"] == "Mailbox support cannot log in (xoauth2) for 10m"
+
+
+async def test_a_refused_password_makes_mailbox_auth_failing_pending_with_its_labels(
+    dovecot: Dovecot, sidecar_process: Start
+) -> None:
+    env = {
+        **dovecot.env("alice"),
+        "IMAP_PASSWORD": "not-alices-password",
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+    }
+    sidecar = await asyncio.to_thread(sidecar_process, env=env)
+
+    def pending() -> list[dict[str, Any]]:
+        _, alerts = sidecar.get_json("/api/alerts")
+        return [a for a in alerts["alerts"] if a["alertname"] == "MailboxAuthFailing"]
+
+    (alert,) = await until(pending, 30, "MailboxAuthFailing")
+    assert alert["state"] == "pending"  # for 10m, which the engine test above covers
+    assert alert["labels"] == {
+        "alertname": "MailboxAuthFailing",
+        "imap_mailbox": "default",
+        "imap_auth": "password",
+        "severity": "critical",
+    }
