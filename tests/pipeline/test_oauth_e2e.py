@@ -138,3 +138,43 @@ async def test_a_revoked_grant_stops_login_with_a_clear_error_and_no_secret_leak
     outputs.append(stored_bytes(Path(sidecar.env["SIDECAR_DATA_DIR"])).decode(errors="replace"))
     leaked = [(i, secret) for i, text in enumerate(outputs) for secret in secrets if secret in text]
     assert leaked == []
+
+
+async def test_a_static_token_logs_in_by_oauthbearer_and_mail_is_delivered(
+    dovecot_oauth: Dovecot, oauth_server: OAuthServer, app: Receiver, sidecar_process: Start
+) -> None:
+    env = oauth_env(dovecot_oauth, oauth_server, app, IMAP_AUTH="oauthbearer")
+    for grant in ("TOKEN_URL", "CLIENT_ID", "CLIENT_SECRET", "REFRESH_TOKEN"):
+        del env[f"IMAP_OAUTH_{grant}"]
+    env["IMAP_ACCESS_TOKEN"] = oauth_server.issue("alice")
+    await asyncio.to_thread(sidecar_process, env=env, config=CONFIG)
+    await asyncio.to_thread(
+        dovecot_oauth.append, "alice", make_message(subject="static", message_id="<static@oauth>")
+    )
+
+    (delivery,) = await app.wait_for(1, timeout=30)
+
+    assert delivery.json["subject"] == "static"
+    assert "method=OAUTHBEARER" in dovecot_oauth.log()
+    assert oauth_server.grants == [], "a static token is never refreshed"
+
+
+async def test_a_running_sidecar_refreshes_its_token_ahead_of_expiry_without_a_refused_login(
+    dovecot_oauth: Dovecot, oauth_server: OAuthServer, app: Receiver, sidecar_process: Start
+) -> None:
+    oauth_server.lifetime = 4.0  # refreshed when 2 s are left: about every 2 s
+    env = oauth_env(dovecot_oauth, oauth_server, app)
+    config = CONFIG.replace("[imap]\n", '[imap]\noauth_refresh_before = "2s"\n')
+    await asyncio.to_thread(sidecar_process, env=env, config=config)
+
+    await until(lambda: len(oauth_server.issued_by_grant()) >= 4, 30, "four refreshes")
+    await asyncio.to_thread(dovecot_oauth.kick, "alice")  # the next login uses the newest token
+    await asyncio.to_thread(
+        dovecot_oauth.append, "alice", make_message(subject="fresh", message_id="<fresh@oauth>")
+    )
+
+    (delivery,) = await app.wait_for(1, timeout=30)
+    assert delivery.json["subject"] == "fresh"
+    log = dovecot_oauth.log()
+    assert log.count("Login: user=<alice>, method=XOAUTH2") >= 2  # before and after the kick
+    assert "auth failed" not in log, "a token reached the server after it had expired"
