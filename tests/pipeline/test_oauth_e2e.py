@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fixtures.collector import TelemetryStack
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.oauth_server import OAuthServer
 from tests.fixtures.receiver import Receiver
@@ -178,3 +181,62 @@ async def test_a_running_sidecar_refreshes_its_token_ahead_of_expiry_without_a_r
     log = dovecot_oauth.log()
     assert log.count("Login: user=<alice>, method=XOAUTH2") >= 2  # before and after the kick
     assert "auth failed" not in log, "a token reached the server after it had expired"
+
+
+async def test_no_oauth_secret_reaches_jaeger_or_the_collector(
+    dovecot_oauth: Dovecot,
+    oauth_server: OAuthServer,
+    app: Receiver,
+    sidecar_process: Start,
+    telemetry_stack: TelemetryStack,
+) -> None:
+    service = f"sidecar-oauth-{uuid.uuid4().hex[:8]}"
+    env = oauth_env(dovecot_oauth, oauth_server, app)
+    for signal in ("TRACES", "LOGS", "METRICS"):
+        del env[f"OTEL_{signal}_EXPORTER"]
+    env |= {
+        "OTEL_SERVICE_NAME": service,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": telemetry_stack.otlp_http_endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_BLRP_SCHEDULE_DELAY": "200",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+    }
+    sidecar = await asyncio.to_thread(sidecar_process, env=env, config=CONFIG)
+    await asyncio.to_thread(
+        dovecot_oauth.append, "alice", make_message(subject="traced", message_id="<tr@oauth>")
+    )
+    await app.wait_for(1, timeout=30)
+    oauth_server.revoke_all("alice")
+    await asyncio.to_thread(dovecot_oauth.kick, "alice")
+    await until(
+        lambda: [e for e in sidecar.log_events() if e["event"] == "oauth.refresh_failed"],
+        30,
+        "the failed refresh",
+    )
+    await asyncio.to_thread(sidecar.terminate)  # flushes what is queued
+
+    logins = await until(
+        lambda: [
+            span
+            for trace in telemetry_stack.traces(service, limit=500)
+            for span in trace["spans"]
+            if span["operationName"] == "imap.login"
+        ],
+        30,
+        "imap.login spans in Jaeger",
+    )
+    assert any(
+        tag["key"] == "imap.auth" and tag["value"] == "xoauth2"
+        for span in logins
+        for tag in span.get("tags", [])
+    )
+    outputs = [
+        json.dumps(telemetry_stack.traces(service, limit=500)),
+        telemetry_stack.prometheus_text(),
+        telemetry_stack.debug_output(),
+    ]
+    assert "oauth.refresh_failed" in outputs[2]
+    secrets = [env["IMAP_OAUTH_REFRESH_TOKEN"], env["IMAP_OAUTH_CLIENT_SECRET"]]
+    secrets += oauth_server.issued_by_grant()
+    assert len(secrets) >= 3
+    assert [secret for secret in secrets for text in outputs if secret in text] == []
