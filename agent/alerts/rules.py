@@ -150,12 +150,15 @@ class AlertConfig:
 
 
 def render(template: str, value: float | None, labels: Mapping[str, str]) -> str:
-    """Substitutes {{ value }} and {{ labels.x }}; nothing else is a template."""
+    """Substitutes {{ value }}, {{ value_duration }} (seconds, as Prometheus' humanizeDuration
+    writes them) and {{ labels.x }}; nothing else is a template."""
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1)
         if name == "value":
             return format_value(value)
+        if name == "value_duration":
+            return "no data" if value is None else humanize_duration(value)
         if name.startswith("labels."):
             key = name.removeprefix("labels.")
             return labels.get(key, labels.get(sanitize_label(key), ""))
@@ -169,6 +172,32 @@ def format_value(value: float | None) -> str:
     if value is None:
         return "no data"
     return f"{value:.4g}"
+
+
+def humanize_duration(seconds: float) -> str:
+    """Seconds as Prometheus' humanizeDuration template function writes them: "1d 23h 59m 59s"."""
+    if math.isnan(seconds) or math.isinf(seconds):
+        return f"{seconds:.4g}"
+    if seconds == 0:
+        return "0s"
+    if abs(seconds) < 1:
+        scaled, prefix = seconds, ""
+        for unit in ("m", "u", "n", "p", "f", "a", "z", "y"):
+            if abs(scaled) >= 1:
+                break
+            scaled, prefix = scaled * 1000, unit
+        return f"{scaled:.4g}{prefix}s"
+    sign = "-" if seconds < 0 else ""
+    whole = int(abs(seconds))
+    days, hours = whole // 86400, whole // 3600 % 24
+    minutes, secs = whole // 60 % 60, whole % 60
+    if days:
+        return f"{sign}{days}d {hours}h {minutes}m {secs}s"
+    if hours:
+        return f"{sign}{hours}h {minutes}m {secs}s"
+    if minutes:
+        return f"{sign}{minutes}m {secs}s"
+    return f"{sign}{abs(seconds):.4g}s"
 
 
 def sanitize_label(name: str) -> str:
@@ -299,8 +328,8 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         labels={"severity": "warning"},
         annotations={
             "summary": "The certificate of {{ labels.tls_endpoint }} at "
-            "{{ labels.server_address }}:{{ labels.server_port }} expires in {{ value }}s "
-            "(under 14 days)",
+            "{{ labels.server_address }}:{{ labels.server_port }} expires in "
+            "{{ value_duration }} (under 14 days)",
             "description": "Renew the server's certificate before it expires, or the sidecar "
             "can no longer connect to it.",
         },
@@ -314,8 +343,8 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         labels={"severity": "critical"},
         annotations={
             "summary": "The certificate of {{ labels.tls_endpoint }} at "
-            "{{ labels.server_address }}:{{ labels.server_port }} expires in {{ value }}s "
-            "(under 3 days)",
+            "{{ labels.server_address }}:{{ labels.server_port }} expires in "
+            "{{ value_duration }} (under 3 days)",
             "description": "Renew the server's certificate now: the sidecar cannot connect to "
             "it once it has expired.",
         },
@@ -493,10 +522,12 @@ def _series(value: object, key: str, source: str) -> SeriesRef:
 def _check_template(text: str, key: str, source: str) -> None:
     for match in TEMPLATE.finditer(text):
         name = match.group(1)
-        if name != "value" and not (name.startswith("labels.") and len(name) > len("labels.")):
+        if name in ("value", "value_duration"):
+            continue
+        if not (name.startswith("labels.") and len(name) > len("labels.")):
             raise ConfigError(
                 f"{source}: {key}: unknown template {match.group(0)!r} "
-                "(use {{ value }} or {{ labels.x }})"
+                "(use {{ value }}, {{ value_duration }} or {{ labels.x }})"
             )
 
 

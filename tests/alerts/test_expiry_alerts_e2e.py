@@ -80,7 +80,7 @@ async def test_a_dovecot_certificate_expiring_in_two_days_fires_critical_and_sho
         "tls_endpoint": "imap",
     }
     assert critical["annotations"]["summary"].startswith(
-        f"The certificate of imap at 127.0.0.1:{dovecot_tls.tls_port} expires in 1.7"
+        f"The certificate of imap at 127.0.0.1:{dovecot_tls.tls_port} expires in 1d 23h "
     )
 
     _, health = await asyncio.to_thread(sidecar.get_json, "/health")
