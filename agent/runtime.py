@@ -70,7 +70,11 @@ class Sidecar:
             remember=telemetry.masker.remember,
         )
         self.probe_context = ProbeContext(
-            settings=settings, store=self.store, exports=telemetry.exports, tokens=self.tokens
+            settings=settings,
+            store=self.store,
+            exports=telemetry.exports,
+            tokens=self.tokens,
+            certificates=telemetry.instruments.certificates,
         )
         trace_probes = settings.health.trace_probes
         self.registry = HealthRegistry(

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from agent.config import Settings
     from agent.pipeline.oauth import TokenSources
     from agent.store.base import Store
+    from agent.telemetry.certificates import CertificateExpiry
     from agent.telemetry.exporters import ExportTracker
 
 Status = Literal["ok", "error", "not_configured", "disabled", "unknown"]
@@ -42,6 +43,7 @@ class ProbeContext:
     exports: ExportTracker | None = None
     http: aiohttp.ClientSession | None = None
     tokens: TokenSources | None = None
+    certificates: CertificateExpiry | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 

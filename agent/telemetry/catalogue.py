@@ -244,7 +244,7 @@ class Instruments:
     Callbacks return cached values only, so several metric readers never split a reading.
     """
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, meter: Meter, *, certificates: CertificateExpiry | None = None) -> None:
         self._lock = threading.Lock()
         self._sources: dict[str, list[GaugeSource]] = {}
         self._meter = meter
@@ -266,7 +266,7 @@ class Instruments:
         self.browser_page_load = self._histogram("browser.page.load.duration")
         self.browser_api_duration = self._histogram("browser.api.request.duration")
         # Peer certificates seen on the sidecar's own connections, for tls.certificate.expiry.
-        self.certificates = CertificateExpiry()
+        self.certificates = certificates or CertificateExpiry()
         self._sources["tls.certificate.expiry"] = [self.certificates.observe]
         for spec in CATALOGUE:
             if spec.kind == "gauge":
