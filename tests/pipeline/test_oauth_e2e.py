@@ -230,12 +230,16 @@ async def test_no_oauth_secret_reaches_jaeger_or_the_collector(
         for span in logins
         for tag in span.get("tags", [])
     )
+    await until(
+        lambda: "oauth.refresh_failed" in telemetry_stack.debug_output(),
+        30,
+        "the failed refresh in the collector's log output",
+    )
     outputs = [
         json.dumps(telemetry_stack.traces(service, limit=500)),
         telemetry_stack.prometheus_text(),
         telemetry_stack.debug_output(),
     ]
-    assert "oauth.refresh_failed" in outputs[2]
     secrets = [env["IMAP_OAUTH_REFRESH_TOKEN"], env["IMAP_OAUTH_CLIENT_SECRET"]]
     secrets += oauth_server.issued_by_grant()
     assert len(secrets) >= 3
