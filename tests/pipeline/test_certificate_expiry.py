@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -15,26 +14,10 @@ from agent.pipeline.webhook import WebhookClient
 from agent.store.local import LocalStore
 from agent.telemetry.certificates import SeenCertificate
 from tests.fixtures.receiver import Receiver
-from tests.support.net import free_port
 from tests.support.telemetry import metric_points, telemetry_for_tests
-from tests.support.tls import Certificate, self_signed
+from tests.support.tls import Certificate
 
 DAY = 86400.0
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> Certificate:
-    """A certificate for 127.0.0.1 valid for 10 days."""
-    return self_signed(tmp_path, days=10)
-
-
-@pytest.fixture
-async def https_receiver(certificate: Certificate) -> AsyncIterator[Receiver]:
-    """A receiver answering HTTPS with the 10-day certificate."""
-    server = Receiver(port=free_port(), tls=certificate.server_context())
-    await server.start()
-    yield server
-    await server.close()
 
 
 def ten_days(seen: SeenCertificate) -> bool:
@@ -44,12 +27,12 @@ def ten_days(seen: SeenCertificate) -> bool:
 
 async def test_the_webhook_certificate_expiry_comes_from_the_delivery_connection(
     https_receiver: Receiver,
-    certificate: Certificate,
+    ten_day_certificate: Certificate,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A private CA is trusted through SSL_CERT_FILE, as the sidecar documents.
-    monkeypatch.setenv("SSL_CERT_FILE", str(certificate.cert))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ten_day_certificate.cert))
     settings = settings_from_mapping({"webhook": {"url": https_receiver.url + "/hook"}})
     telemetry, _spans, reader, _logs = telemetry_for_tests(settings)
     store = LocalStore(tmp_path / "state.sqlite3")
@@ -80,10 +63,12 @@ async def test_the_webhook_certificate_expiry_comes_from_the_delivery_connection
 
 
 async def test_the_r2_worker_certificate_expiry_comes_from_the_transfer_connection(
-    https_receiver: Receiver, certificate: Certificate, monkeypatch: pytest.MonkeyPatch
+    https_receiver: Receiver,
+    ten_day_certificate: Certificate,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # requests trusts a private CA through REQUESTS_CA_BUNDLE, read when a request is sent.
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate.cert))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ten_day_certificate.cert))
     settings = settings_from_mapping(
         {
             "r2": {"fetch_endpoint": https_receiver.url + "/fetch", "fetch_token": "t0ken-r2"},
