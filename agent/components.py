@@ -92,6 +92,7 @@ async def start_pipeline(sidecar: Sidecar) -> None:
             tracer=tracer,
             instruments=telemetry.instruments,
             processor=processor,
+            tokens=sidecar.tokens.get(box),
         )
         for box in settings.mailboxes
     ]

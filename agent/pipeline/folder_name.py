@@ -1,9 +1,9 @@
 """IMAP folder names as they travel on the wire: modified UTF-7 (RFC 3501 section 5.1.3)."""
 
-# Written here rather than taken from a library: imaplib sends folder names as they are (ASCII
-# only), and the one well-kept implementation (imapclient's imap_utf7 module) is not part of
-# that library's documented API; it would add an IMAP client to the dependencies for fifty
-# lines. Whatever IMAP client the poller uses, folder names go through encode_folder() here.
+# Written here rather than taken from a library: imapclient's imap_utf7 module is not part of
+# that library's documented API, and its built-in encoding (IMAPClient.folder_encode) only
+# covers the folder commands it knows. The client switches that off, so folder names go through
+# encode_folder() here and nowhere else, and are never encoded twice.
 #
 # The rule: printable US-ASCII (0x20-0x7e) stands for itself, except "&", written "&-". Every
 # other run of characters is UTF-16 (big-endian, with surrogate pairs beyond the BMP), encoded

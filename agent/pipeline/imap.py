@@ -1,15 +1,20 @@
 """Async IMAP client with hard timeouts, one span and one duration per command, and reconnects."""
 
-# Library choice: stdlib imaplib run in one dedicated worker thread per connection (imaplib is
-# not thread-safe, so every command of a connection goes through the same single-thread
-# executor). imaplib ships with Python, speaks every TLS mode we need (IMAP4_SSL, STARTTLS,
-# plain) and takes a socket timeout that bounds connect, the banner read and every read of every
-# command. aioimaplib would add a dependency for no behaviour we need: the agent watches a
-# handful of mailboxes, so one thread each costs nothing and keeps the event loop free. An
-# asyncio-level backstop (the timeout plus a little slack) still bounds each call, in case a
-# server drips bytes slowly enough to defeat the per-read socket timeout.
+# Library choice: imapclient (IMAPClient), run in one dedicated worker thread per connection
+# (a connection is not thread-safe, so every command of it goes through the same single-thread
+# executor). stdlib imaplib on Python 3.11 has no public IDLE; imapclient is a well-kept
+# synchronous wrapper over it with a public `idle()`, `idle_check(timeout)`, `idle_done()`,
+# `oauth2_login`, `oauthbearer_login` and `starttls`, parsed FETCH/SEARCH responses and a socket
+# timeout that bounds connect, the banner read and every read of every command. It fits the
+# one-thread-per-connection design as it is; aioimaplib would mean rewriting the client around
+# its own event-loop protocol for no behaviour we need: the agent watches a handful of
+# mailboxes, so one thread each costs nothing and keeps the event loop free. An asyncio-level
+# backstop (the timeout plus a little slack) still bounds each call, in case a server drips
+# bytes slowly enough to defeat the per-read socket timeout.
 #
-# Folder names are sent in modified UTF-7 (folder_name.py), which imaplib does not do itself.
+# Folder names are sent in modified UTF-7 by folder_name.py, the one place that encodes them:
+# imapclient's own encoding is switched off (`folder_encode = False`), so a name is never encoded
+# twice.
 #
 # Folders are opened read-only (EXAMINE): the sidecar never changes mail, and BODY.PEEK leaves
 # the \Seen flag alone too, so the user's mail client sees the mailbox as it was. Flags can
@@ -19,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import imaplib
-import re
 import socket
 import ssl
 import time
@@ -29,10 +32,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from imapclient import IMAPClient, SocketTimeout
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from agent.config import ImapSettings, MailboxSettings
 from agent.pipeline.folder_name import FolderNameError, encode_folder
+from agent.pipeline.oauth import AccessToken, AccessTokenSource, TokenError
 from agent.retry import Backoff
 from agent.telemetry.catalogue import Instruments
 
@@ -44,10 +50,8 @@ _BACKSTOP_SLACK = 1.0
 # this throughput on top (bytes per second) before it calls the server stalled.
 _MIN_FETCH_THROUGHPUT = 1_000_000
 _DEFAULT_FETCH_BATCH = 50
-
-_UID = re.compile(rb"\bUID (\d+)")
-_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
-_LITERAL = re.compile(rb"\{(\d+)\}$")
+# UIDs per RFC822.SIZE fetch: about 8 KB of command line, far below servers' line limits.
+_SIZE_CHUNK = 1000
 
 
 class ImapError(Exception):
@@ -60,6 +64,12 @@ class ImapAuthError(ImapError):
     """The server refused the credentials."""
 
     error_type = "auth"
+
+
+class ImapTokenError(ImapAuthError):
+    """No OAuth access token could be had for the login (the token endpoint failed)."""
+
+    error_type = "oauth_refresh"
 
 
 class ImapTimeoutError(ImapError):
@@ -119,13 +129,15 @@ class ImapClient:
         tracer: Tracer,
         instruments: Instruments,
         ssl_context: ssl.SSLContext | None = None,
+        tokens: AccessTokenSource | None = None,
     ) -> None:
         self._mailbox = mailbox
+        self._tokens = tokens
         self._timeout = float(timeout)
         self._tracer = tracer
         self._instruments = instruments
         self._ssl_context = ssl_context
-        self._conn: imaplib.IMAP4 | None = None
+        self._conn: IMAPClient | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._lock = asyncio.Lock()
         self._state = "new"  # new -> open -> (broken | closed)
@@ -160,9 +172,46 @@ class ImapClient:
         self._state = "open"
 
     async def login(self) -> None:
-        """Authenticates with the mailbox's username and password (LOGIN)."""
-        user, password = self._mailbox.username, self._mailbox.password
-        await self._command("login", lambda conn: conn.login(user, password))
+        """Authenticates: LOGIN with the password, or SASL XOAUTH2 / OAUTHBEARER with an access
+        token; a refused token is refreshed once and tried again (when it can be refreshed)."""
+        mailbox = self._mailbox
+        if mailbox.auth == "password":
+            await self._command("login", self._login)
+            return
+        tokens = self._tokens
+        if tokens is None:
+            raise RuntimeError(
+                f"ImapClient: mailbox {mailbox.name} uses {mailbox.auth}, but has no token source"
+            )
+        token = await self._access_token(tokens.token())
+        try:
+            await self._sasl_login(token.value)
+        except ImapAuthError:
+            if not tokens.refreshable or not self.connected:
+                raise
+            token = await self._access_token(tokens.refresh(token))
+            await self._sasl_login(token.value)
+
+    async def _access_token(self, pending: Awaitable[AccessToken]) -> AccessToken:
+        try:
+            return await pending
+        except TokenError as exc:
+            with self._operation("login") as span:
+                span.set_attribute("imap.auth", self._mailbox.auth)
+                raise ImapTokenError(
+                    f"{self._where()}: no access token for {self._mailbox.username!r}: {exc}"
+                ) from None
+
+    async def _sasl_login(self, token: str) -> None:
+        user = self._mailbox.username
+
+        def authenticate(conn: IMAPClient) -> None:
+            if self._mailbox.auth == "oauthbearer":
+                conn.oauthbearer_login(user, token)
+            else:
+                conn.oauth2_login(user, token)
+
+        await self._command("login", authenticate, attributes={"imap.auth": self._mailbox.auth})
 
     async def select(self, folder: str | None = None) -> MailboxStatus:
         """Opens `folder` (default: the configured one) read-only and returns its status."""
@@ -173,16 +222,22 @@ class ImapClient:
         except FolderNameError as exc:
             raise ImapProtocolError(f"EXAMINE {name}: {exc}") from None
 
-        def examine(conn: imaplib.IMAP4) -> MailboxStatus:
-            typ, data = conn.select(_quote(wire), readonly=True)
-            _expect_ok(typ, data, f"EXAMINE {name}")
-            uidvalidity = _response_int(conn, "UIDVALIDITY")
-            if uidvalidity is None:
+        def examine(conn: IMAPClient) -> MailboxStatus:
+            try:
+                response = conn.select_folder(wire, readonly=True)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as exc:  # NO/BAD: say which folder, by its real name
+                raise ImapProtocolError(f"EXAMINE {name}: {_describe(exc)}") from None
+            uidvalidity = response.get(b"UIDVALIDITY")
+            if not isinstance(uidvalidity, int):
                 raise ImapProtocolError(f"EXAMINE {name}: the server sent no UIDVALIDITY")
+            exists = response.get(b"EXISTS")
+            uidnext = response.get(b"UIDNEXT")
             return MailboxStatus(
                 uidvalidity=uidvalidity,
-                exists=_int(data[0] if data else None, "EXISTS"),
-                uidnext=_response_int(conn, "UIDNEXT"),
+                exists=exists if isinstance(exists, int) else 0,
+                uidnext=uidnext if isinstance(uidnext, int) else None,
             )
 
         return await self._command("select", examine)
@@ -190,12 +245,10 @@ class ImapClient:
     async def search_uids_above(self, uid: int) -> list[int]:
         """UIDs greater than `uid` in the selected folder, ascending."""
 
-        def search(conn: imaplib.IMAP4) -> list[int]:
-            typ, data = conn.uid("SEARCH", "UID", f"{uid + 1}:*")
-            _expect_ok(typ, data, "UID SEARCH")
-            found = {int(token) for line in data if line for token in _as_bytes(line).split()}
+        def search(conn: IMAPClient) -> list[int]:
+            found = conn.search(["UID", f"{uid + 1}:*"])
             # "n:*" always matches the highest UID, even when it is below n (RFC 3501 6.4.8).
-            return sorted(u for u in found if u > uid)
+            return sorted({int(u) for u in found if int(u) > uid})
 
         return await self._command("search", search)
 
@@ -204,17 +257,18 @@ class ImapClient:
         if not uids:
             return {}
 
-        def sizes(conn: imaplib.IMAP4) -> dict[int, int]:
-            typ, data = conn.uid("FETCH", _uid_set(uids), "(UID RFC822.SIZE)")
-            _expect_ok(typ, data, "UID FETCH RFC822.SIZE")
+        wanted = set(uids)
+
+        def sizes(conn: IMAPClient) -> dict[int, int]:
             result: dict[int, int] = {}
-            for item in data:
-                if item is None:
-                    continue  # no UID asked for exists any more: imaplib's data is [None]
-                line = _as_bytes(item[0] if isinstance(item, tuple) else item)
-                uid_match, size_match = _UID.search(line), _SIZE.search(line)
-                if uid_match and size_match:
-                    result[int(uid_match.group(1))] = int(size_match.group(1))
+            # imapclient lists UIDs one by one: chunks keep each command line short.
+            ordered = sorted(wanted)
+            for start in range(0, len(ordered), _SIZE_CHUNK):
+                response = conn.fetch(ordered[start : start + _SIZE_CHUNK], ["RFC822.SIZE"])
+                for uid, items in response.items():
+                    size = items.get(b"RFC822.SIZE")
+                    if isinstance(size, int):
+                        result[uid] = size
             return result
 
         return await self._command(
@@ -254,10 +308,19 @@ class ImapClient:
         ]
 
     async def _fetch_bodies(self, uids: list[int], item: str, expected: int) -> dict[int, bytes]:
-        def bodies(conn: imaplib.IMAP4) -> dict[int, bytes]:
-            typ, data = conn.uid("FETCH", _uid_set(uids), f"(UID {item})")
-            _expect_ok(typ, data, "UID FETCH BODY")
-            return _parse_bodies(data)
+        wanted = set(uids)
+
+        def bodies(conn: IMAPClient) -> dict[int, bytes]:
+            response = conn.fetch(uids, [item])
+            result: dict[int, bytes] = {}
+            for uid, items in response.items():
+                if uid not in wanted:
+                    continue
+                # BODY.PEEK[] answers as BODY[], a partial one as BODY[]<0>.
+                body = next((v for k, v in items.items() if k.startswith(b"BODY[")), None)
+                if isinstance(body, bytes):
+                    result[uid] = body
+            return result
 
         return await self._command(
             "fetch",
@@ -270,11 +333,7 @@ class ImapClient:
     async def noop(self) -> None:
         """NOOP: proves the connection is alive (and lets the server report new mail)."""
 
-        def noop(conn: imaplib.IMAP4) -> None:
-            typ, data = conn.noop()
-            _expect_ok(typ, data, "NOOP")
-
-        await self._command("noop", noop)
+        await self._command("noop", lambda conn: conn.noop())
 
     async def logout(self) -> None:
         """LOGOUT, then closes the connection (which is closed even when LOGOUT fails)."""
@@ -294,24 +353,42 @@ class ImapClient:
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
 
-    def _open(self) -> imaplib.IMAP4:
+    def _open(self) -> IMAPClient:
+        """TCP, TLS per the mailbox's mode, and the greeting; runs in the connection's thread."""
         host, port, mode = self._mailbox.host, self._mailbox.effective_port, self._mailbox.tls
         context = self._ssl_context or ssl.create_default_context()
-        if mode == "ssl":
-            return imaplib.IMAP4_SSL(host, port, ssl_context=context, timeout=self._timeout)
-        conn = imaplib.IMAP4(host, port, timeout=self._timeout)
+        conn = IMAPClient(
+            host,
+            port=port,
+            ssl=mode == "ssl",
+            ssl_context=context,
+            timeout=SocketTimeout(connect=self._timeout, read=self._timeout),
+        )
+        conn.folder_encode = False  # folder_name.encode_folder() is the one encoder
         if mode == "starttls":
             try:
                 conn.starttls(ssl_context=context)
             except BaseException:
                 _drop(conn)
                 raise
+        self._note_certificate(conn.socket())
         return conn
+
+    def _note_certificate(self, sock: socket.socket) -> None:
+        """The server certificate of this connection (ssl and starttls), for the expiry gauge."""
+        if isinstance(sock, ssl.SSLSocket):
+            self._instruments.certificates.record(
+                "imap", self._mailbox.host, self._mailbox.effective_port, sock.getpeercert()
+            )
+
+    def _login(self, conn: IMAPClient) -> None:
+        """The login step; runs in the connection's thread."""
+        conn.login(self._mailbox.username, self._mailbox.password)
 
     async def _command(
         self,
         command: str,
-        call: Callable[[imaplib.IMAP4], T],
+        call: Callable[[IMAPClient], T],
         *,
         attributes: dict[str, str] | None = None,
         count: int | None = None,
@@ -326,7 +403,7 @@ class ImapClient:
             async with self._lock:
                 return await self._in_thread(lambda: call(conn), extra_seconds)
 
-    def _require_open(self, command: str) -> imaplib.IMAP4:
+    def _require_open(self, command: str) -> IMAPClient:
         if self._state == "new":
             raise RuntimeError(f"ImapClient.{command}() called before connect()")
         if self._state == "closed":
@@ -391,7 +468,7 @@ class ImapClient:
             except ImapError as exc:
                 self._fail(span, command, started, exc)
                 raise
-            except (OSError, imaplib.IMAP4.error) as exc:
+            except (OSError, IMAPClientError) as exc:
                 error = self._translate(exc, command)
                 self._fail(span, command, started, error)
                 raise error from None
@@ -417,12 +494,12 @@ class ImapClient:
         where = self._where()
         if isinstance(exc, TimeoutError) or _caused_by_timeout(exc):
             return ImapTimeoutError(f"{where}: {command} timed out after {self._timeout:g}s")
-        if isinstance(exc, imaplib.IMAP4.abort):
+        if isinstance(exc, IMAPClientAbortError):
             return ImapConnectionError(f"{where}: {command}: connection lost ({detail})")
-        if isinstance(exc, imaplib.IMAP4.error):
-            if command == "login":
-                user = self._mailbox.username
-                return ImapAuthError(f"{where}: login as {user!r} refused ({detail})")
+        if isinstance(exc, IMAPClientError):
+            if command == "login" or isinstance(exc, LoginError):
+                user, how = self._mailbox.username, self._mailbox.auth
+                return ImapAuthError(f"{where}: login as {user!r} ({how}) refused ({detail})")
             return ImapProtocolError(f"{where}: {command}: {detail}")
         if isinstance(exc, ssl.SSLError):
             return ImapConnectionError(f"{where}: {command}: TLS failed ({detail})")
@@ -442,8 +519,10 @@ class ReconnectingSession:
         instruments: Instruments,
         backoff: Backoff | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        tokens: AccessTokenSource | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
+        self._tokens = tokens
         base = backoff or Backoff(initial=1.0, maximum=float(imap.reconnect_max_backoff))
         self._backoff = Backoff(
             initial=base.initial,
@@ -506,6 +585,7 @@ class ReconnectingSession:
             tracer=self._tracer,
             instruments=self._instruments,
             ssl_context=self._ssl_context,
+            tokens=self._tokens,
         )
         self._client = client
         try:
@@ -542,82 +622,10 @@ class ReconnectingSession:
             await client.close()
 
 
-def _drop(conn: imaplib.IMAP4) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        conn.sock.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(OSError, AttributeError):
+def _drop(conn: IMAPClient) -> None:
+    # Closes the socket, which also unblocks the worker thread if it still waits on it.
+    with contextlib.suppress(OSError, AttributeError, IMAPClientError):
         conn.shutdown()
-
-
-def _expect_ok(typ: str, data: list[Any], what: str) -> None:
-    if typ != "OK":
-        detail = b" ".join(_as_bytes(d) for d in data if d).decode(errors="replace")
-        raise ImapProtocolError(f"{what}: {typ} {detail}".strip())
-
-
-def _response_int(conn: imaplib.IMAP4, code: str) -> int | None:
-    values = conn.untagged_responses.get(code)
-    if not values or values[-1] is None:
-        return None
-    return _int(values[-1], code)
-
-
-def _int(value: object, what: str) -> int:
-    try:
-        return int(_as_bytes(value))
-    except (TypeError, ValueError):
-        raise ImapProtocolError(f"unreadable {what}: {value!r}") from None
-
-
-def _as_bytes(value: object) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, tuple) and value:
-        return _as_bytes(value[0])
-    raise ImapProtocolError(f"unexpected response item {type(value).__name__}")
-
-
-def _parse_bodies(data: list[Any]) -> dict[int, bytes]:
-    """UID -> literal from imaplib's FETCH data: (header, literal) tuples, then a closing item."""
-    result: dict[int, bytes] = {}
-    pending: bytes | None = None
-    for item in data:
-        if isinstance(item, tuple) and len(item) == 2 and _LITERAL.search(item[0]):
-            header, literal = item
-            match = _UID.search(header)
-            if match:
-                result[int(match.group(1))] = bytes(literal)
-                pending = None
-            else:
-                pending = bytes(literal)
-        elif pending is not None and isinstance(item, bytes):
-            # Some servers send the UID after the literal: "* 3 FETCH (BODY[] {n}...  UID 7)".
-            match = _UID.search(item)
-            if match:
-                result[int(match.group(1))] = pending
-            pending = None
-    return result
-
-
-def _uid_set(uids: Sequence[int]) -> str:
-    """A compact sequence set: [1, 2, 3, 7] -> "1:3,7"."""
-    ordered = sorted(set(uids))
-    parts: list[str] = []
-    start = prev = ordered[0]
-    for uid in ordered[1:]:
-        if uid == prev + 1:
-            prev = uid
-            continue
-        parts.append(f"{start}:{prev}" if prev != start else str(start))
-        start = prev = uid
-    parts.append(f"{start}:{prev}" if prev != start else str(start))
-    return ",".join(parts)
-
-
-def _quote(folder: str) -> str:
-    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _describe(exc: BaseException) -> str:
@@ -629,6 +637,6 @@ def _scrub(text: str, secret: str) -> str:
 
 
 def _caused_by_timeout(exc: BaseException) -> bool:
-    # imaplib turns a send that timed out into abort("socket error: timed out").
+    # imaplib (under imapclient) turns a send that timed out into abort("socket error: ...").
     cause = exc.__cause__ or exc.__context__
     return isinstance(cause, TimeoutError)

@@ -32,7 +32,8 @@ from opentelemetry.metrics import Observation
 from opentelemetry.trace import Span, StatusCode, Tracer
 
 from agent.config import MailboxSettings, Settings
-from agent.pipeline.imap import FetchedMessage, ImapError, ReconnectingSession
+from agent.pipeline.imap import FetchedMessage, ImapAuthError, ImapError, ReconnectingSession
+from agent.pipeline.oauth import AccessTokenSource, TokenError
 from agent.pipeline.process import EmailProcessor, ProcessOutcome
 from agent.pipeline.redrive import carry_out_redrives
 from agent.pipeline.replicas import Replicas
@@ -61,9 +62,11 @@ class MailboxPoller:
         tracer: Tracer,
         instruments: Instruments,
         processor: EmailProcessor,
+        tokens: AccessTokenSource | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.mailbox = mailbox
+        self._tokens = tokens
         self._settings = settings
         self._replicas = replicas
         self._holder = replicas.holder
@@ -91,11 +94,14 @@ class MailboxPoller:
         self.waiting_for: Lease | None = None
         self.standby_reason = ""
         self.backlog = 0
+        # None until the first login attempt; then whether the latest one failed on auth.
+        self.login_failing: bool | None = None
         self.watermark: Watermark | None = None
         self._semaphore = asyncio.Semaphore(settings.imap.concurrency)
         instruments.publish("poller.leader", self._observe_leader)
         instruments.publish("poller.last_success.time", self._observe_last_success)
         instruments.publish("imap.mailbox.backlog", self._observe_backlog)
+        instruments.publish("imap.login.failing", self._observe_login_failing)
 
     @property
     def lease_name(self) -> str:
@@ -232,7 +238,11 @@ class MailboxPoller:
 
     def _new_session(self) -> ReconnectingSession:
         return ReconnectingSession(
-            self.mailbox, self._settings.imap, tracer=self._tracer, instruments=self._instruments
+            self.mailbox,
+            self._settings.imap,
+            tracer=self._tracer,
+            instruments=self._instruments,
+            tokens=self._tokens,
         )
 
     async def _reset_session(self) -> None:
@@ -340,12 +350,17 @@ class MailboxPoller:
                 self.last_success = self._clock()
                 self.last_error = ""
                 self.failures = 0
+                self.login_failing = False
             except LeaseLost as exc:
                 error_type = "lease_lost"
                 _fail_span(span, exc, error_type)
                 raise
             except Exception as exc:  # a failed cycle, whatever failed: the next one retries
                 error_type = _error_type(exc)
+                if isinstance(exc, ImapAuthError):
+                    self.login_failing = True
+                elif self._session.failures == 0:
+                    self.login_failing = False  # logged in; something later failed
                 if not isinstance(exc, StoreError):
                     # The connection may be mid-command or in an unknown state: start afresh.
                     self._session.mark_broken()
@@ -361,6 +376,7 @@ class MailboxPoller:
                 await self._heartbeat()
 
     async def _cycle(self, poll_context: Any, stop: asyncio.Event | None) -> int:
+        await self._keep_token_fresh()
         client = await self._session.ensure()
         status = await client.select()
         mark = await self._store.get_watermark(self.mailbox.name)
@@ -428,6 +444,15 @@ class MailboxPoller:
             await self._renew()
         return processed
 
+    async def _keep_token_fresh(self) -> None:
+        """Refreshes an OAuth token nearing its expiry while the connection still works, so a
+        failing token endpoint shows (log, metric, /health) before a login needs it."""
+        if self._tokens is None:
+            return
+        # The source logs and counts a failure; the cycle goes on with the connection it has.
+        with contextlib.suppress(TokenError):
+            await self._tokens.token()
+
     async def _process(
         self, uidvalidity: int, message: FetchedMessage, poll_context: Any
     ) -> ProcessOutcome:
@@ -462,6 +487,12 @@ class MailboxPoller:
         if self.last_success is None:
             return []
         return [Observation(self.last_success, {"imap.mailbox": self.mailbox.name})]
+
+    def _observe_login_failing(self) -> list[Observation]:
+        if not self.leader or self.login_failing is None:
+            return []
+        attributes = {"imap.mailbox": self.mailbox.name, "imap.auth": self.mailbox.auth}
+        return [Observation(1 if self.login_failing else 0, attributes)]
 
     def _observe_backlog(self) -> list[Observation]:
         if not self.leader:

@@ -7,11 +7,13 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 from opentelemetry import propagate
@@ -21,6 +23,7 @@ from agent.config import WebhookSettings
 from agent.retry import Backoff, RetryBudget
 from agent.store.base import DeadLetter, DeliveryRecord, Store, StoreError
 from agent.telemetry.catalogue import Instruments
+from agent.telemetry.certificates import observing_context
 from agent.telemetry.logs import get_logger
 from agent.telemetry.masking import Masker
 
@@ -80,6 +83,16 @@ class WebhookClient:
         self._store = store
         self._masker = masker
         self._span_url = masker.mask_url(settings.url)  # the URL is fixed: masked once
+        # HTTPS: the app's certificate is noted at each handshake, for tls.certificate.expiry.
+        self._tls: ssl.SSLContext | bool = True
+        target = urlsplit(settings.url)
+        if target.scheme == "https":
+            host, port = target.hostname or "", target.port or 443
+
+            def note(peercert: object) -> None:
+                instruments.certificates.record("webhook", host, port, peercert)
+
+            self._tls = observing_context(note)
         self._log = get_logger("webhook")
         self._backoff = Backoff(initial=settings.backoff_initial, maximum=settings.backoff_max)
         self.active = 0
@@ -252,7 +265,12 @@ class WebhookClient:
             timeout = aiohttp.ClientTimeout(total=settings.timeout)
             try:
                 async with self._session.post(
-                    settings.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                    settings.url,
+                    data=body,
+                    headers=headers,
+                    timeout=timeout,
+                    allow_redirects=False,
+                    ssl=self._tls,
                 ) as response:
                     await response.read()
                     span.set_attribute("http.response.status_code", response.status)

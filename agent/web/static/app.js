@@ -7,7 +7,7 @@ import { Poller } from "./schedule.js";
 import { RECENT_QUERY, renderRecentTransfers, renderTransferCounts } from "./transfers.js";
 import {
   renderAlerts, renderChecks, renderConnection, renderLogs, renderMetrics, renderOverall,
-  renderPollers, setupLoggerOptions,
+  renderCertificates, renderPollers, setupLoggerOptions,
 } from "./views.js";
 
 const rum = new Rum();
@@ -63,6 +63,7 @@ async function refresh() {
     renderOverall(status);
     renderChecks(status);
     renderPollers(status);
+    renderCertificates(status);
   }
   if (metrics) {
     lastMetrics = metrics;
