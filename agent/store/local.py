@@ -78,7 +78,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_at ON deliveries (at, outcome);
-CREATE INDEX IF NOT EXISTS deliveries_time ON deliveries (at);
 CREATE TABLE IF NOT EXISTS dead_letters (
     email_id TEXT PRIMARY KEY,
     mailbox TEXT NOT NULL,
@@ -395,7 +394,8 @@ class LocalStore:
             at, tie = decode_cursor(query.cursor)
             if not tie.isdigit():
                 raise ValueError("not a delivery cursor")
-            clauses.append("(at < ? OR (at = ? AND id < ?))")
+            # A range on `at` the index walks from, then the tie-break among equal times.
+            clauses.append("at <= ? AND (at < ? OR id < ?)")
             params += [at, at, int(tie)]
         for column, value in (
             ("mailbox = ?", query.mailbox),
@@ -416,15 +416,24 @@ class LocalStore:
         limit = max(1, query.limit)
 
         def run(conn: sqlite3.Connection) -> DeliveryPage:
+            # Two steps: the ids from the covering search index (no record is read while the
+            # filters walk it), then the matching records by id.
             rows = conn.execute(
-                f"SELECT id, at, record FROM deliveries WHERE {where} "  # noqa: S608 - only placeholders are interpolated
+                f"SELECT id, at FROM deliveries WHERE {where} "  # noqa: S608 - only placeholders are interpolated
                 "ORDER BY at DESC, id DESC LIMIT ?",
                 (*params, limit + 1),
             ).fetchall()
             more = len(rows) > limit
             rows = rows[:limit]
             cursor = encode_cursor(rows[-1][1], str(rows[-1][0])) if more else None
-            return DeliveryPage([_record(row[2]) for row in rows], cursor)
+            ids = [row[0] for row in rows]
+            records = dict(
+                conn.execute(
+                    f"SELECT id, record FROM deliveries WHERE id IN ({','.join('?' * len(ids))})",  # noqa: S608 - only placeholders are interpolated
+                    ids,
+                ).fetchall()
+            )
+            return DeliveryPage([_record(records[i]) for i in ids if i in records], cursor)
 
         return await self._run(run)
 
@@ -839,6 +848,11 @@ def _add_search_columns(conn: sqlite3.Connection) -> None:
     for name, kind in _SEARCH_COLUMNS.items():
         if name not in have:
             conn.execute(f"ALTER TABLE deliveries ADD COLUMN {name} {kind}")
+    # Covers every filter of a search, so a search walks this index alone, newest first.
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS deliveries_search "
+        "ON deliveries (at, mailbox, outcome, statuses, search)"
+    )
 
 
 def _mark_processed(conn: sqlite3.Connection, keys: Sequence[str], expires_at: float) -> None:

@@ -183,6 +183,7 @@ class RedisStore:
         dead_letter_retention: float = 14 * 86400.0,
         dead_letter_max_records: int = 10_000,
         prefix: str = "sidecar:",
+        scan_budget: int = redis_deliveries.SCAN_BUDGET,
     ) -> None:
         self._url = url
         self._masked_url = _mask_url(url)
@@ -193,6 +194,8 @@ class RedisStore:
         self._letter_retention = float(dead_letter_retention)
         self._max_letters = int(dead_letter_max_records)
         self._prefix = prefix
+        # Log lines one search script call walks at most (Redis runs nothing else meanwhile).
+        self._scan_budget = max(1, int(scan_budget))
         self._client: Redis | None = None
         self._closed = False
         self._scripts: dict[str, AsyncScript] = {}
@@ -541,7 +544,7 @@ class RedisStore:
                 status,
                 redis_deliveries.clean(query.q.casefold()),
                 limit + 1 - len(found),
-                redis_deliveries.SCAN_BUDGET,
+                self._scan_budget,
             ]
             hits, last_score, last_id, done = await self._call(
                 functools.partial(self._scripts["search"], keys=keys, args=args)

@@ -17,7 +17,7 @@ import uuid
 from agent.store.base import DeliveryRecord
 
 # Lines scanned by one script call at most (a few milliseconds of Redis time).
-SCAN_BUDGET = 5000
+SCAN_BUDGET = 20_000
 ID_LENGTH = 32
 _SEPARATOR = "\x1f"
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -55,44 +55,63 @@ return n
 # to go on among lines of exactly that score), min score ('-inf' or a number), mailbox, outcome,
 # ',status,', q (case-folded), matches wanted, lines to scan at most.
 # Returns {id, score, id, score, ...}, the score and id of the last line scanned, and 1 when the
-# log was walked to its end (or below min), 0 when the budget or the wanted count stopped it.
+# window was walked to its end, 0 when the budget or the wanted count stopped it.
+# The walk is by rank between the ranks of max and min, so no line's score is read; plain finds
+# reject most lines before one is split into its fields.
 SEARCH = """
 local key = KEYS[1]
-local tie, box, outcome, status, q = ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local top, tie, bottom = ARGV[1], ARGV[2], ARGV[3]
+local box, outcome, status, q = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local want, budget = tonumber(ARGV[8]), tonumber(ARGV[9])
-local maxv = tonumber(ARGV[1])
-local minv = tonumber(ARGV[3])
-local rank = 0
-if ARGV[1] ~= '+inf' then rank = redis.call('ZCOUNT', key, '(' .. ARGV[1], '+inf') end
-local found, scanned = {}, 0
-local last_score, last_id = '', ''
-while scanned < budget do
-  local rows = redis.call('ZREVRANGE', key, rank, rank + math.min(500, budget - scanned) - 1,
-                          'WITHSCORES')
-  if #rows == 0 then return {found, last_score, last_id, 1} end
-  for i = 1, #rows, 2 do
-    local line, score = rows[i], rows[i + 1]
-    local value = tonumber(score)
-    if ARGV[3] ~= '-inf' and value < minv then return {found, last_score, last_id, 1} end
-    local id = string.sub(line, 1, 32)
-    scanned = scanned + 1
-    last_score, last_id = score, id
-    if not (tie ~= '' and value == maxv and id >= tie)
-       and (q == '' or string.find(line, q, 34, true)) then
+local rank, ties = 0, 0
+if top ~= '+inf' then
+  rank = redis.call('ZCOUNT', key, '(' .. top, '+inf')
+  if tie ~= '' then ties = redis.call('ZCOUNT', key, top, top) end
+end
+local stop = redis.call('ZCOUNT', key, bottom, '+inf')
+local first = rank
+local boxpat = box ~= '' and ('\\31' .. box .. '\\31') or nil
+local outpat = outcome ~= '' and ('\\31' .. outcome .. '\\31') or nil
+local found, scanned, last = {}, 0, nil
+local function result(done)
+  local last_score, last_id = '', ''
+  if last then
+    last_score = redis.call('ZSCORE', key, last)
+    last_id = string.sub(last, 1, 32)
+  end
+  local flat = {}
+  for _, line in ipairs(found) do
+    flat[#flat + 1] = string.sub(line, 1, 32)
+    flat[#flat + 1] = redis.call('ZSCORE', key, line)
+  end
+  return {flat, last_score, last_id, done}
+end
+while scanned < budget and rank < stop do
+  local n = math.min(1000, budget - scanned, stop - rank)
+  local lines = redis.call('ZREVRANGE', key, rank, rank + n - 1)
+  if #lines == 0 then break end
+  for i = 1, #lines do
+    local line = lines[i]
+    last = line
+    if not (rank + i - 1 - first < ties and string.sub(line, 1, 32) >= tie)
+       and (q == '' or string.find(line, q, 34, true))
+       and (not boxpat or string.find(line, boxpat, 33, true) == 33)
+       and (not outpat or string.find(line, outpat, 34, true))
+       and (status == '' or string.find(line, status, 34, true)) then
       local _, _, lbox, lout, lstat, text =
         string.find(line, '^[^\\31]*\\31([^\\31]*)\\31([^\\31]*)\\31([^\\31]*)\\31(.*)$')
       if lbox and (box == '' or lbox == box) and (outcome == '' or lout == outcome)
          and (status == '' or string.find(lstat, status, 1, true))
          and (q == '' or string.find(text, q, 1, true)) then
-        found[#found + 1] = id
-        found[#found + 1] = score
-        if #found >= want * 2 then return {found, last_score, last_id, 0} end
+        found[#found + 1] = line
+        if #found >= want then return result(0) end
       end
     end
   end
-  rank = rank + #rows / 2
+  scanned = scanned + #lines
+  rank = rank + #lines
 end
-return {found, last_score, last_id, 0}
+return result(rank >= stop and 1 or 0)
 """
 
 

@@ -624,7 +624,7 @@ async def test_search_scans_past_many_non_matching_records(open_store: OpenStore
     store = await open_store(delivery_max_records=10_000)
     now = time.time()
     await store.append_delivery(_mail(now - 20_000, 0, subject="the needle"))
-    for n in range(1, 6_001):
+    for n in range(1, 2_001):
         await store.append_delivery(_mail(now - 20_000 + n, n))
     assert await _ids(store, q="needle") == ["id-0"]
 
