@@ -848,6 +848,9 @@ def _add_search_columns(conn: sqlite3.Connection) -> None:
     for name, kind in _SEARCH_COLUMNS.items():
         if name not in have:
             conn.execute(f"ALTER TABLE deliveries ADD COLUMN {name} {kind}")
+    if "mailbox" not in have:
+        # Records of earlier versions: their mailbox is in the JSON (they have no other facts).
+        conn.execute("UPDATE deliveries SET mailbox = json_extract(record, '$.mailbox')")
     # Covers every filter of a search, so a search walks this index alone, newest first.
     conn.execute(
         "CREATE INDEX IF NOT EXISTS deliveries_search "
