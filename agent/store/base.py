@@ -168,8 +168,13 @@ class DeliveryQuery:
             and (self.status is None or self.status in record.link_statuses)
             and (self.since is None or record.at >= self.since)
             and (self.until is None or record.at <= self.until)
-            and (not self.q or self.q.casefold() in record.search_text)
+            and (not self.q or self.needle in record.search_text)
         )
+
+    @property
+    def needle(self) -> str:
+        """`q` as the search text holds it: case-folded, control characters as spaces."""
+        return _CONTROL.sub(" ", self.q.casefold())
 
 
 @dataclass(frozen=True)

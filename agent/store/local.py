@@ -411,7 +411,7 @@ class LocalStore:
             params.append(_statuses((query.status,)))
         if query.q:
             clauses.append("instr(search, ?) > 0")
-            params.append(query.q.casefold())
+            params.append(query.needle)
         where = " AND ".join(clauses) or "1"
         limit = max(1, query.limit)
 

@@ -542,7 +542,7 @@ class RedisStore:
                 redis_deliveries.clean(query.mailbox or ""),
                 query.outcome or "",
                 status,
-                redis_deliveries.clean(query.q.casefold()),
+                query.needle,
                 limit + 1 - len(found),
                 self._scan_budget,
             ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 
 from agent.store.base import (
+    DELIVERY_OUTCOMES,
+    LINK_STATUSES,
     DeadLetter,
     DeliveryQuery,
     DeliveryRecord,
@@ -627,6 +630,48 @@ async def test_search_scans_past_many_non_matching_records(open_store: OpenStore
     for n in range(1, 2_001):
         await store.append_delivery(_mail(now - 20_000 + n, n))
     assert await _ids(store, q="needle") == ["id-0"]
+
+
+async def test_every_search_returns_exactly_what_the_query_matches_page_by_page(
+    store: Store,
+) -> None:
+    """Random records and random queries against the query's own definition of a match."""
+    rng = random.Random(7)
+    now = time.time()
+    words = ["Files", "invoice", "ÜBER", "order", "Tuesday", "re:"]
+    records = []
+    for n in range(90):
+        record = _mail(
+            now - 1000 + n * 3,
+            n,
+            mailbox=rng.choice(["a", "b"]),
+            outcome=rng.choice(DELIVERY_OUTCOMES),
+            subject=" ".join(rng.sample(words, 2)),
+            links=tuple(_link(rng.choice(LINK_STATUSES)) for _ in range(rng.randrange(3))),
+        )
+        records.append(record)
+        await store.append_delivery(record)
+    newest_first = sorted(records, key=lambda r: r.at, reverse=True)
+    for _ in range(25):
+        query = DeliveryQuery(
+            mailbox=rng.choice([None, "a", "b"]),
+            outcome=rng.choice([None, *DELIVERY_OUTCOMES]),
+            status=rng.choice([None, *LINK_STATUSES]),
+            since=rng.choice([None, now - 700]),
+            until=rng.choice([None, now - 300]),
+            q=rng.choice(["", "files", "über", "ORDER TUES", "<m1", "nothing"]),
+            limit=rng.choice([1, 4, 50]),
+        )
+        found: list[DeliveryRecord] = []
+        cursor = None
+        while True:
+            page = await store.search_deliveries(dataclasses.replace(query, cursor=cursor))
+            assert len(page.records) <= query.limit
+            found += page.records
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert found == [r for r in newest_first if query.matches(r)], query
 
 
 async def test_delivery_log_trims_the_oldest_records_from_the_search_too(
