@@ -317,6 +317,9 @@ def test_the_deliveries_view_finds_a_mail_opens_its_links_and_trace_and_re_drive
     page.wait_for_selector("#redrive-dialog[open]")
     page.click("#redrive-confirm")
     page.wait_for_selector("#redrive-dialog", state="hidden")
+    answer = page.wait_for_selector("#deliveries-message:not([hidden])")
+    assert answer is not None
+    assert "re-drive requested" in (answer.text_content() or "")
     _until(lambda: len(_keyed(app, key)) >= 2, 30, "the re-driven webhook")
     page.wait_for_function(
         "() => [...document.querySelectorAll('#deliveries tbody tr')]"

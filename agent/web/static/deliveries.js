@@ -62,6 +62,7 @@ export class DeliveriesView {
     this.entries = [];
     this.cursor = null;
     this.current = null;
+    this.shown = null; // what #deliveries-message says: null, "error" or "redrive"
     this.generation = 0;
     this.table = document.getElementById("deliveries");
     this.dialog = document.getElementById("delivery-dialog");
@@ -133,7 +134,10 @@ export class DeliveriesView {
     this.entries = data.deliveries || [];
     this.cursor = data.next_cursor || null;
     this.draw();
-    this.message("");
+    if (this.shown === "error") {
+      this.message("");
+      this.shown = null;
+    }
   }
 
   draw() {
@@ -152,10 +156,10 @@ export class DeliveriesView {
     this.more.hidden = !this.cursor;
   }
 
-  message(text) {
+  message(text, failed = true) {
     const node = document.getElementById("deliveries-message");
     node.textContent = text;
-    node.dataset.failed = text ? "true" : "false";
+    node.dataset.failed = failed ? "true" : "false";
     node.hidden = !text;
   }
 
@@ -164,7 +168,10 @@ export class DeliveriesView {
       return await this.api.get("/api/deliveries", params);
     } catch (error) {
       if (error instanceof AuthRequired) this.onAuth();
-      else this.message(error instanceof ApiError && error.detail ? error.detail : error.message);
+      else {
+        this.message(error instanceof ApiError && error.detail ? error.detail : error.message);
+        this.shown = "error";
+      }
       return null;
     }
   }
@@ -247,6 +254,9 @@ export class DeliveriesView {
     const letter = this.letter;
     if (!letter) return;
     this.dialog.close();
-    this.redrive.open(letter);
+    this.redrive.open(letter, (text, failed = false) => {
+      this.message(text, failed);
+      this.shown = "redrive";
+    });
   }
 }
