@@ -31,11 +31,11 @@ class MailFacts:
 def mail_facts(
     parsed: ParsedEmail, delivery_links: Sequence[Mapping[str, Any]], masker: Masker
 ) -> MailFacts:
-    """The facts of a parsed mail and its delivery_links entries, with every URL masked."""
+    """The facts of a parsed mail and its delivery_links entries, masked as every log is."""
     return MailFacts(
-        message_id=parsed.message_id[:MAX_TEXT],
-        sender=parsed.from_[:MAX_TEXT],
-        subject=parsed.subject[:MAX_TEXT],
+        message_id=masker.mask(parsed.message_id[:MAX_TEXT]),
+        sender=masker.mask(parsed.from_[:MAX_TEXT]),
+        subject=masker.mask(parsed.subject[:MAX_TEXT]),
         received_at=_timestamp(parsed.date),
         links=tuple(_link(entry, masker) for entry in delivery_links),
     )

@@ -437,3 +437,16 @@ async def test_a_mail_dead_lettered_after_failed_attempts_is_logged_with_its_hea
     page = await processing.store.search_deliveries(DeliveryQuery(outcome="dead_lettered"))
     (record,) = page.records
     assert (record.subject, record.message_id, record.attempts) == ("Never arrives", "<n@x>", 2)
+
+
+async def test_the_delivery_log_masks_secrets_and_bounds_the_senders_headers(
+    make_processing: Callable[..., Awaitable[Processing]], receiver: Receiver
+) -> None:
+    secret = "whsec-in-a-subject-5e1f"
+    processing = await make_processing(webhook={"secret": secret})
+    subject = f"leaked {secret} " + "x" * 2000
+    await processing.process(hostile.make_message(subject=subject, message_id="<sec@x>"))
+    (record,) = (await processing.store.search_deliveries(DeliveryQuery(q="<sec@x>"))).records
+    assert secret not in record.subject
+    assert record.subject.startswith("leaked ***")
+    assert len(record.subject) <= 500
