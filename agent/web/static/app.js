@@ -80,7 +80,7 @@ async function refresh() {
     renderDeadLetters(letters);
     redrive.settle(deadLetters);
   }
-  if (found) deliveries.render(found);
+  if (found) deliveries.refreshed(found);
   await rum.flush(api);
   const failed = results.find((r) => r.status === "rejected");
   if (failed) throw failed.reason;

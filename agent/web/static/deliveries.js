@@ -117,9 +117,16 @@ export class DeliveriesView {
   }
 
   // The poller's refresh: the same filters, as many rows as are shown (so paging survives it).
-  request() {
+  // Its answer is dropped by refreshed() when a search started meanwhile.
+  async request() {
+    const generation = this.generation;
     const limit = Math.min(MAX_PAGE, Math.max(PAGE, this.entries.length));
-    return this.api.get("/api/deliveries", { ...this.filters(), limit });
+    const data = await this.api.get("/api/deliveries", { ...this.filters(), limit });
+    return { data, generation };
+  }
+
+  refreshed({ data, generation }) {
+    if (generation === this.generation) this.render(data);
   }
 
   setMailboxes(names) {
