@@ -116,9 +116,15 @@ class StoreSettings:
     )
     delivery_log_retention: Duration = setting(
         Duration(7 * 86400.0),
-        doc="How long webhook delivery records are kept.",
+        doc="How long delivery log records (what became of each mail) are kept.",
         minimum="1m",
         maximum="366d",
+    )
+    delivery_log_max_records: int = setting(
+        100_000,
+        doc="Delivery log records kept at most; the oldest are dropped first.",
+        minimum=100,
+        maximum=10_000_000,
     )
     processed_ttl: Duration = setting(
         Duration(14 * 86400.0),

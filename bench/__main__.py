@@ -5,7 +5,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("bench.html_to_text", "bench.health", "bench.pipeline", "bench.r2_worker")
+BENCHMARKS = (
+    "bench.html_to_text",
+    "bench.health",
+    "bench.pipeline",
+    "bench.r2_worker",
+    "bench.deliveries",
+)
 
 
 def main(names: list[str]) -> int:

@@ -116,6 +116,7 @@ def seed_report(sources: HealthSources, now: float | None = None) -> dict[str, A
             "active_webhooks": deliveries.get("active_webhooks", 0),
             "error_rate_24h": deliveries.get("error_rate_24h", 0.0),
             "last_webhook": deliveries.get("last_webhook"),
+            "delivery_log": deliveries.get("delivery_log"),
         },
         "alerts": {"firing": sources.alerts_firing(), **sources.alerts_evaluator},
         "certificates": certificates_report(sources),

@@ -20,6 +20,7 @@ from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from agent.config import WebhookSettings
+from agent.pipeline.delivery_log import MailFacts, current_trace_id
 from agent.retry import Backoff, RetryBudget
 from agent.store.base import DeadLetter, DeliveryRecord, Store, StoreError
 from agent.telemetry.catalogue import Instruments
@@ -98,6 +99,11 @@ class WebhookClient:
         self.active = 0
 
     @property
+    def masker(self) -> Masker:
+        """The masker of everything this client logs and records."""
+        return self._masker
+
+    @property
     def configured(self) -> bool:
         """Whether WEBHOOK_URL is set."""
         return bool(self._settings.url)
@@ -115,6 +121,7 @@ class WebhookClient:
         email_id: str,
         processed_keys: Sequence[str] = (),
         dead_letter: DeadLetter | None = None,
+        facts: MailFacts | None = None,
     ) -> WebhookResult:
         """Delivers with retries inside the budget, records the outcome, and returns it.
 
@@ -122,6 +129,7 @@ class WebhookClient:
         in one store transaction; a store failure then raises StoreError, so the message is
         retried rather than forgotten. When the app refuses the mail for good, `dead_letter`
         is kept in that same transaction, with this delivery's reason, attempts and time.
+        `facts` (headers and links) are logged with the outcome, so the mail can be found.
         """
         started = time.monotonic()
         self.active += 1
@@ -153,6 +161,7 @@ class WebhookClient:
             email_id=email_id,
             processed_keys=processed_keys,
             dead_letter=dead_letter,
+            facts=facts or MailFacts(),
         )
         log = self._log.info if result.outcome == "delivered" else self._log.warning
         log(
@@ -175,6 +184,7 @@ class WebhookClient:
         email_id: str,
         processed_keys: Sequence[str],
         dead_letter: DeadLetter | None,
+        facts: MailFacts,
     ) -> None:
         record = DeliveryRecord(
             at=time.time(),
@@ -185,6 +195,12 @@ class WebhookClient:
             duration=result.duration,
             error=result.error,
             attempts=result.attempts,
+            message_id=facts.message_id,
+            sender=facts.sender,
+            subject=facts.subject,
+            received_at=facts.received_at,
+            links=facts.links,
+            trace_id=current_trace_id(),
         )
         if result.outcome == "dead_lettered" and processed_keys and dead_letter is not None:
             letter = dataclasses.replace(
