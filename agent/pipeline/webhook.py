@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -27,6 +28,8 @@ from agent.telemetry.masking import Masker
 Outcome = Literal["delivered", "failed", "dead_lettered"]
 
 _RETRY_AFTER_CAP = 60.0
+# Answers kept while the store cannot record them: a store outage of this many deliveries.
+_UNRECORDED_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,11 @@ class WebhookClient:
         self._span_url = masker.mask_url(settings.url)  # the URL is fixed: masked once
         self._log = get_logger("webhook")
         self._backoff = Backoff(initial=settings.backoff_initial, maximum=settings.backoff_max)
+        # Final answers of the app that the store failed to record, by Idempotency-Key: the
+        # message comes back on a later cycle, and its answer is recorded then instead of the
+        # app being asked again. Bounded; a forgotten one costs a duplicate the key lets the
+        # app drop. Only a process that dies before recording loses them (a SIGKILL).
+        self._unrecorded: OrderedDict[str, WebhookResult] = OrderedDict()
         self.active = 0
 
     @property
@@ -110,6 +118,23 @@ class WebhookClient:
         retried rather than forgotten. When the app refuses the mail for good, `dead_letter`
         is kept in that same transaction, with this delivery's reason, attempts and time.
         """
+        answered = self._unrecorded.get(idempotency_key)
+        if answered is not None:
+            await self._record(
+                answered,
+                mailbox=mailbox,
+                email_id=email_id,
+                processed_keys=processed_keys,
+                dead_letter=dead_letter,
+            )
+            del self._unrecorded[idempotency_key]
+            self._log.info(
+                "webhook.delivery_recorded_late",
+                outcome=answered.outcome,
+                email_id=email_id,
+                mailbox=mailbox,
+            )
+            return answered
         started = time.monotonic()
         self.active += 1
         try:
@@ -134,6 +159,8 @@ class WebhookClient:
         )
         self._instruments.webhook_deliveries.add(1, {"outcome": result.outcome})
         self._instruments.webhook_delivery_duration.record(duration, {"outcome": result.outcome})
+        if result.outcome != "failed" and processed_keys:
+            self._remember(idempotency_key, result)
         await self._record(
             result,
             mailbox=mailbox,
@@ -141,6 +168,7 @@ class WebhookClient:
             processed_keys=processed_keys,
             dead_letter=dead_letter,
         )
+        self._unrecorded.pop(idempotency_key, None)
         log = self._log.info if result.outcome == "delivered" else self._log.warning
         log(
             "webhook.delivery",
@@ -153,6 +181,11 @@ class WebhookClient:
             duration_ms=round(duration * 1000, 1),
         )
         return result
+
+    def _remember(self, key: str, result: WebhookResult) -> None:
+        self._unrecorded[key] = result
+        while len(self._unrecorded) > _UNRECORDED_MAX:
+            self._unrecorded.popitem(last=False)
 
     async def _record(
         self,
