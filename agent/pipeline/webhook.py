@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -74,8 +75,12 @@ class WebhookClient:
         store: Store,
         masker: Masker,
         processed_ttl: float = 14 * 86400.0,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self._settings = settings
+        # Once set (SIGTERM), no new attempt starts; one already sent runs to its answer.
+        self._stopping = stopping or asyncio.Event()
+        self._in_flight: set[asyncio.Task[WebhookResult]] = set()
         self._processed_ttl = processed_ttl
         self._session = session
         self._tracer = tracer
@@ -117,7 +122,52 @@ class WebhookClient:
         in one store transaction; a store failure then raises StoreError, so the message is
         retried rather than forgotten. When the app refuses the mail for good, `dead_letter`
         is kept in that same transaction, with this delivery's reason, attempts and time.
+
+        Cancelling the caller does not cut a delivery off: a request the app may already have
+        taken runs to its answer, which is recorded, so a clean shutdown never makes the app
+        see the mail twice (finish() waits for them). Once stopping, no new attempt starts.
         """
+        delivery = asyncio.ensure_future(
+            self._deliver(
+                payload,
+                idempotency_key=idempotency_key,
+                mailbox=mailbox,
+                email_id=email_id,
+                processed_keys=processed_keys,
+                dead_letter=dead_letter,
+            )
+        )
+        self._in_flight.add(delivery)
+        delivery.add_done_callback(self._settled)
+        return await asyncio.shield(delivery)
+
+    def _settled(self, delivery: asyncio.Task[WebhookResult]) -> None:
+        self._in_flight.discard(delivery)
+        # Marks a failure as seen: a cancelled caller no longer reads it, and the delivery
+        # already logged or raised it to whoever waited.
+        if not delivery.cancelled():
+            delivery.exception()
+
+    async def finish(self, within: float) -> int:
+        """Waits up to `within` seconds for deliveries in flight to get their answer recorded;
+        returns how many were still unfinished (and are then cancelled)."""
+        if not self._in_flight:
+            return 0
+        _done, pending = await asyncio.wait(set(self._in_flight), timeout=within)
+        for delivery in pending:
+            delivery.cancel()
+        return len(pending)
+
+    async def _deliver(
+        self,
+        payload: dict[str, Any],
+        *,
+        idempotency_key: str,
+        mailbox: str,
+        email_id: str,
+        processed_keys: Sequence[str],
+        dead_letter: DeadLetter | None,
+    ) -> WebhookResult:
         answered = self._unrecorded.get(idempotency_key)
         if answered is not None:
             await self._record(
@@ -229,6 +279,15 @@ class WebhookClient:
         last_status: int | None = None
         last_error = ""
         while True:
+            if self._stopping.is_set():
+                # Shutting down: not sent again now, so the next process delivers it once.
+                return WebhookResult(
+                    "failed",
+                    budget.attempts,
+                    last_status,
+                    f"{last_error or 'not sent'}; stopped before attempt {budget.attempts + 1}",
+                    0.0,
+                )
             budget.attempts += 1
             retry_after: float | None = None
             try:
@@ -262,7 +321,8 @@ class WebhookClient:
                     f"{last_error} after {budget.attempts} attempts",
                     0.0,
                 )
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
     async def _post(self, body: bytes, key: str) -> tuple[int, float | None]:
         settings = self._settings

@@ -209,10 +209,10 @@ async def test_a_delivery_acknowledged_while_the_store_was_down_is_recorded_not_
     async with aiohttp.ClientSession() as session:
         client = Harness(telemetry[0], telemetry[1], store, session).client(receiver.url + "/hook")
         receiver.hang = 0.5
-        first = asyncio.create_task(
-            client.deliver(PAYLOAD, idempotency_key="k1", mailbox="box", email_id="e1",
-                           processed_keys=["k1"])  # fmt: skip
+        deliver = client.deliver(
+            PAYLOAD, idempotency_key="k1", mailbox="box", email_id="e1", processed_keys=["k1"]
         )
+        first = asyncio.create_task(deliver)
         await receiver.wait_for(1)
         await asyncio.to_thread(durable_redis_server.kill)
         with pytest.raises(StoreError):
@@ -228,3 +228,34 @@ async def test_a_delivery_acknowledged_while_the_store_was_down_is_recorded_not_
         assert await store.any_processed(["k1"])
     finally:
         await store.close()
+
+
+async def test_no_new_attempt_starts_once_stopping_and_the_mail_stays_unprocessed(
+    harness: Harness, receiver: Receiver
+) -> None:
+    receiver.default = 503
+    stopping = asyncio.Event()
+    settings = settings_from_mapping(
+        {"webhook": {"url": receiver.url + "/hook", "backoff_initial": "1s", "retry_budget": "30s"}}
+    )
+    client = WebhookClient(
+        settings.webhook,
+        session=harness.session,
+        tracer=harness.telemetry.tracer("test"),
+        instruments=harness.telemetry.instruments,
+        store=harness.store,
+        masker=harness.telemetry.masker,
+        stopping=stopping,
+    )
+    deliver = client.deliver(
+        PAYLOAD, idempotency_key="k", mailbox="box", email_id="e1", processed_keys=["k"]
+    )
+    delivery = asyncio.create_task(deliver)
+    await receiver.wait_for(1)
+    stopping.set()
+    async with asyncio.timeout(2):
+        result = await delivery
+    assert (result.outcome, result.attempts) == ("failed", 1)
+    assert "stopped before attempt 2" in result.error
+    assert len(receiver.requests) == 1
+    assert not await harness.store.any_processed(["k"])

@@ -4,6 +4,7 @@ each a function that returns the violations it finds, so a failure lists all of 
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,7 +80,7 @@ def forbidden_duplicates(deliveries: Sequence[Delivery], kills: Sequence[float])
     ordered = sorted(kills)
     found = []
     for key, times in acks.items():
-        for first, second in zip(times, times[1:], strict=False):
+        for first, second in itertools.pairwise(times):
             # A kill in [first, second]: the first index of a kill at or after `first`.
             index = bisect.bisect_left(ordered, first)
             if index == len(ordered) or ordered[index] > second:
@@ -121,11 +122,15 @@ def false_claims(
                     )
                 blind_since = max(outage.start, sample.started)
                 blind = outage.start <= sample.at <= outage.end
-                if blind and box.leader and sample.at - blind_since > budget + slack:
-                    if sample.livez == 200 or box.status == "ok":
-                        found.append(
-                            f"{sample.at:.3f} {name}: livez {sample.livez}, status "
-                            f"{box.status} {sample.at - blind_since:.1f}s into the "
-                            f"{outage.what} outage"
-                        )
+                past_budget = sample.at - blind_since > budget + slack
+                if (
+                    blind
+                    and box.leader
+                    and past_budget
+                    and (sample.livez == 200 or box.status == "ok")
+                ):
+                    found.append(
+                        f"{sample.at:.3f} {name}: livez {sample.livez}, status "
+                        f"{box.status} {sample.at - blind_since:.1f}s into the {outage.what} outage"
+                    )
     return sorted(set(found))
