@@ -2,15 +2,18 @@
 
 For each store (the embedded SQLite file, and Redis), mail is APPENDed to a real Dovecot at a
 steady rate while, at seeded random points, the test SIGKILLs the sidecar (and starts it again),
-restarts Dovecot (once for longer than the poller's stall limit), kills and restarts Redis,
-makes the receiver fail (503) or hang past the webhook timeout, and black-holes the OTLP
+stops it cleanly with SIGTERM (and starts it again), restarts Dovecot (once for longer than the
+poller's stall limit), kills and restarts Redis (an fsynced append-only file keeps its data, as
+a Redis used as the store must), makes the receiver fail (503), hang past the webhook timeout
+or answer slowly (past the drain timeout, within the webhook timeout), and black-holes the OTLP
 collector. Then the faults stop, the mail settles, the sidecar is shut down cleanly and started
 once more, and these must hold:
 
 - every appended mail was acknowledged by the receiver or dead-lettered with a reason;
 - no Idempotency-Key was acknowledged twice, except a mail whose delivery was in flight at a
-  SIGKILL (acknowledged before the kill and again after it); the clean shutdown and restart
-  acknowledge nothing again;
+  SIGKILL: acknowledged before the kill and again after it (the app had taken it; the process
+  died before recording that). A SIGTERM, a Dovecot or Redis outage, a failing, hanging or slow
+  receiver allow no repeat, and the final clean shutdown and restart acknowledge nothing again;
 - /livez and /health, sampled every 0.4 s, never said a poller works while none had polled
   within its stall limit (imap.stall_after), judged by its last_success and by the outages
   the test itself caused;
@@ -32,6 +35,7 @@ import time
 import urllib.error
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -63,8 +67,8 @@ SAMPLE_EVERY = 0.4
 STALL_AFTER = 5.0
 # The slack of the probe invariant: /health's 0.5 s render cache, one poll interval, and the
 # tail of a cycle that fetched before an outage began (one batch of deliveries: the webhook's
-# 2 s retry budget plus its last 1 s attempt).
-SLACK = 4.5
+# 2 s retry budget plus its last 1.5 s attempt).
+SLACK = 5.0
 # A sidecar with a few hundred mails in flight measured about 90 MiB; twice that is a leak.
 RSS_BOUND_MIB = 200
 
@@ -77,8 +81,10 @@ batch_size = 10
 concurrency = 10
 max_attempts = 3
 reconnect_max_backoff = "1s"
+[server]
+drain_timeout = "300ms"
 [webhook]
-timeout = "1s"
+timeout = "1.5s"
 backoff_initial = "50ms"
 backoff_max = "500ms"
 retry_budget = "2s"
@@ -89,7 +95,15 @@ export_interval = "1s"
 shutdown_timeout = "500ms"
 """
 
-FAULTS = ("kill_sidecar", "restart_dovecot", "receiver_fail", "receiver_hang", "collector_hole")
+FAULTS = (
+    "kill_sidecar",
+    "terminate_sidecar",
+    "restart_dovecot",
+    "receiver_fail",
+    "receiver_hang",
+    "receiver_slow",
+    "collector_hole",
+)
 
 
 def _seed() -> int:
@@ -141,6 +155,10 @@ class Rig:
         with self._lock:
             self.timeline.kills.append(time.time())
             self.sidecar.kill()
+        self.start_sidecar()
+
+    def terminate_sidecar(self) -> None:
+        self.sidecar.terminate(timeout=15)
         self.start_sidecar()
 
     def dovecot_down(self, seconds: float) -> None:
@@ -204,14 +222,23 @@ class Rig:
 
 def _sample(proc: SidecarProcess, started: float) -> Sample | None:
     try:
+        at = time.time()
         livez, _ = proc.get("/livez", timeout=2)
-        health, body = proc.get("/health", timeout=2)
-        report = json.loads(body)
+        for _ in range(3):
+            health, body = proc.get("/health", timeout=2)
+            report = json.loads(body)
+            health_at = datetime.fromisoformat(report["timestamp"]).timestamp()
+            if health_at >= at:
+                break
+            time.sleep(0.3)  # a render cached from before the /livez answer: read it again
+        else:
+            return None
     except (OSError, urllib.error.URLError, ValueError):
         return None  # not listening (killed, restarting): no claim made
     boxes = report["services"]["background_tasks"]["imap_poller"].get("mailboxes", {})
     return Sample(
-        at=time.time(),
+        at=at,
+        health_at=health_at,
         started=started,
         livez=livez,
         health=health,
@@ -236,14 +263,22 @@ def _inject(rig: Rig, rng: random.Random, kind: str) -> None:
     hold = rng.uniform(0.5, 3.0)
     if kind == "kill_sidecar":
         rig.kill_sidecar()
+    elif kind == "terminate_sidecar":
+        rig.terminate_sidecar()
     elif kind == "restart_dovecot":
         rig.dovecot_down(rng.uniform(0.2, 1.5))
     elif kind == "long_dovecot_outage":
         rig.dovecot_down(STALL_AFTER + SLACK + 2.0)
     elif kind == "kill_redis":
         rig.redis_down(rng.uniform(0.3, 2.0))
-    elif kind in ("receiver_fail", "receiver_hang"):
+    elif kind in ("receiver_fail", "receiver_hang", "receiver_slow"):
         rig.receiver.mode = "fail" if kind == "receiver_fail" else "hang"
+        if kind == "receiver_slow":
+            rig.receiver.mode = "slow"
+            # A SIGTERM while the app answers slowly: the shutdown must wait for the answer.
+            if rng.random() < 0.5:
+                time.sleep(0.2)
+                rig.terminate_sidecar()
         time.sleep(hold)
         rig.receiver.mode = "ok"
     elif kind == "collector_hole":
@@ -285,6 +320,8 @@ def _run(rig: Rig, store: str) -> None:
     kinds = FAULTS + (("kill_redis",) if rig.redis is not None else ())
     iterations = 0
     rig.collector.answering = True
+    rig.receiver.hang_seconds = 3.0  # past the webhook timeout (1.5 s)
+    rig.receiver.slow_seconds = 0.4  # past the drain timeout (0.3 s), well within 1.5 s
     rig.start_sidecar()
     with _running(rig) as stop_mail:
         long_outage_at = rng.uniform(0.3, 0.6) * SECONDS

@@ -41,9 +41,12 @@ class MailboxSample:
 
 @dataclass(frozen=True)
 class Sample:
-    """/livez and /health read back to back at `at`, from a process started at `started`."""
+    """/livez as answered at `at`, and /health as rendered at `health_at` (never earlier: the
+    sampler reads /health again until its render is not older than the /livez answer), from a
+    process started at `started`."""
 
     at: float
+    health_at: float
     started: float
     livez: int
     health: int
@@ -93,11 +96,13 @@ def false_claims(
 ) -> list[str]:
     """Moments when a probe said a poller works although none polled within its budget.
 
-    `budget` is the poller's own stall limit; `slack` covers what the probes cache (/health is
-    rendered at most every 0.5 s) and the tail of a cycle that had fetched its mail before an
-    outage began and still finished. Three things are checked on every sample:
-    - /livez 200 with a lease held, or a mailbox `ok`, means a successful cycle (or the
-      process's start) within the budget, by the process's own last_success;
+    `budget` is the poller's own stall limit; `slack` covers the probes' caches and the tail
+    of a cycle that had fetched its mail before an outage began and still finished. On every
+    sample:
+    - /livez 200 while the lease is held, and a mailbox `ok` in /health, each mean a
+      successful cycle (or the process's start) within the budget before that answer, by the
+      process's own last_success (read no earlier than the answer, so a success after it
+      proves nothing either way);
     - that last_success is true: no cycle succeeds during an outage, once its slack is over;
     - during an outage longer than the budget, a process that holds the lease fails /livez
       and does not call the mailbox `ok`.
@@ -105,32 +110,36 @@ def false_claims(
     found = []
     for sample in samples:
         for name, box in sample.mailboxes.items():
-            since = max(box.last_success or 0.0, sample.started)
-            idle = sample.at - since
-            claims = (sample.livez == 200 and box.leader) or box.status == "ok"
-            if claims and idle > budget + slack:
-                found.append(
-                    f"{sample.at:.3f} {name}: livez {sample.livez}, status {box.status}, "
-                    f"yet no successful cycle for {idle:.1f}s"
+            success = box.last_success
+            for claim, at in (("livez 200", sample.at), (f"status {box.status}", sample.health_at)):
+                made = (
+                    sample.livez == 200 and box.leader
+                    if claim == "livez 200"
+                    else box.status == "ok"
                 )
+                if not made or (success is not None and success > at):
+                    continue
+                idle = at - max(success or 0.0, sample.started)
+                if idle > budget + slack:
+                    found.append(
+                        f"{at:.3f} {name}: {claim}, yet no successful cycle for {idle:.1f}s"
+                    )
             for outage in outages:
-                success = box.last_success
                 if success is not None and outage.start + slack < success < outage.end:
                     found.append(
                         f"{sample.at:.3f} {name}: last_success {success:.3f} during the "
                         f"{outage.what} outage {outage.start:.3f}-{outage.end:.3f}"
                     )
                 blind_since = max(outage.start, sample.started)
-                blind = outage.start <= sample.at <= outage.end
-                past_budget = sample.at - blind_since > budget + slack
-                if (
-                    blind
-                    and box.leader
-                    and past_budget
-                    and (sample.livez == 200 or box.status == "ok")
-                ):
-                    found.append(
-                        f"{sample.at:.3f} {name}: livez {sample.livez}, status "
-                        f"{box.status} {sample.at - blind_since:.1f}s into the {outage.what} outage"
-                    )
+                claims = (
+                    ("livez 200", sample.at, sample.livez == 200),
+                    ("status ok", sample.health_at, box.status == "ok"),
+                )
+                for claim, at, made in claims:
+                    blind = blind_since <= at <= outage.end
+                    if made and blind and box.leader and at - blind_since > budget + slack:
+                        found.append(
+                            f"{at:.3f} {name}: {claim} {at - blind_since:.1f}s into the "
+                            f"{outage.what} outage"
+                        )
     return sorted(set(found))
