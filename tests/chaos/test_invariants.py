@@ -1,27 +1,32 @@
 """Chaos: a real sidecar process under random faults keeps its promises about mail and health.
 
 For each store (the embedded SQLite file, and Redis), mail is APPENDed to a real Dovecot at a
-steady rate while, at seeded random points, the test SIGKILLs the sidecar (and starts it again),
-stops it cleanly with SIGTERM (and starts it again), restarts Dovecot (once for longer than the
-poller's stall limit), kills and restarts Redis (an fsynced append-only file keeps its data, as
-a Redis used as the store must), makes the receiver fail (503), hang past the webhook timeout
-or answer slowly (past the drain timeout, within the webhook timeout), and black-holes the OTLP
-collector. Then the faults stop, the mail settles, the sidecar is shut down cleanly and started
-once more, and these must hold:
+steady rate while, at seeded random points, the test:
+- SIGKILLs the sidecar, or stops it with SIGTERM (also while the app is answering a webhook),
+  and starts it again on the same state;
+- restarts Dovecot, and once keeps it down for longer than the poller's stall limit;
+- kills and restarts Redis (an fsynced append-only file keeps its data, as a Redis used as the
+  store must);
+- makes the receiver fail (503), refuse for good (422: the mail is dead-lettered), hang past
+  the webhook timeout, or answer slowly (past the drain timeout, within the webhook timeout);
+- black-holes the OTLP collector.
+Then the faults stop, the mail settles, the sidecar is shut down cleanly and started once more,
+and these must hold:
 
 - every appended mail was acknowledged by the receiver or dead-lettered with a reason;
 - no Idempotency-Key was acknowledged twice, except a mail whose delivery was in flight at a
   SIGKILL: acknowledged before the kill and again after it (the app had taken it; the process
   died before recording that). A SIGTERM, a Dovecot or Redis outage, a failing, hanging or slow
   receiver allow no repeat, and the final clean shutdown and restart acknowledge nothing again;
-- /livez and /health, sampled every 0.4 s, never said a poller works while none had polled
-  within its stall limit (imap.stall_after), judged by its last_success and by the outages
-  the test itself caused;
+- /livez and /health, sampled about every 0.5 s, never said a poller works while none had
+  polled within its stall limit (imap.stall_after), judged by its last_success and by the
+  outages the test itself caused;
 - the sidecar's RSS stayed under RSS_BOUND_MIB.
 
-The run prints its seed and iteration count. To replay a failure: CHAOS_SEED=<seed>
-.venv/bin/python -m pytest tests/chaos -q. CHAOS_SECONDS sets the fault phase of each store
-(default 40 s; the whole module takes about 2.5 min on two cores).
+The run prints its seed, fault sequence and iteration count. To replay a failure:
+`CHAOS_SEED=<seed> .venv/bin/python -m pytest tests/chaos -q -s` draws the same faults in the
+same order (their timing against the mail flow still varies). CHAOS_SECONDS sets the fault
+phase of each store (default 40 s; the module takes about 1.5 min on two cores).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import pytest
 from agent.pipeline.process import email_id_for
 from tests.fixtures.blackhole import BlackHole
 from tests.fixtures.dovecot import Dovecot
-from tests.fixtures.faulty_receiver import FaultyReceiver
+from tests.fixtures.faulty_receiver import FaultyReceiver, Mode
 from tests.fixtures.redis import RedisServer
 from tests.pipeline.hostile import make_message
 from tests.support.chaos import (
@@ -59,7 +64,7 @@ from tests.support.chaos import (
 from tests.support.sidecar import SidecarProcess
 
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "40"))
-MAX_ITERATIONS = 40
+MAX_ITERATIONS = 30
 SETTLE_SECONDS = 45.0
 HARD_DEADLINE = SECONDS + SETTLE_SECONDS + 60.0
 APPEND_EVERY = 0.3
@@ -102,8 +107,18 @@ FAULTS = (
     "receiver_fail",
     "receiver_hang",
     "receiver_slow",
+    "receiver_reject",
+    "terminate_while_answering",
     "collector_hole",
 )
+
+
+RECEIVER_MODES: dict[str, Mode] = {
+    "receiver_fail": "fail",
+    "receiver_hang": "hang",
+    "receiver_slow": "slow",
+    "receiver_reject": "reject",
+}
 
 
 def _seed() -> int:
@@ -271,14 +286,17 @@ def _inject(rig: Rig, rng: random.Random, kind: str) -> None:
         rig.dovecot_down(STALL_AFTER + SLACK + 2.0)
     elif kind == "kill_redis":
         rig.redis_down(rng.uniform(0.3, 2.0))
-    elif kind in ("receiver_fail", "receiver_hang", "receiver_slow"):
-        rig.receiver.mode = "fail" if kind == "receiver_fail" else "hang"
-        if kind == "receiver_slow":
-            rig.receiver.mode = "slow"
-            # A SIGTERM while the app answers slowly: the shutdown must wait for the answer.
-            if rng.random() < 0.5:
-                time.sleep(0.2)
-                rig.terminate_sidecar()
+    elif kind == "terminate_while_answering":
+        # A SIGTERM while the app is still answering a webhook: the shutdown waits for it.
+        rig.receiver.mode = "slow"
+        seen = len(rig.receiver.snapshot())
+        deadline = time.monotonic() + 3.0
+        while len(rig.receiver.snapshot()) == seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        rig.terminate_sidecar()
+        rig.receiver.mode = "ok"
+    elif kind in ("receiver_fail", "receiver_hang", "receiver_slow", "receiver_reject"):
+        rig.receiver.mode = RECEIVER_MODES[kind]
         time.sleep(hold)
         rig.receiver.mode = "ok"
     elif kind == "collector_hole":
@@ -324,14 +342,18 @@ def _run(rig: Rig, store: str) -> None:
     rig.receiver.slow_seconds = 0.4  # past the drain timeout (0.3 s), well within 1.5 s
     rig.start_sidecar()
     with _running(rig) as stop_mail:
-        long_outage_at = rng.uniform(0.3, 0.6) * SECONDS
-        long_outage_done = False
-        while time.monotonic() - began < SECONDS and iterations < MAX_ITERATIONS:
-            time.sleep(rng.uniform(0.3, 1.5))
-            if not long_outage_done and time.monotonic() - began >= long_outage_at:
-                kind, long_outage_done = "long_dovecot_outage", True
-            else:
-                kind = rng.choice(kinds)
+        # A shuffled deck of every kind (and the long outage), dealt again when empty: each
+        # kind runs at least once, in an order the seed decides.
+        deck: list[str] = []
+        while iterations < MAX_ITERATIONS and time.monotonic() < hard_deadline - SETTLE_SECONDS:
+            if time.monotonic() - began >= SECONDS and set(kinds) <= set(rig.timeline.faults):
+                break
+            if not deck:
+                deck = [*kinds, *(() if "long_dovecot_outage" in rig.timeline.faults
+                                  else ("long_dovecot_outage",))]  # fmt: skip
+                rng.shuffle(deck)
+            time.sleep(rng.uniform(0.3, 1.2))
+            kind = deck.pop()
             rig.timeline.faults.append(kind)
             _inject(rig, rng, kind)
             iterations += 1
@@ -365,7 +387,7 @@ def _run(rig: Rig, store: str) -> None:
         f"took={time.monotonic() - began:.0f}s (replay: CHAOS_SEED={seed})"
     )
     assert rig.appended, "no mail was appended"
-    assert iterations >= 5, f"only {iterations} fault iterations ran"
+    assert set(kinds) <= set(rig.timeline.faults), f"not every fault ran: {rig.timeline.faults}"
     assert rig.timeline.samples, "no probe sample was taken"
     lost = unaccounted(rig.appended, rig.acked(), dead)
     assert lost == [], f"seed {seed}: neither delivered nor dead-lettered: {lost}"
