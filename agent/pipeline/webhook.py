@@ -125,7 +125,8 @@ class WebhookClient:
 
         Cancelling the caller does not cut a delivery off: a request the app may already have
         taken runs to its answer, which is recorded, so a clean shutdown never makes the app
-        see the mail twice (finish() waits for them). Once stopping, no new attempt starts.
+        see the mail twice (finish() waits for them). Once stopping, no new attempt starts:
+        the delivery ends as cancelled, with nothing recorded.
         """
         delivery = asyncio.ensure_future(
             self._deliver(
@@ -143,8 +144,8 @@ class WebhookClient:
 
     def _settled(self, delivery: asyncio.Task[WebhookResult]) -> None:
         self._in_flight.discard(delivery)
-        # Marks a failure as seen: a cancelled caller no longer reads it, and the delivery
-        # already logged or raised it to whoever waited.
+        # Marks a failure as seen: a caller cancelled by the shutdown no longer reads it, and
+        # the mail, not recorded as processed, is delivered by the next process.
         if not delivery.cancelled():
             delivery.exception()
 
@@ -280,14 +281,9 @@ class WebhookClient:
         last_error = ""
         while True:
             if self._stopping.is_set():
-                # Shutting down: not sent again now, so the next process delivers it once.
-                return WebhookResult(
-                    "failed",
-                    budget.attempts,
-                    last_status,
-                    f"{last_error or 'not sent'}; stopped before attempt {budget.attempts + 1}",
-                    0.0,
-                )
+                # Shutting down: abandoned as a cancelled delivery is (nothing recorded, no
+                # attempt counted against the mail), and the next process delivers it once.
+                raise asyncio.CancelledError(f"stopping before attempt {budget.attempts + 1}")
             budget.attempts += 1
             retry_after: float | None = None
             try:

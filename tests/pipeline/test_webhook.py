@@ -230,9 +230,11 @@ async def test_a_delivery_acknowledged_while_the_store_was_down_is_recorded_not_
         await store.close()
 
 
-async def test_no_new_attempt_starts_once_stopping_and_the_mail_stays_unprocessed(
+async def test_no_new_attempt_starts_once_stopping_and_nothing_is_recorded(
     harness: Harness, receiver: Receiver
 ) -> None:
+    """A retry due after SIGTERM is not made: the delivery ends as cancelled, the mail stays
+    unprocessed for the next process, and no failure is logged against the app."""
     receiver.default = 503
     stopping = asyncio.Event()
     settings = settings_from_mapping(
@@ -254,8 +256,8 @@ async def test_no_new_attempt_starts_once_stopping_and_the_mail_stays_unprocesse
     await receiver.wait_for(1)
     stopping.set()
     async with asyncio.timeout(2):
-        result = await delivery
-    assert (result.outcome, result.attempts) == ("failed", 1)
-    assert "stopped before attempt 2" in result.error
+        with pytest.raises(asyncio.CancelledError):
+            await delivery
     assert len(receiver.requests) == 1
     assert not await harness.store.any_processed(["k"])
+    assert (await harness.store.delivery_window(3600)).counts == {}
