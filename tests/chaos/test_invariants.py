@@ -70,10 +70,11 @@ HARD_DEADLINE = SECONDS + SETTLE_SECONDS + 60.0
 APPEND_EVERY = 0.3
 SAMPLE_EVERY = 0.4
 STALL_AFTER = 5.0
-# The slack of the probe invariant: /health's 0.5 s render cache, one poll interval, and the
-# tail of a cycle that fetched before an outage began (one batch of deliveries: the webhook's
-# 2 s retry budget plus its last 1.5 s attempt).
-SLACK = 5.0
+# The slack of the probe invariant: /livez's 0.2 s and /health's 0.5 s caches, one poll
+# interval, and the tail of a cycle that had fetched its mail before an outage began (one
+# batch of deliveries: the webhook's 2 s retry budget plus a last 2.5 s attempt), with room
+# for a loaded machine.
+SLACK = 6.5
 # A sidecar with a few hundred mails in flight measured about 90 MiB; twice that is a leak.
 RSS_BOUND_MIB = 200
 
@@ -89,7 +90,7 @@ reconnect_max_backoff = "1s"
 [server]
 drain_timeout = "300ms"
 [webhook]
-timeout = "1.5s"
+timeout = "2.5s"
 backoff_initial = "50ms"
 backoff_max = "500ms"
 retry_budget = "2s"
@@ -137,7 +138,6 @@ class Rig:
     timeline: Timeline = field(default_factory=Timeline)
     appended: list[Appended] = field(default_factory=list)
     processes: list[SidecarProcess] = field(default_factory=list)
-    started: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _dovecot_up: threading.Event = field(default_factory=threading.Event)
 
@@ -163,7 +163,6 @@ class Rig:
         proc = SidecarProcess(self.tmp_path, env=self.env(), config=_CONFIG, name=name)
         with self._lock:
             self.processes.append(proc)
-            self.started = time.time()
         proc.start(wait=True, timeout=30)
 
     def kill_sidecar(self) -> None:
@@ -218,8 +217,8 @@ class Rig:
         """Reads /livez, /health and VmRSS every SAMPLE_EVERY seconds, until stop."""
         while not stop.wait(SAMPLE_EVERY):
             with self._lock:
-                proc, started = self.sidecar, self.started
-            sample = _sample(proc, started)
+                proc = self.sidecar
+            sample = _sample(proc)
             if sample is not None:
                 self.timeline.samples.append(sample)
             rss = _rss_kib(proc)
@@ -235,7 +234,7 @@ class Rig:
         return {d.key for d in self.receiver.snapshot() if d.acked}
 
 
-def _sample(proc: SidecarProcess, started: float) -> Sample | None:
+def _sample(proc: SidecarProcess) -> Sample | None:
     try:
         at = time.time()
         livez, _ = proc.get("/livez", timeout=2)
@@ -254,7 +253,8 @@ def _sample(proc: SidecarProcess, started: float) -> Sample | None:
     return Sample(
         at=at,
         health_at=health_at,
-        started=started,
+        # The process's own start, from its uptime: the moment its stall clock starts.
+        started=health_at - float(report["uptime"]),
         livez=livez,
         health=health,
         mailboxes={
@@ -338,8 +338,8 @@ def _run(rig: Rig, store: str) -> None:
     kinds = FAULTS + (("kill_redis",) if rig.redis is not None else ())
     iterations = 0
     rig.collector.answering = True
-    rig.receiver.hang_seconds = 3.0  # past the webhook timeout (1.5 s)
-    rig.receiver.slow_seconds = 0.4  # past the drain timeout (0.3 s), well within 1.5 s
+    rig.receiver.hang_seconds = 3.5  # past the webhook timeout (2.5 s)
+    rig.receiver.slow_seconds = 0.4  # past the drain timeout (0.3 s), well within 2.5 s
     rig.start_sidecar()
     with _running(rig) as stop_mail:
         # A shuffled deck of every kind (and the long outage), dealt again when empty: each
