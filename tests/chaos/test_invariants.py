@@ -6,7 +6,7 @@ steady rate while, at seeded random points, the test:
   and starts it again on the same state;
 - restarts Dovecot, and once keeps it down for longer than the poller's stall limit;
 - kills and restarts Redis (an fsynced append-only file keeps its data, as a Redis used as the
-  store must);
+  store must), also while the app is answering a webhook, so recording its answer fails;
 - makes the receiver fail (503), refuse for good (422: the mail is dead-lettered), hang past
   the webhook timeout, or answer slowly (past the drain timeout, within the webhook timeout);
 - black-holes the OTLP collector.
@@ -114,6 +114,8 @@ FAULTS = (
     "collector_hole",
 )
 
+
+REDIS_FAULTS = ("kill_redis", "kill_redis_while_answering")
 
 RECEIVER_MODES: dict[str, Mode] = {
     "receiver_fail": "fail",
@@ -288,13 +290,11 @@ def _inject(rig: Rig, rng: random.Random, kind: str) -> None:
         rig.redis_down(rng.uniform(0.3, 2.0))
     elif kind == "terminate_while_answering":
         # A SIGTERM while the app is still answering a webhook: the shutdown waits for it.
-        rig.receiver.mode = "slow"
-        seen = len(rig.receiver.snapshot())
-        deadline = time.monotonic() + 3.0
-        while len(rig.receiver.snapshot()) == seen and time.monotonic() < deadline:
-            time.sleep(0.02)
-        rig.terminate_sidecar()
-        rig.receiver.mode = "ok"
+        _while_answering(rig, rig.terminate_sidecar)
+    elif kind == "kill_redis_while_answering":
+        # The app takes the mail, then the store cannot record that: the mail comes back on a
+        # later cycle and must not be sent again.
+        _while_answering(rig, lambda: rig.redis_down(rng.uniform(0.5, 1.5)))
     elif kind in ("receiver_fail", "receiver_hang", "receiver_slow", "receiver_reject"):
         rig.receiver.mode = RECEIVER_MODES[kind]
         time.sleep(hold)
@@ -303,6 +303,17 @@ def _inject(rig: Rig, rng: random.Random, kind: str) -> None:
         rig.collector.answering = False
         time.sleep(hold * 2)
         rig.collector.answering = True
+
+
+def _while_answering(rig: Rig, fault: Callable[[], None]) -> None:
+    """Runs `fault` as soon as a webhook arrives that the receiver answers slowly (200)."""
+    rig.receiver.mode = "slow"
+    seen = len(rig.receiver.snapshot())
+    deadline = time.monotonic() + 3.0
+    while len(rig.receiver.snapshot()) == seen and time.monotonic() < deadline:
+        time.sleep(0.02)
+    fault()
+    rig.receiver.mode = "ok"
 
 
 @contextlib.contextmanager
@@ -337,7 +348,7 @@ def _run(rig: Rig, store: str) -> None:
     rng = random.Random(seed)
     began = time.monotonic()
     hard_deadline = began + HARD_DEADLINE
-    kinds = FAULTS + (("kill_redis",) if rig.redis is not None else ())
+    kinds = FAULTS + (REDIS_FAULTS if rig.redis is not None else ())
     iterations = 0
     rig.collector.answering = True
     rig.receiver.hang_seconds = 3.5  # past the webhook timeout (2.5 s)
