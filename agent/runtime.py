@@ -210,6 +210,11 @@ class Sidecar:
             )
             if unfinished:
                 self.log.warning("sidecar.webhooks_cut_off", count=unfinished)
+            # Answers the store missed during an outage: recorded now, or sent again later.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    webhook.record_unrecorded(), timeout=2 * self.settings.store.timeout
+                )
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
                 self.store.close(), timeout=max(0.1, deadline - time.monotonic())

@@ -44,6 +44,17 @@ class WebhookResult:
     duration: float
 
 
+@dataclass(frozen=True)
+class _Unrecorded:
+    """The app's final answer to one mail, kept until the store records it."""
+
+    result: WebhookResult
+    mailbox: str
+    email_id: str
+    processed_keys: tuple[str, ...]
+    dead_letter: DeadLetter | None
+
+
 def sign(body: bytes, secret: str) -> str:
     """The X-Signature-256 value: sha256=<hex HMAC-SHA256 of the body>."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -92,9 +103,10 @@ class WebhookClient:
         self._backoff = Backoff(initial=settings.backoff_initial, maximum=settings.backoff_max)
         # Final answers of the app that the store failed to record, by Idempotency-Key: the
         # message comes back on a later cycle, and its answer is recorded then instead of the
-        # app being asked again. Bounded; a forgotten one costs a duplicate the key lets the
-        # app drop. Only a process that dies before recording loses them (a SIGKILL).
-        self._unrecorded: OrderedDict[str, WebhookResult] = OrderedDict()
+        # app being asked again; a clean shutdown records what is left (record_unrecorded).
+        # Bounded; a forgotten one costs a duplicate the key lets the app drop. Only a process
+        # that dies before recording loses them (a SIGKILL).
+        self._unrecorded: OrderedDict[str, _Unrecorded] = OrderedDict()
         self.active = 0
 
     @property
@@ -169,23 +181,10 @@ class WebhookClient:
         processed_keys: Sequence[str],
         dead_letter: DeadLetter | None,
     ) -> WebhookResult:
-        answered = self._unrecorded.get(idempotency_key)
-        if answered is not None:
-            await self._record(
-                answered,
-                mailbox=mailbox,
-                email_id=email_id,
-                processed_keys=processed_keys,
-                dead_letter=dead_letter,
-            )
-            del self._unrecorded[idempotency_key]
-            self._log.info(
-                "webhook.delivery_recorded_late",
-                outcome=answered.outcome,
-                email_id=email_id,
-                mailbox=mailbox,
-            )
-            return answered
+        pending = self._unrecorded.get(idempotency_key)
+        if pending is not None:
+            await self._record_late(idempotency_key, pending)
+            return pending.result
         started = time.monotonic()
         self.active += 1
         try:
@@ -211,7 +210,8 @@ class WebhookClient:
         self._instruments.webhook_deliveries.add(1, {"outcome": result.outcome})
         self._instruments.webhook_delivery_duration.record(duration, {"outcome": result.outcome})
         if result.outcome != "failed" and processed_keys:
-            self._remember(idempotency_key, result)
+            answer = _Unrecorded(result, mailbox, email_id, tuple(processed_keys), dead_letter)
+            self._remember(idempotency_key, answer)
         await self._record(
             result,
             mailbox=mailbox,
@@ -233,10 +233,39 @@ class WebhookClient:
         )
         return result
 
-    def _remember(self, key: str, result: WebhookResult) -> None:
-        self._unrecorded[key] = result
+    def _remember(self, key: str, answer: _Unrecorded) -> None:
+        self._unrecorded[key] = answer
         while len(self._unrecorded) > _UNRECORDED_MAX:
             self._unrecorded.popitem(last=False)
+
+    async def record_unrecorded(self) -> int:
+        """Records the app's answers the store missed so far (at shutdown: a restart would
+        send those mails again); stops at the first store failure. Returns how many are left."""
+        for key, pending in list(self._unrecorded.items()):
+            try:
+                await self._record_late(key, pending)
+            except StoreError as exc:
+                self._log.error(
+                    "webhook.answers_unrecorded", count=len(self._unrecorded), error=str(exc)
+                )
+                break
+        return len(self._unrecorded)
+
+    async def _record_late(self, key: str, pending: _Unrecorded) -> None:
+        await self._record(
+            pending.result,
+            mailbox=pending.mailbox,
+            email_id=pending.email_id,
+            processed_keys=pending.processed_keys,
+            dead_letter=pending.dead_letter,
+        )
+        self._unrecorded.pop(key, None)
+        self._log.info(
+            "webhook.delivery_recorded_late",
+            outcome=pending.result.outcome,
+            email_id=pending.email_id,
+            mailbox=pending.mailbox,
+        )
 
     async def _record(
         self,

@@ -230,6 +230,39 @@ async def test_a_delivery_acknowledged_while_the_store_was_down_is_recorded_not_
         await store.close()
 
 
+async def test_answers_the_store_missed_are_recorded_by_record_unrecorded(
+    telemetry: tuple[Telemetry, InMemorySpanExporter],
+    receiver: Receiver,
+    durable_redis_server: RedisServer,
+) -> None:
+    """What a clean shutdown does with an answer it could not record during a store outage:
+    records it once the store is back, so the next process does not send the mail again."""
+    store = RedisStore(durable_redis_server.url, timeout=1.0)
+    await store.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = Harness(telemetry[0], telemetry[1], store, session).client(
+                receiver.url + "/hook"
+            )
+            receiver.hang = 0.5
+            deliver = client.deliver(
+                PAYLOAD, idempotency_key="k2", mailbox="box", email_id="e2", processed_keys=["k2"]
+            )
+            first = asyncio.create_task(deliver)
+            await receiver.wait_for(1)
+            await asyncio.to_thread(durable_redis_server.kill)
+            with pytest.raises(StoreError):
+                await first
+            assert await client.record_unrecorded() == 1  # the store is still down
+            await asyncio.to_thread(durable_redis_server.start)
+            assert await client.record_unrecorded() == 0
+        assert await store.any_processed(["k2"])
+        window = await store.delivery_window(3600)
+        assert window.counts == {"delivered": 1}
+    finally:
+        await store.close()
+
+
 async def test_no_new_attempt_starts_once_stopping_and_nothing_is_recorded(
     harness: Harness, receiver: Receiver
 ) -> None:
