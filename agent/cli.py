@@ -30,7 +30,9 @@ if TYPE_CHECKING:
     from agent.telemetry.setup import Telemetry
     from agent.web.listener import HttpServer
 
-SHUTDOWN_BUDGET = 4.5  # seconds from SIGTERM to exit; Kubernetes' grace period is longer
+# Seconds from SIGTERM to exit, plus up to webhook.timeout while a webhook request is in flight
+# (its answer is awaited and recorded); Kubernetes' grace period is longer than both.
+SHUTDOWN_BUDGET = 4.5
 EXIT_ENVIRONMENT = 1
 EXIT_CONFIGURATION = 2
 

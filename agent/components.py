@@ -60,6 +60,7 @@ async def start_pipeline(sidecar: Sidecar) -> None:
         store=sidecar.store,
         masker=telemetry.masker,
         processed_ttl=settings.store.processed_ttl,
+        stopping=sidecar.stopping,
     )
     sidecar.components.webhook = webhook
     transfers = _transfers(sidecar)

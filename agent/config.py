@@ -256,6 +256,13 @@ class ImapSettings:
         minimum=1,
         maximum=10,
     )
+    stall_after: Duration = setting(
+        Duration(300.0),
+        doc="A leader with no successful cycle for this long (or three poll intervals, if "
+        "longer) is stalled: /livez fails and /health says so.",
+        minimum="1s",
+        maximum="1d",
+    )
     uidvalidity_policy: Literal["skip_existing", "reprocess"] = setting(
         "skip_existing",
         doc="On a UIDVALIDITY change: skip mail already present, or process the folder again.",

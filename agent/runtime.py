@@ -213,6 +213,21 @@ class Sidecar:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        webhook = self.components.webhook
+        if webhook is not None:
+            # A webhook request already sent may have been taken by the app: its answer is
+            # awaited and recorded even past the drain deadline, or the next process would
+            # send the mail again. Bounded by the request's own timeout and one store write.
+            unfinished = await webhook.finish(
+                self.settings.webhook.timeout + self.settings.store.timeout
+            )
+            if unfinished:
+                self.log.warning("sidecar.webhooks_cut_off", count=unfinished)
+            # Answers the store missed during an outage: recorded now, or sent again later.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    webhook.record_unrecorded(), timeout=2 * self.settings.store.timeout
+                )
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
                 self.store.close(), timeout=max(0.1, deadline - time.monotonic())

@@ -116,7 +116,7 @@ class MailboxPoller:
     @property
     def stall_after(self) -> float:
         """No successful cycle for this long means the poller is stalled."""
-        return max(3 * self.mailbox.poll_interval, 300.0)
+        return max(3 * self.mailbox.poll_interval, float(self._settings.imap.stall_after))
 
     def liveness(self) -> tuple[bool, str]:
         """Fails when the poller task has ended, or a leader had no successful cycle for
