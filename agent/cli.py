@@ -1,4 +1,4 @@
-"""The `signal-sidecar` command: run, check, config check, alerts test, alerts export, redrive.
+"""The `signal-sidecar` command: run, check, config, alerts, redrive, deliveries.
 
 Each command is one function taking the parsed arguments and returning the exit code. A bad
 configuration exits 2, a machine that cannot run it (port taken, data directory not writable)
@@ -30,13 +30,16 @@ if TYPE_CHECKING:
     from agent.telemetry.setup import Telemetry
     from agent.web.listener import HttpServer
 
-SHUTDOWN_BUDGET = 4.5  # seconds from SIGTERM to exit; Kubernetes' grace period is longer
+# Seconds from SIGTERM to exit, plus up to webhook.timeout while a webhook request is in flight
+# (its answer is awaited and recorded); Kubernetes' grace period is longer than both.
+SHUTDOWN_BUDGET = 4.5
 EXIT_ENVIRONMENT = 1
 EXIT_CONFIGURATION = 2
 
 Command = Callable[[argparse.Namespace], int]
 _DESCRIPTION = (
-    "The signal-sidecar command: run, check, config check, alerts test, alerts export, redrive."
+    "The signal-sidecar command: run, check, config check, alerts test, alerts export, redrive, "
+    "deliveries."
 )
 
 
@@ -103,6 +106,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     redrive.add_argument("--config", help="TOML file (default: $SIDECAR_CONFIG)")
     redrive.set_defaults(handler=_redrive)
+    deliveries = sub.add_parser(
+        "deliveries",
+        help="search the delivery log: what became of each mail",
+        description="Searches the delivery log in the state store, newest first, as the "
+        "dashboard and GET /api/deliveries do. Exit 0: searched (even with no match); 1: the "
+        "store is unavailable; 2: a bad option or configuration.",
+    )
+    deliveries.add_argument("-q", "--q", help="text in the sender, subject or Message-ID")
+    deliveries.add_argument("--mailbox", help="only this mailbox's mail")
+    deliveries.add_argument(
+        "--outcome", help="delivered, dead_lettered, failed, skipped or duplicate"
+    )
+    deliveries.add_argument(
+        "--status",
+        help="mail with a link in this status: transferred, failed, unresolved, unavailable, "
+        "rejected, skipped",
+    )
+    deliveries.add_argument("--since", help="ISO 8601 time or date (UTC), or Unix seconds")
+    deliveries.add_argument("--until", help="ISO 8601 time or date (UTC), or Unix seconds")
+    deliveries.add_argument("--limit", type=int, help="entries a page (default 50, at most 500)")
+    deliveries.add_argument("--pages", type=int, default=1, help="pages to print (default 1)")
+    deliveries.add_argument("--json", action="store_true", help="one JSON object a line")
+    deliveries.add_argument("--config", help="TOML file (default: $SIDECAR_CONFIG)")
+    deliveries.set_defaults(handler=_deliveries)
     return parser
 
 
@@ -191,6 +218,15 @@ def _redrive(args: argparse.Namespace) -> int:
     from agent.redrive_command import redrive_command
 
     return asyncio.run(redrive_command(_load(args.config), args))
+
+
+def _deliveries(args: argparse.Namespace) -> int:
+    from agent.deliveries_command import deliveries_command
+
+    if args.pages < 1:
+        _fail("--pages: expected a positive integer")
+        return EXIT_CONFIGURATION
+    return asyncio.run(deliveries_command(_load(args.config), args))
 
 
 def _alerts_export(args: argparse.Namespace) -> int:

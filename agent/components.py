@@ -60,6 +60,7 @@ async def start_pipeline(sidecar: Sidecar) -> None:
         store=sidecar.store,
         masker=telemetry.masker,
         processed_ttl=settings.store.processed_ttl,
+        stopping=sidecar.stopping,
     )
     sidecar.components.webhook = webhook
     transfers = _transfers(sidecar)
@@ -92,6 +93,7 @@ async def start_pipeline(sidecar: Sidecar) -> None:
             tracer=tracer,
             instruments=telemetry.instruments,
             processor=processor,
+            tokens=sidecar.tokens.get(box),
         )
         for box in settings.mailboxes
     ]

@@ -35,6 +35,7 @@ _MIB = 1024 * _KIB
 _GIB = 1024 * _MIB
 
 TlsMode = Literal["ssl", "starttls", "none"]
+AuthMode = Literal["password", "xoauth2", "oauthbearer"]
 OtlpProtocol = Literal["http/protobuf", "grpc"]
 LogLevel = Literal["debug", "info", "warning", "warn", "error", "critical"]
 _HTTP = url_check("http", "https")
@@ -115,9 +116,15 @@ class StoreSettings:
     )
     delivery_log_retention: Duration = setting(
         Duration(7 * 86400.0),
-        doc="How long webhook delivery records are kept.",
+        doc="How long delivery log records (what became of each mail) are kept.",
         minimum="1m",
         maximum="366d",
+    )
+    delivery_log_max_records: int = setting(
+        100_000,
+        doc="Delivery log records kept at most; the oldest are dropped first.",
+        minimum=100,
+        maximum=10_000_000,
     )
     processed_ttl: Duration = setting(
         Duration(14 * 86400.0),
@@ -142,6 +149,36 @@ class MailboxSettings:
     )
     username: str = setting("", "IMAP_USERNAME", doc="IMAP login name.")
     password: str = setting("", "IMAP_PASSWORD", secret=True, doc="IMAP password.")
+    auth: AuthMode = setting(
+        "password",
+        "IMAP_AUTH",
+        doc="password (LOGIN), or OAuth 2.0 by SASL xoauth2 or oauthbearer (RFC 7628).",
+    )
+    access_token: str = setting(
+        "",
+        "IMAP_ACCESS_TOKEN",
+        secret=True,
+        doc="OAuth access token managed outside the sidecar (used as given, never refreshed).",
+    )
+    oauth_token_url: str = setting(
+        "",
+        "IMAP_OAUTH_TOKEN_URL",
+        doc="Token endpoint of the refresh-token grant.",
+        check=_HTTP,
+    )
+    oauth_client_id: str = setting("", "IMAP_OAUTH_CLIENT_ID", doc="OAuth client id.")
+    oauth_client_secret: str = setting(
+        "", "IMAP_OAUTH_CLIENT_SECRET", secret=True, doc="OAuth client secret."
+    )
+    oauth_refresh_token: str = setting(
+        "",
+        "IMAP_OAUTH_REFRESH_TOKEN",
+        secret=True,
+        doc="Refresh token; when set, access tokens come from the refresh-token grant.",
+    )
+    oauth_scope: str = setting(
+        "", "IMAP_OAUTH_SCOPE", doc="Scope asked for with each refresh; empty: the grant's own."
+    )
     folder: str = setting(
         "INBOX", "IMAP_FOLDER", doc="Folder to watch, named as a mail client shows it."
     )
@@ -201,6 +238,31 @@ class ImapSettings:
         doc="Upper bound of the reconnect backoff.",
         minimum="100ms",
         maximum="1h",
+    )
+    oauth_refresh_before: Duration = setting(
+        Duration(300.0),
+        doc="An OAuth access token is refreshed when it has less than this left.",
+        minimum="1s",
+        maximum="1h",
+    )
+    oauth_timeout: Duration = setting(
+        Duration(10.0),
+        doc="Timeout of one request to the OAuth token endpoint.",
+        minimum="100ms",
+        maximum="2m",
+    )
+    oauth_max_attempts: int = setting(
+        3,
+        doc="Requests per token refresh before it fails (with backoff between them).",
+        minimum=1,
+        maximum=10,
+    )
+    stall_after: Duration = setting(
+        Duration(300.0),
+        doc="A leader with no successful cycle for this long (or three poll intervals, if "
+        "longer) is stalled: /livez fails and /health says so.",
+        minimum="1s",
+        maximum="1d",
     )
     uidvalidity_policy: Literal["skip_existing", "reprocess"] = setting(
         "skip_existing",
@@ -521,7 +583,11 @@ _SECTION_TYPES: dict[str, type[Any]] = {
 }
 
 # The [[mailboxes]] environment form: IMAP_* describe one mailbox.
-_MAILBOX_ENV_KEYS = ("host", "port", "username", "password", "folder", "tls", "poll_interval")
+_MAILBOX_ENV_KEYS = (
+    "host", "port", "username", "password", "folder", "tls", "poll_interval", "auth",
+    "access_token", "oauth_token_url", "oauth_client_id", "oauth_client_secret",
+    "oauth_refresh_token", "oauth_scope",
+)  # fmt: skip
 
 
 def _sections(settings: Settings) -> list[Any]:
@@ -703,6 +769,9 @@ def _check(settings: Settings) -> None:
     for index, box in enumerate(settings.mailboxes):
         if not box.username:
             raise ConfigError(f"{source}: mailboxes[{index}].username (IMAP_USERNAME): required")
+        problem = _oauth_problem(box)
+        if problem:
+            raise ConfigError(f"{source}: mailboxes[{index}].{problem}")
         problem = folder_name_problem(box.folder)
         if problem:
             raise ConfigError(f"{source}: mailboxes[{index}].folder (IMAP_FOLDER): {problem}")
@@ -719,6 +788,26 @@ def _check(settings: Settings) -> None:
             f"({format_duration(webhook.backoff_initial)}), "
             f"got {format_duration(webhook.backoff_max)}"
         )
+
+
+def _oauth_problem(box: MailboxSettings) -> str:
+    """What an OAuth mailbox lacks: a static token, or all of the refresh grant's parts."""
+    if box.auth == "password":
+        return ""
+    if box.oauth_refresh_token:
+        for key, env in (
+            ("oauth_token_url", "IMAP_OAUTH_TOKEN_URL"),
+            ("oauth_client_id", "IMAP_OAUTH_CLIENT_ID"),
+        ):
+            if not getattr(box, key):
+                return f"{key} ({env}): required by the refresh-token grant"
+        return ""
+    if not box.access_token:
+        return (
+            f"auth (IMAP_AUTH): {box.auth} needs access_token (IMAP_ACCESS_TOKEN) or the "
+            "refresh-token grant (oauth_refresh_token, oauth_token_url, oauth_client_id)"
+        )
+    return ""
 
 
 def effective_config(settings: Settings) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from agent.health.liveness import Lifecycle, LivenessHook, LoopWatchdog
 from agent.health.probes import PROBES
 from agent.health.registry import CheckSpec, HealthRegistry
 from agent.health.report import HealthSources
+from agent.pipeline.oauth import TokenSources
 from agent.store.base import Store
 from agent.store.factory import open_store
 from agent.telemetry.host_metrics import ResourceSampler
@@ -61,8 +62,19 @@ class Sidecar:
         self.liveness_hooks: dict[str, LivenessHook] = {}
         self.log = get_logger("app")
         self.http: aiohttp.ClientSession | None = None
+        # OAuth access tokens of the mailboxes, shared by the pollers and the IMAP probe.
+        self.tokens = TokenSources(
+            settings.mailboxes,
+            settings.imap,
+            instruments=telemetry.instruments,
+            remember=telemetry.masker.remember,
+        )
         self.probe_context = ProbeContext(
-            settings=settings, store=self.store, exports=telemetry.exports
+            settings=settings,
+            store=self.store,
+            exports=telemetry.exports,
+            tokens=self.tokens,
+            certificates=telemetry.instruments.certificates,
         )
         trace_probes = settings.health.trace_probes
         self.registry = HealthRegistry(
@@ -82,6 +94,7 @@ class Sidecar:
             instance_id=str(telemetry.resource.attributes.get("service.instance.id", "")),
             memory=self._memory,
             required=list(settings.health.required),
+            certificates=telemetry.instruments.certificates.health,
         )
         self.health_sources.poller = self._poller_status
         self.components = Components()
@@ -200,10 +213,27 @@ class Sidecar:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        webhook = self.components.webhook
+        if webhook is not None:
+            # A webhook request already sent may have been taken by the app: its answer is
+            # awaited and recorded even past the drain deadline, or the next process would
+            # send the mail again. Bounded by the request's own timeout and one store write.
+            unfinished = await webhook.finish(
+                self.settings.webhook.timeout + self.settings.store.timeout
+            )
+            if unfinished:
+                self.log.warning("sidecar.webhooks_cut_off", count=unfinished)
+            # Answers the store missed during an outage: recorded now, or sent again later.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    webhook.record_unrecorded(), timeout=2 * self.settings.store.timeout
+                )
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
                 self.store.close(), timeout=max(0.1, deadline - time.monotonic())
             )
+        with contextlib.suppress(Exception):
+            await self.tokens.close()
         if self.http is not None:
             await self.http.close()
         self.log.info("sidecar.stopped", cancelled=sum(1 for t in self._tasks if t.cancelled()))

@@ -12,6 +12,7 @@ BENCHMARKS = (
     "bench.pipeline",
     "bench.r2_worker",
     "bench.latency",
+    "bench.deliveries",
 )
 
 

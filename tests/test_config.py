@@ -374,6 +374,9 @@ FILE_VARIABLES = [
     ("R2_FETCH_TOKEN_FILE", "r2-token-from-file"),
     ("SIDECAR_API_TOKEN_FILE", "api-token-from-file"),
     ("REDIS_URL_FILE", "redis://:pw-from-file@127.0.0.1:6379/0"),
+    ("IMAP_ACCESS_TOKEN_FILE", "access-token-from-file"),
+    ("IMAP_OAUTH_CLIENT_SECRET_FILE", "client-secret-from-file"),
+    ("IMAP_OAUTH_REFRESH_TOKEN_FILE", "refresh-token-from-file"),
 ]
 
 
@@ -510,3 +513,73 @@ def test_config_check_exits_two_on_an_invalid_file(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "server.port: expected 0 to 65535, got -1" in result.stderr
     assert str(path) in result.stderr
+
+
+def test_an_oauth_mailbox_reads_its_refresh_token_and_client_secret_from_files(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "secrets").mkdir()
+    _secret_file(tmp_path / "secrets", "refresh", "rt-from-file\n")
+    path = tmp_path / "sidecar.toml"
+    path.write_text(
+        '[[mailboxes]]\nname = "support"\nhost = "imap.example"\nusername = "s@example"\n'
+        'auth = "xoauth2"\noauth_token_url = "https://login.example/token"\n'
+        'oauth_client_id = "client-1"\noauth_refresh_token_file = "secrets/refresh"\n'
+        'oauth_client_secret_env = "SUPPORT_CLIENT_SECRET"\n'
+    )
+    settings = load_settings(path, env={"SUPPORT_CLIENT_SECRET": "cs-from-env"})
+    (box,) = settings.mailboxes
+    assert (box.auth, box.oauth_refresh_token, box.oauth_client_secret) == (
+        "xoauth2",
+        "rt-from-file",
+        "cs-from-env",
+    )
+    assert set(settings.secrets()) == {"rt-from-file", "cs-from-env"}
+    shown = json.dumps(effective_config(settings))
+    assert "rt-from-file" not in shown
+    assert "cs-from-env" not in shown
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"IMAP_AUTH": "xoauth2"},
+            "mailboxes[0].auth (IMAP_AUTH): xoauth2 needs access_token (IMAP_ACCESS_TOKEN) or "
+            "the refresh-token grant",
+        ),
+        (
+            {"IMAP_AUTH": "oauthbearer", "IMAP_OAUTH_REFRESH_TOKEN": "rt-1234"},
+            "mailboxes[0].oauth_token_url (IMAP_OAUTH_TOKEN_URL): required by the refresh-token "
+            "grant",
+        ),
+        (
+            {"IMAP_AUTH": "sasl"},
+            "IMAP_AUTH (auth): expected one of password, xoauth2, oauthbearer, got 'sasl'",
+        ),
+    ],
+)
+def test_an_incomplete_oauth_mailbox_is_one_error_naming_the_key(
+    env: dict[str, str], expected: str
+) -> None:
+    base = {"IMAP_HOST": "imap.example", "IMAP_USERNAME": "u"}
+    with pytest.raises(ConfigError) as raised:
+        load_settings(None, env=base | env)
+    assert expected in str(raised.value)
+    assert "rt-1234" not in str(raised.value)
+
+
+def test_the_oauth_variables_override_the_first_mailbox() -> None:
+    env = {
+        "IMAP_HOST": "imap.example",
+        "IMAP_USERNAME": "u",
+        "IMAP_AUTH": "OAUTHBEARER",
+        "IMAP_ACCESS_TOKEN": "at-from-env",
+        "IMAP_OAUTH_SCOPE": "https://mail.example/.default",
+    }
+    (box,) = load_settings(None, env=env).mailboxes
+    assert (box.auth, box.access_token, box.oauth_scope) == (
+        "oauthbearer",
+        "at-from-env",
+        "https://mail.example/.default",
+    )

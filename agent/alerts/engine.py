@@ -86,11 +86,12 @@ class AlertEngine:
         self._clock = clock
         self._external_url = strip_userinfo(external_url).rstrip("/")
         self._tolerance = restore_tolerance
-        self._rules = {rule.alert: rule for rule in config.rules}
+        # By rule key: one alert name may have several rules (a warning and a critical level).
+        self._rules = {rule.key: rule for rule in config.rules}
         # When Prometheus evaluates the same rules too, per-replica alerts carry the replica's
         # job and instance as Prometheus' do, so Alertmanager sees one alert, not two.
         self._instance_labels = {
-            rule.alert: dict(instance_labels or {}) for rule in config.rules if not fleet_wide(rule)
+            rule.key: dict(instance_labels or {}) for rule in config.rules if not fleet_wide(rule)
         }
         self._series = SeriesStore(config.windows(), staleness=config.staleness)
         self._active: dict[str, AlertInstance] = {}
@@ -157,7 +158,7 @@ class AlertEngine:
         return {} if value is None else {(): value}
 
     def _labels(self, rule: AlertRule, key: SeriesKey) -> dict[str, str]:
-        labels = dict(self._instance_labels.get(rule.alert, {}))
+        labels = dict(self._instance_labels.get(rule.key, {}))
         labels.update((sanitize_label(name), value) for name, value in key)
         labels.update(rule.labels)
         labels["alertname"] = rule.alert
@@ -178,9 +179,7 @@ class AlertEngine:
                 alert.value = value
                 self._annotate(rule, alert)
                 changed |= self._release(fp, alert, rule, now)
-        mine = [
-            (fp, a) for fp, a in self._active.items() if a.rule == rule.alert and fp not in seen
-        ]
+        mine = [(fp, a) for fp, a in self._active.items() if a.rule == rule.key and fp not in seen]
         if rule.no_data == "alerting":
             silent = fingerprint(self._labels(rule, ()))
             if not seen and not any(a.state != "resolved" for _, a in mine):
@@ -205,7 +204,7 @@ class AlertEngine:
         alert = self._active.get(fp)
         if alert is None or alert.state == "resolved":
             alert = AlertInstance(
-                rule=rule.alert,
+                rule=rule.key,
                 labels=labels,
                 active_at=now,
                 generator_url=self._generator_url(rule),
@@ -319,7 +318,7 @@ class AlertEngine:
         attributes: dict[str, str | int | list[str]] = {
             "alert.notifier": notifier.name,
             "alert.count": len(batch),
-            "alert.names": sorted({a.rule for a in batch}),
+            "alert.names": sorted({a.alertname for a in batch}),
         }
         with self._tracer.start_as_current_span(
             "alert.notify", kind=SpanKind.CLIENT, attributes=attributes
@@ -355,9 +354,9 @@ class AlertEngine:
     def _log_alert(self, alert: AlertInstance, notifier: str, delivery: Delivery) -> None:
         severity = alert.labels.get("severity", "")
         fields: dict[str, Any] = {
-            "type": alert.rule,
+            "type": alert.alertname,
             "severity": severity,
-            "message": alert.annotations.get("summary", alert.rule),
+            "message": alert.annotations.get("summary", alert.alertname),
             "value": alert.value,
             "status": alert.status,
             "fingerprint": alert.fingerprint,
@@ -470,7 +469,7 @@ class AlertEngine:
         alerts = sorted(self._active.values(), key=lambda a: (order[a.state], a.rule, a.active_at))
         return [
             {
-                "alertname": a.rule,
+                "alertname": a.alertname,
                 "state": a.state,
                 "value": a.value,
                 "labels": dict(a.labels),
@@ -488,10 +487,12 @@ class AlertEngine:
         return sum(1 for a in self._active.values() if a.state == "firing")
 
     def _publish(self) -> None:
-        counts = {(rule, state): 0 for rule in self._rules for state in ("pending", "firing")}
+        names = {rule.alert for rule in self._rules.values()}
+        counts = {(name, state): 0 for name in names for state in ("pending", "firing")}
         for alert in self._active.values():
             if alert.state != "resolved":
-                counts[(alert.rule, alert.state)] = counts.get((alert.rule, alert.state), 0) + 1
+                key = (alert.alertname, alert.state)
+                counts[key] = counts.get(key, 0) + 1
         self._observations = [
             Observation(n, {"alertname": rule, "alertstate": state})
             for (rule, state), n in counts.items()

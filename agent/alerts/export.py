@@ -47,6 +47,8 @@ def template(text: str) -> str:
         name = match.group(1)
         if name == "value":
             out.append('{{ printf "%.4g" $value }}')
+        elif name == "value_duration":
+            out.append("{{ $value | humanizeDuration }}")
         elif name.startswith("labels."):
             label = sanitize_label(name.removeprefix("labels."))
             out.append(

@@ -18,7 +18,7 @@ AlertState = Literal["pending", "firing", "resolved"]
 class AlertInstance:
     """One alert: a rule and one label set, with where it stands in its life."""
 
-    rule: str
+    rule: str  # the rule's key: its alert name, and its variant when the name has several
     labels: dict[str, str]
     annotations: dict[str, str] = field(default_factory=dict)
     state: AlertState = "pending"
@@ -31,6 +31,11 @@ class AlertInstance:
     # Per notifier: when it last accepted this alert, and whether it has seen it firing.
     sent_at: dict[str, float] = field(default_factory=dict)
     sent_firing: set[str] = field(default_factory=set)
+
+    @property
+    def alertname(self) -> str:
+        """The alert's name, as Alertmanager and the dashboard show it."""
+        return self.labels.get("alertname", self.rule.split("/", 1)[0])
 
     @property
     def fingerprint(self) -> str:

@@ -98,6 +98,14 @@ class AlertRule:
     no_data: NoData = "keep_last"
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # Tells apart rules that share an alert name, as Prometheus allows (a warning level and a
+    # critical one); empty for a name with one rule.
+    variant: str = ""
+
+    @property
+    def key(self) -> str:
+        """The rule's identity in the engine and its stored state: alert[/variant]."""
+        return f"{self.alert}/{self.variant}" if self.variant else self.alert
 
     def metrics(self) -> tuple[str, ...]:
         """Every metric the rule reads."""
@@ -142,12 +150,15 @@ class AlertConfig:
 
 
 def render(template: str, value: float | None, labels: Mapping[str, str]) -> str:
-    """Substitutes {{ value }} and {{ labels.x }}; nothing else is a template."""
+    """Substitutes {{ value }}, {{ value_duration }} (seconds, as Prometheus' humanizeDuration
+    writes them) and {{ labels.x }}; nothing else is a template."""
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1)
         if name == "value":
             return format_value(value)
+        if name == "value_duration":
+            return "no data" if value is None else humanize_duration(value)
         if name.startswith("labels."):
             key = name.removeprefix("labels.")
             return labels.get(key, labels.get(sanitize_label(key), ""))
@@ -161,6 +172,32 @@ def format_value(value: float | None) -> str:
     if value is None:
         return "no data"
     return f"{value:.4g}"
+
+
+def humanize_duration(seconds: float) -> str:
+    """Seconds as Prometheus' humanizeDuration template function writes them: "1d 23h 59m 59s"."""
+    if math.isnan(seconds) or math.isinf(seconds):
+        return f"{seconds:.4g}"
+    if seconds == 0:
+        return "0s"
+    if abs(seconds) < 1:
+        scaled, prefix = seconds, ""
+        for unit in ("m", "u", "n", "p", "f", "a", "z", "y"):
+            if abs(scaled) >= 1:
+                break
+            scaled, prefix = scaled * 1000, unit
+        return f"{scaled:.4g}{prefix}s"
+    sign = "-" if seconds < 0 else ""
+    whole = int(abs(seconds))
+    days, hours = whole // 86400, whole // 3600 % 24
+    minutes, secs = whole // 60 % 60, whole % 60
+    if days:
+        return f"{sign}{days}d {hours}h {minutes}m {secs}s"
+    if hours:
+        return f"{sign}{hours}h {minutes}m {secs}s"
+    if minutes:
+        return f"{sign}{minutes}m {secs}s"
+    return f"{sign}{abs(seconds):.4g}s"
 
 
 def sanitize_label(name: str) -> str:
@@ -278,6 +315,54 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
             "description": "Files are not copied into R2; the app gets the original links. "
             "See the r2.transfer spans' error.type: unauthorized (token), failure (Worker or "
             "source 5xx), timeout, rejected.",
+        },
+    ),
+    # Seconds until notAfter of the certificate an endpoint presented at its latest connection;
+    # the warning and the critical level are two rules of one alert name, as in Prometheus.
+    _rule(
+        "CertificateExpiresSoon",
+        "tls.certificate.expiry",
+        "<",
+        14 * 86400.0,
+        variant="warning",
+        labels={"severity": "warning"},
+        annotations={
+            "summary": "The certificate of {{ labels.tls_endpoint }} at "
+            "{{ labels.server_address }}:{{ labels.server_port }} expires in "
+            "{{ value_duration }} (under 14 days)",
+            "description": "Renew the server's certificate before it expires, or the sidecar "
+            "can no longer connect to it.",
+        },
+    ),
+    _rule(
+        "CertificateExpiresSoon",
+        "tls.certificate.expiry",
+        "<",
+        3 * 86400.0,
+        variant="critical",
+        labels={"severity": "critical"},
+        annotations={
+            "summary": "The certificate of {{ labels.tls_endpoint }} at "
+            "{{ labels.server_address }}:{{ labels.server_port }} expires in "
+            "{{ value_duration }} (under 3 days)",
+            "description": "Renew the server's certificate now: the sidecar cannot connect to "
+            "it once it has expired.",
+        },
+    ),
+    # 1 while the mailbox's latest login failed on authentication (password or token refused,
+    # or no token could be had); for 10 minutes, so a single refusal does not page.
+    _rule(
+        "MailboxAuthFailing",
+        "imap.login.failing",
+        ">",
+        0.0,
+        for_=600.0,
+        labels={"severity": "critical"},
+        annotations={
+            "summary": "Mailbox {{ labels.imap_mailbox }} cannot log in ({{ labels.imap_auth }}) "
+            "for 10m",
+            "description": "No mail is fetched. See /health services.imap and the poller's "
+            "error: a refused password or token, or a failing OAuth token refresh.",
         },
     ),
     _rule(
@@ -437,10 +522,12 @@ def _series(value: object, key: str, source: str) -> SeriesRef:
 def _check_template(text: str, key: str, source: str) -> None:
     for match in TEMPLATE.finditer(text):
         name = match.group(1)
-        if name != "value" and not (name.startswith("labels.") and len(name) > len("labels.")):
+        if name in ("value", "value_duration"):
+            continue
+        if not (name.startswith("labels.") and len(name) > len("labels.")):
             raise ConfigError(
                 f"{source}: {key}: unknown template {match.group(0)!r} "
-                "(use {{ value }} or {{ labels.x }})"
+                "(use {{ value }}, {{ value_duration }} or {{ labels.x }})"
             )
 
 

@@ -10,7 +10,9 @@ if TYPE_CHECKING:
     import aiohttp
 
     from agent.config import Settings
+    from agent.pipeline.oauth import TokenSources
     from agent.store.base import Store
+    from agent.telemetry.certificates import CertificateExpiry
     from agent.telemetry.exporters import ExportTracker
 
 Status = Literal["ok", "error", "not_configured", "disabled", "unknown"]
@@ -33,12 +35,15 @@ class ProbeResult:
 
 @dataclass
 class ProbeContext:
-    """What probes may read: settings, the store, export outcomes, an HTTP session, and extras."""
+    """What probes may read: settings, the store, export outcomes, an HTTP session, the mailboxes'
+    OAuth token sources, and extras."""
 
     settings: Settings
     store: Store | None = None
     exports: ExportTracker | None = None
     http: aiohttp.ClientSession | None = None
+    tokens: TokenSources | None = None
+    certificates: CertificateExpiry | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 

@@ -48,6 +48,8 @@ class HealthSources:
     # Who evaluates the alert rules, and where operators find them when it is not this sidecar.
     alerts_evaluator: dict[str, str] = field(default_factory=lambda: {"evaluator": "sidecar"})
     required: list[str] = field(default_factory=list)
+    # Days left of the certificates the sidecar's own connections were shown, per endpoint.
+    certificates: Callable[[], list[dict[str, Any]]] = list
 
 
 # Poller states that mean the sidecar itself does not do its work (a restart may help), and
@@ -114,9 +116,35 @@ def seed_report(sources: HealthSources, now: float | None = None) -> dict[str, A
             "active_webhooks": deliveries.get("active_webhooks", 0),
             "error_rate_24h": deliveries.get("error_rate_24h", 0.0),
             "last_webhook": deliveries.get("last_webhook"),
+            "delivery_log": deliveries.get("delivery_log"),
         },
         "alerts": {"firing": sources.alerts_firing(), **sources.alerts_evaluator},
+        "certificates": certificates_report(sources),
     }
+
+
+def certificates_report(sources: HealthSources) -> list[dict[str, Any]]:
+    """Per endpoint: days left of its certificate, and ok / warning / critical / expired."""
+    return [_certificate(entry) for entry in sources.certificates()]
+
+
+# Days left below which a certificate is shown as warning and critical, as the default
+# CertificateExpiresSoon rules judge it.
+_CERTIFICATE_WARNING_DAYS = 14.0
+_CERTIFICATE_CRITICAL_DAYS = 3.0
+
+
+def _certificate(entry: dict[str, Any]) -> dict[str, Any]:
+    days = float(entry["days_left"])
+    if days <= 0:
+        state = "expired"
+    elif days < _CERTIFICATE_CRITICAL_DAYS:
+        state = "critical"
+    elif days < _CERTIFICATE_WARNING_DAYS:
+        state = "warning"
+    else:
+        state = "ok"
+    return entry | {"status": state}
 
 
 def health_json_report(sources: HealthSources, now: float | None = None) -> dict[str, Any]:
@@ -174,6 +202,18 @@ def health_json_report(sources: HealthSources, now: float | None = None) -> dict
                 "output": "" if poller_state == "ok" else poller_state,
             }
         ]
+    for shown in certificates_report(sources):
+        checks.setdefault("certificate:expiry", []).append(
+            {
+                "componentId": f"{shown['endpoint']} {shown['server']}",
+                "componentType": "component",
+                "observedValue": shown["days_left"],
+                "observedUnit": "d",
+                "status": "pass" if shown["status"] == "ok" else "warn",
+                "time": _iso(now),
+                "output": "" if shown["status"] == "ok" else f"certificate {shown['status']}",
+            }
+        )
     return {
         "status": status,
         "version": sources.version.split(".")[0],

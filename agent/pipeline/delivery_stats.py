@@ -10,7 +10,7 @@ from typing import Any
 
 from opentelemetry.metrics import Observation
 
-from agent.store.base import DeliveryWindow, Store, StoreError
+from agent.store.base import DeliveryLogSize, DeliveryWindow, Store, StoreError
 from agent.telemetry.catalogue import Instruments
 
 WINDOW = 24 * 3600.0
@@ -26,14 +26,16 @@ class DeliveryStats:
         self._store = store
         self._active = active
         self.window: DeliveryWindow | None = None
+        self.log_size: DeliveryLogSize | None = None
         instruments.publish("webhook.error_ratio", self._observe_ratio)
         instruments.publish("webhook.window.deliveries", self._observe_counts)
         instruments.publish("webhook.last_delivery.time", self._observe_last)
 
     async def refresh(self) -> None:
-        """Reads the window once; a store failure keeps the previous copy."""
+        """Reads the window and the log's size once; a store failure keeps the previous copy."""
         with contextlib.suppress(StoreError):
             self.window = await self._store.delivery_window(WINDOW)
+            self.log_size = await self._store.delivery_log_size()
 
     async def run(self, stop: asyncio.Event, interval: float) -> None:
         """Refreshes every interval until stop is set."""
@@ -47,14 +49,19 @@ class DeliveryStats:
         window = self.window
         ratio = window.error_ratio if window is not None else None
         last = window.last if window is not None else None
+        size = self.log_size
         return {
+            # None until the store was read: nothing is claimed about a log not yet seen.
+            "delivery_log": None
+            if size is None
+            else {"records": size.records, "oldest": _iso(size.oldest_at)},
             "active_webhooks": self._active(),
             "error_rate_24h": round(ratio, 4) if ratio is not None else 0.0,
             "deliveries_24h": window.total if window is not None else 0,
             "last_webhook": None
             if last is None
             else {
-                "at": datetime.fromtimestamp(last.at, UTC).isoformat().replace("+00:00", "Z"),
+                "at": _iso(last.at),
                 "outcome": last.outcome,
                 "status_code": last.status_code,
                 "mailbox": last.mailbox,
@@ -75,3 +82,9 @@ class DeliveryStats:
         if self.window is None or self.window.last is None:
             return []
         return [Observation(self.window.last.at)]
+
+
+def _iso(at: float | None) -> str | None:
+    return (
+        None if at is None else datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+    )

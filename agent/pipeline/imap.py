@@ -41,6 +41,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from agent.config import ImapSettings, MailboxSettings
 from agent.pipeline.folder_name import FolderNameError, encode_folder
+from agent.pipeline.oauth import AccessToken, AccessTokenSource, TokenError
 from agent.retry import Backoff
 from agent.telemetry.catalogue import Instruments
 
@@ -68,6 +69,12 @@ class ImapAuthError(ImapError):
     """The server refused the credentials."""
 
     error_type = "auth"
+
+
+class ImapTokenError(ImapAuthError):
+    """No OAuth access token could be had for the login (the token endpoint failed)."""
+
+    error_type = "oauth_refresh"
 
 
 class ImapTimeoutError(ImapError):
@@ -170,8 +177,10 @@ class ImapClient:
         tracer: Tracer,
         instruments: Instruments,
         ssl_context: ssl.SSLContext | None = None,
+        tokens: AccessTokenSource | None = None,
     ) -> None:
         self._mailbox = mailbox
+        self._tokens = tokens
         self._timeout = float(timeout)
         self._tracer = tracer
         self._instruments = instruments
@@ -211,8 +220,46 @@ class ImapClient:
         self._state = "open"
 
     async def login(self) -> None:
-        """Authenticates with the mailbox's credentials."""
-        await self._command("login", self._login)
+        """Authenticates: LOGIN with the password, or SASL XOAUTH2 / OAUTHBEARER with an access
+        token; a refused token is refreshed once and tried again (when it can be refreshed)."""
+        mailbox = self._mailbox
+        if mailbox.auth == "password":
+            await self._command("login", self._login)
+            return
+        tokens = self._tokens
+        if tokens is None:
+            raise RuntimeError(
+                f"ImapClient: mailbox {mailbox.name} uses {mailbox.auth}, but has no token source"
+            )
+        token = await self._access_token(tokens.token())
+        try:
+            await self._sasl_login(token.value)
+        except ImapAuthError:
+            if not tokens.refreshable or not self.connected:
+                raise
+            token = await self._access_token(tokens.refresh(token))
+            await self._sasl_login(token.value)
+
+    async def _access_token(self, pending: Awaitable[AccessToken]) -> AccessToken:
+        try:
+            return await pending
+        except TokenError as exc:
+            with self._operation("login") as span:
+                span.set_attribute("imap.auth", self._mailbox.auth)
+                raise ImapTokenError(
+                    f"{self._where()}: no access token for {self._mailbox.username!r}: {exc}"
+                ) from None
+
+    async def _sasl_login(self, token: str) -> None:
+        user = self._mailbox.username
+
+        def authenticate(conn: IMAPClient) -> None:
+            if self._mailbox.auth == "oauthbearer":
+                conn.oauthbearer_login(user, token)
+            else:
+                conn.oauth2_login(user, token)
+
+        await self._command("login", authenticate, attributes={"imap.auth": self._mailbox.auth})
 
     async def select(self, folder: str | None = None) -> MailboxStatus:
         """Opens `folder` (default: the configured one) read-only and returns its status."""
@@ -455,7 +502,15 @@ class ImapClient:
             except BaseException:
                 _drop(conn)
                 raise
+        self._note_certificate(conn.socket())
         return conn
+
+    def _note_certificate(self, sock: socket.socket) -> None:
+        """The server certificate of this connection (ssl and starttls), for the expiry gauge."""
+        if isinstance(sock, ssl.SSLSocket):
+            self._instruments.certificates.record(
+                "imap", self._mailbox.host, self._mailbox.effective_port, sock.getpeercert()
+            )
 
     def _login(self, conn: IMAPClient) -> None:
         """The login step; runs in the connection's thread."""
@@ -574,8 +629,8 @@ class ImapClient:
             return ImapConnectionError(f"{where}: {command}: connection lost ({detail})")
         if isinstance(exc, IMAPClientError):
             if command == "login" or isinstance(exc, LoginError):
-                user = self._mailbox.username
-                return ImapAuthError(f"{where}: login as {user!r} refused ({detail})")
+                user, how = self._mailbox.username, self._mailbox.auth
+                return ImapAuthError(f"{where}: login as {user!r} ({how}) refused ({detail})")
             return ImapProtocolError(f"{where}: {command}: {detail}")
         if isinstance(exc, ssl.SSLError):
             return ImapConnectionError(f"{where}: {command}: TLS failed ({detail})")
@@ -595,8 +650,10 @@ class ReconnectingSession:
         instruments: Instruments,
         backoff: Backoff | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        tokens: AccessTokenSource | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
+        self._tokens = tokens
         base = backoff or Backoff(initial=1.0, maximum=float(imap.reconnect_max_backoff))
         self._backoff = Backoff(
             initial=base.initial,
@@ -667,6 +724,7 @@ class ReconnectingSession:
             tracer=self._tracer,
             instruments=self._instruments,
             ssl_context=self._ssl_context,
+            tokens=self._tokens,
         )
         self._client = client
         try:

@@ -48,9 +48,11 @@ from agent.pipeline.imap import (
     FetchedMessage,
     IdleEvents,
     IdleWake,
+    ImapAuthError,
     ImapError,
     ReconnectingSession,
 )
+from agent.pipeline.oauth import AccessTokenSource, TokenError
 from agent.pipeline.process import EmailProcessor, ProcessOutcome
 from agent.pipeline.redrive import carry_out_redrives
 from agent.pipeline.replicas import Replicas
@@ -82,9 +84,11 @@ class MailboxPoller:
         tracer: Tracer,
         instruments: Instruments,
         processor: EmailProcessor,
+        tokens: AccessTokenSource | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.mailbox = mailbox
+        self._tokens = tokens
         self._settings = settings
         self._replicas = replicas
         self._holder = replicas.holder
@@ -112,6 +116,8 @@ class MailboxPoller:
         self.waiting_for: Lease | None = None
         self.standby_reason = ""
         self.backlog = 0
+        # None until the first login attempt; then whether the latest one failed on auth.
+        self.login_failing: bool | None = None
         self.watermark: Watermark | None = None
         self._semaphore = asyncio.Semaphore(settings.imap.concurrency)
         self.mode = "poll"
@@ -125,6 +131,7 @@ class MailboxPoller:
         instruments.publish("imap.mailbox.mode", self._observe_mode)
         instruments.publish("poller.last_success.time", self._observe_last_success)
         instruments.publish("imap.mailbox.backlog", self._observe_backlog)
+        instruments.publish("imap.login.failing", self._observe_login_failing)
 
     @property
     def lease_name(self) -> str:
@@ -139,7 +146,7 @@ class MailboxPoller:
     @property
     def stall_after(self) -> float:
         """No successful cycle for this long means the poller is stalled."""
-        return max(3 * self.mailbox.poll_interval, 300.0)
+        return max(3 * self.mailbox.poll_interval, float(self._settings.imap.stall_after))
 
     def liveness(self) -> tuple[bool, str]:
         """Fails when the poller task has ended, or a leader had no successful cycle for
@@ -371,7 +378,11 @@ class MailboxPoller:
 
     def _new_session(self) -> ReconnectingSession:
         return ReconnectingSession(
-            self.mailbox, self._settings.imap, tracer=self._tracer, instruments=self._instruments
+            self.mailbox,
+            self._settings.imap,
+            tracer=self._tracer,
+            instruments=self._instruments,
+            tokens=self._tokens,
         )
 
     async def _reset_session(self) -> None:
@@ -487,12 +498,17 @@ class MailboxPoller:
                 self.last_success = self._clock()
                 self.last_error = ""
                 self.failures = 0
+                self.login_failing = False
             except LeaseLost as exc:
                 error_type = "lease_lost"
                 _fail_span(span, exc, error_type)
                 raise
             except Exception as exc:  # a failed cycle, whatever failed: the next one retries
                 error_type = _error_type(exc)
+                if isinstance(exc, ImapAuthError):
+                    self.login_failing = True
+                elif self._session.failures == 0:
+                    self.login_failing = False  # logged in; something later failed
                 if not isinstance(exc, StoreError):
                     # The connection may be mid-command or in an unknown state: start afresh.
                     self._session.mark_broken()
@@ -519,6 +535,7 @@ class MailboxPoller:
         ).end()
 
     async def _cycle(self, poll_context: Any, stop: asyncio.Event | None) -> int:
+        await self._keep_token_fresh()
         client = await self._session.ensure()
         status = await client.select()
         mark = await self._store.get_watermark(self.mailbox.name)
@@ -587,6 +604,15 @@ class MailboxPoller:
             await self._renew()
         return processed
 
+    async def _keep_token_fresh(self) -> None:
+        """Refreshes an OAuth token nearing its expiry while the connection still works, so a
+        failing token endpoint shows (log, metric, /health) before a login needs it."""
+        if self._tokens is None:
+            return
+        # The source logs and counts a failure; the cycle goes on with the connection it has.
+        with contextlib.suppress(TokenError):
+            await self._tokens.token()
+
     async def _process(
         self, uidvalidity: int, message: FetchedMessage, poll_context: Any
     ) -> ProcessOutcome:
@@ -632,6 +658,12 @@ class MailboxPoller:
             )
             for mode in MODES
         ]
+
+    def _observe_login_failing(self) -> list[Observation]:
+        if not self.leader or self.login_failing is None:
+            return []
+        attributes = {"imap.mailbox": self.mailbox.name, "imap.auth": self.mailbox.auth}
+        return [Observation(1 if self.login_failing else 0, attributes)]
 
     def _observe_backlog(self) -> list[Observation]:
         if not self.leader:

@@ -15,6 +15,7 @@ from opentelemetry.trace import Link, SpanContext, StatusCode, Tracer
 
 from agent.config import Settings
 from agent.pipeline.budget import ByteBudget
+from agent.pipeline.delivery_log import MailFacts, current_trace_id, mail_facts
 from agent.pipeline.imap import FetchedMessage
 from agent.pipeline.links import DeliveryLink, LinkRegistry
 from agent.pipeline.parse import ParsedEmail, parse_email
@@ -44,6 +45,8 @@ class ProcessOutcome:
     reason: str = ""
     # For failed and dead-lettered outcomes: the bounded name of why (None: processing_error).
     error_type: DeadLetterReason | None = None
+    # What the delivery log keeps of the mail, once it was parsed.
+    facts: MailFacts | None = None
 
     @property
     def durable(self) -> bool:
@@ -187,19 +190,26 @@ class EmailProcessor:
         skip_existing = self._settings.imap.uidvalidity_policy == "skip_existing"
         # One round trip for both dedupe keys (a crash's re-run parses again, which is cheap).
         seen = [email_id, key] if key is not None and skip_existing else [email_id]
+        masker = self._webhook.masker
         if not redrive and await self._store.any_processed(seen):
-            await self._done(email_id, None)
+            facts = mail_facts(parsed, [], masker)
+            await self._done(email_id, None, self._logged(mailbox, email_id, "duplicate", facts))
             return ProcessOutcome(uid, "duplicate", "already processed")
         found = parsed.links
         if not found and self._settings.webhook.only_with_links:
-            await self._done(email_id, key)
+            facts = mail_facts(parsed, [], masker)
+            await self._done(email_id, key, self._logged(mailbox, email_id, "skipped", facts))
             return ProcessOutcome(uid, "skipped", "no delivery links")
         if self._transfers is not None and found:
             delivery_links = await self._transfers.transfer_all(found, email_id=email_id)
         else:
             delivery_links = skipped_links(found)
+        facts = mail_facts(parsed, delivery_links, masker)
         if not self._webhook.configured:
-            await self._done(email_id, key)
+            skipped = self._logged(
+                mailbox, email_id, "skipped", facts, error="WEBHOOK_URL is not set"
+            )
+            await self._done(email_id, key, skipped)
             return ProcessOutcome(uid, "skipped", "WEBHOOK_URL is not set")
         payload = self._payload(mailbox, email_id, parsed, message, delivery_links)
         result = await self._webhook.deliver(
@@ -212,9 +222,10 @@ class EmailProcessor:
             dead_letter=DeadLetter(
                 email_id, mailbox, uidvalidity, uid, "", "webhook_rejected", self._clock()
             ),
+            facts=facts,
         )
         if result.outcome == "failed":
-            return ProcessOutcome(uid, "failed", result.error, "webhook_unavailable")
+            return ProcessOutcome(uid, "failed", result.error, "webhook_unavailable", facts)
         await self._forget_attempts(email_id)
         if result.outcome == "dead_lettered":
             self._log.error(
@@ -266,10 +277,29 @@ class EmailProcessor:
             )
         return parsed
 
-    async def _done(self, email_id: str, key: str | None) -> None:
+    async def _done(self, email_id: str, key: str | None, record: DeliveryRecord) -> None:
         keys = [email_id] if key is None else [email_id, key]
-        await self._store.record_outcome(keys, self._settings.store.processed_ttl, None)
+        await self._store.record_outcome(keys, self._settings.store.processed_ttl, record)
         await self._forget_attempts(email_id)
+
+    def _logged(
+        self, mailbox: str, email_id: str, outcome: Outcome, facts: MailFacts, error: str = ""
+    ) -> DeliveryRecord:
+        """A delivery log record of a mail that needed no webhook."""
+        return DeliveryRecord(
+            at=self._clock(),
+            outcome=outcome,
+            mailbox=mailbox,
+            email_id=email_id,
+            error=error,
+            attempts=0,
+            message_id=facts.message_id,
+            sender=facts.sender,
+            subject=facts.subject,
+            received_at=facts.received_at,
+            links=facts.links,
+            trace_id=current_trace_id(),
+        )
 
     async def _forget_attempts(self, email_id: str) -> None:
         # A count left by an earlier process is harmless (a processed id is never retried) and
@@ -291,6 +321,7 @@ class EmailProcessor:
                 return outcome
             reason = f"gave up after {attempts} attempts: {outcome.reason}"
             at = self._clock()
+            facts = outcome.facts or MailFacts()
             record = DeliveryRecord(
                 at=at,
                 outcome="dead_lettered",
@@ -298,6 +329,12 @@ class EmailProcessor:
                 email_id=email_id,
                 error=reason,
                 attempts=attempts,
+                message_id=facts.message_id,
+                sender=facts.sender,
+                subject=facts.subject,
+                received_at=facts.received_at,
+                links=facts.links,
+                trace_id=current_trace_id(),
             )
             letter = DeadLetter(
                 email_id, mailbox, uidvalidity, outcome.uid, reason, error_type, at, attempts

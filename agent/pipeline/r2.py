@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import requests
 from opentelemetry.trace import Span, StatusCode, Tracer
@@ -327,6 +329,7 @@ class TransferClient:
                 headers=headers,
                 timeout=(_CONNECT_TIMEOUT, wait),
                 allow_redirects=False,
+                hooks={"response": self._note_certificate},
             )
         except requests.Timeout:
             return _Attempt("timeout", True, f"timed out after {wait:g}s", {})
@@ -335,6 +338,20 @@ class TransferClient:
         except requests.RequestException as exc:
             return _Attempt("failure", False, f"request failed: {type(exc).__name__}", {})
         return _interpret(response, sent_ns)
+
+    def _note_certificate(self, response: requests.Response, **_kwargs: Any) -> None:
+        """The Worker's certificate, from the connection the answer came on (HTTPS only).
+
+        A response hook runs before requests reads the body, while urllib3 still holds the
+        connection (it is back in the pool afterwards).
+        """
+        connection = getattr(response.raw, "connection", None)  # urllib3's HTTPResponse
+        sock = getattr(connection, "sock", None)
+        if isinstance(sock, ssl.SSLSocket):
+            url = urlsplit(response.url)
+            self._instruments.certificates.record(
+                "r2", url.hostname or "", url.port or 443, sock.getpeercert()
+            )
 
 
 def _interpret(response: requests.Response, sent_ns: int) -> _Attempt:

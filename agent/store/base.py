@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
+import math
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
-DeliveryOutcome = Literal["delivered", "failed", "dead_lettered"]
+# delivered, failed and dead_lettered are webhook outcomes (the 24 h error ratio counts them);
+# skipped (no webhook to send) and duplicate (already processed) are logged so a mail is found.
+DeliveryOutcome = Literal["delivered", "failed", "dead_lettered", "skipped", "duplicate"]
+DELIVERY_OUTCOMES: tuple[DeliveryOutcome, ...] = get_args(DeliveryOutcome)
+WEBHOOK_OUTCOMES: tuple[DeliveryOutcome, ...] = ("delivered", "failed", "dead_lettered")
+# What became of one delivery link (docs/webhook.md).
+LinkStatus = Literal["transferred", "failed", "unresolved", "unavailable", "rejected", "skipped"]
+LINK_STATUSES: tuple[LinkStatus, ...] = get_args(LinkStatus)
 # dead_lettered -> redrive_requested -> delivered | gone | dead_lettered (again, new reason)
 DeadLetterStatus = Literal["dead_lettered", "redrive_requested", "delivered", "gone"]
 # Why a mail was dead-lettered, as a bounded set of names (a metric attribute and alert label).
@@ -48,8 +59,35 @@ class Watermark:
 
 
 @dataclass(frozen=True)
+class LoggedFile:
+    """One file a link stored in the bucket."""
+
+    key: str
+    size: int | None = None
+    filename: str = ""
+
+
+@dataclass(frozen=True)
+class LoggedLink:
+    """One delivery link as the log keeps it: its URL masked, its files by R2 key."""
+
+    provider: str
+    url: str
+    status: str
+    key: str | None = None
+    size: int | None = None
+    error: str = ""
+    files: tuple[LoggedFile, ...] = ()
+
+
+@dataclass(frozen=True)
 class DeliveryRecord:
-    """One webhook delivery outcome, as kept in the delivery log."""
+    """One mail's outcome, as kept in the delivery log (and searched by /api/deliveries).
+
+    `at` is when the outcome was recorded (the delivered time for a delivered mail);
+    `received_at` the mail's own Date, when it had one. Nothing in it is a secret: link URLs
+    and errors are masked before the record is written.
+    """
 
     at: float
     outcome: DeliveryOutcome
@@ -59,7 +97,125 @@ class DeliveryRecord:
     duration: float = 0.0
     error: str = ""
     attempts: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
+    message_id: str = ""
+    sender: str = ""
+    subject: str = ""
+    received_at: float | None = None
+    links: tuple[LoggedLink, ...] = ()
+    trace_id: str = ""
+
+    @property
+    def lag(self) -> float | None:
+        """Seconds from the mail's Date to its recorded outcome; None without a Date."""
+        return None if self.received_at is None else self.at - self.received_at
+
+    @property
+    def link_statuses(self) -> tuple[str, ...]:
+        """The distinct statuses of its links, in link order."""
+        return tuple(dict.fromkeys(link.status for link in self.links))
+
+    @property
+    def search_text(self) -> str:
+        """What `q` is matched against: sender, subject and Message-ID, case-folded, one line."""
+        text = "\n".join((self.sender, self.subject, self.message_id)).casefold()
+        return _CONTROL.sub(" ", text)
+
+
+def record_to_json(record: DeliveryRecord) -> str:
+    """The record as both backends store it."""
+    return json.dumps(dataclasses.asdict(record), ensure_ascii=False, separators=(",", ":"))
+
+
+def record_from_json(text: str | bytes) -> DeliveryRecord:
+    """A stored record; fields of older versions that are gone are ignored."""
+    data = json.loads(text)
+    links = tuple(
+        LoggedLink(
+            **{
+                **{k: v for k, v in link.items() if k in _LINK_FIELDS},
+                "files": tuple(
+                    LoggedFile(**{k: v for k, v in f.items() if k in _FILE_FIELDS})
+                    for f in link.get("files", ())
+                ),
+            }
+        )
+        for link in data.get("links", ())
+    )
+    known = {k: v for k, v in data.items() if k in _RECORD_FIELDS}
+    return DeliveryRecord(**{**known, "links": links})
+
+
+@dataclass(frozen=True)
+class DeliveryQuery:
+    """A search of the delivery log; every given filter must match. Newest first."""
+
+    mailbox: str | None = None
+    outcome: DeliveryOutcome | None = None
+    status: LinkStatus | None = None
+    since: float | None = None
+    until: float | None = None
+    # Case-insensitive substring of sender, subject or Message-ID.
+    q: str = ""
+    limit: int = 50
+    # The page after the one whose next_cursor this is (opaque, from the same backend).
+    cursor: str | None = None
+
+    def matches(self, record: DeliveryRecord) -> bool:
+        """Whether the record passes every filter (the cursor aside)."""
+        return (
+            (self.mailbox is None or record.mailbox == self.mailbox)
+            and (self.outcome is None or record.outcome == self.outcome)
+            and (self.status is None or self.status in record.link_statuses)
+            and (self.since is None or record.at >= self.since)
+            and (self.until is None or record.at <= self.until)
+            and (not self.q or self.needle in record.search_text)
+        )
+
+    @property
+    def needle(self) -> str:
+        """`q` as the search text holds it: case-folded, control characters as spaces."""
+        return _CONTROL.sub(" ", self.q.casefold())
+
+
+@dataclass(frozen=True)
+class DeliveryPage:
+    """One page of a search: the records newest first, and the cursor of the next page."""
+
+    records: list[DeliveryRecord]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryLogSize:
+    """How much the delivery log holds (for /health)."""
+
+    records: int
+    oldest_at: float | None
+
+
+def encode_cursor(at: float, tie: str) -> str:
+    """An opaque page cursor: the last record's time and its tie-breaking id."""
+    raw = f"{at!r} {tie}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The time and id of a cursor; ValueError when it is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, tie = raw.split(" ", 1)
+        value = float(at)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("not a delivery cursor") from exc
+    if not math.isfinite(value) or not tie:
+        raise ValueError("not a delivery cursor")
+    return value, tie
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(DeliveryRecord))
+_LINK_FIELDS = frozenset(f.name for f in dataclasses.fields(LoggedLink))
+_FILE_FIELDS = frozenset(f.name for f in dataclasses.fields(LoggedFile))
 
 
 @dataclass(frozen=True)
@@ -185,6 +341,15 @@ class Store(Protocol):
 
     async def recent_deliveries(self, limit: int) -> list[DeliveryRecord]:
         """The newest records, newest first."""
+
+    async def search_deliveries(self, query: DeliveryQuery) -> DeliveryPage:
+        """Records matching every filter of the query, newest first, at most query.limit.
+
+        Raises ValueError for a cursor this store did not hand out.
+        """
+
+    async def delivery_log_size(self) -> DeliveryLogSize:
+        """How many records the log holds and the time of the oldest."""
 
     # Dead letters (kept for re-drive; bounded by age and count).
     async def record_dead_letter(

@@ -25,12 +25,14 @@ def open_store(settings: Settings, *, tool: bool = False) -> Store:
             store.redis_url,
             timeout=float(store.timeout),
             delivery_retention=float(store.delivery_log_retention),
+            delivery_max_records=store.delivery_log_max_records,
             dead_letter_retention=float(store.processed_ttl),
         )
     return LocalStore(
         Path(settings.server.data_dir) / STATE_FILE,
         timeout=float(store.timeout),
         delivery_retention=float(store.delivery_log_retention),
+        delivery_max_records=store.delivery_log_max_records,
         dead_letter_retention=float(store.processed_ttl),
         instance_lock=not tool,
     )

@@ -26,14 +26,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.store.base import (
+    WEBHOOK_OUTCOMES,
     DeadLetter,
     DeadLetterStatus,
+    DeliveryLogSize,
+    DeliveryPage,
+    DeliveryQuery,
     DeliveryRecord,
     DeliveryWindow,
     Lease,
     StoreError,
     Watermark,
+    decode_cursor,
     dump_json,
+    encode_cursor,
+    record_from_json,
+    record_to_json,
 )
 
 _T = TypeVar("_T")
@@ -327,8 +335,16 @@ class LocalStore:
 
     def _insert_delivery(self, conn: sqlite3.Connection, record: DeliveryRecord) -> None:
         cursor = conn.execute(
-            "INSERT INTO deliveries (at, outcome, record) VALUES (?, ?, ?)",
-            (record.at, record.outcome, json.dumps(dataclasses.asdict(record))),
+            "INSERT INTO deliveries (at, outcome, record, mailbox, statuses, search) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                record.at,
+                record.outcome,
+                record_to_json(record),
+                record.mailbox,
+                _statuses(record.link_statuses),
+                record.search_text,
+            ),
         )
         conn.execute("DELETE FROM deliveries WHERE at < ?", (time.time() - self._retention,))
         # Ids grow with every insert, so the newest max_records rows are the top ids.
@@ -345,13 +361,14 @@ class LocalStore:
             counts = {
                 str(outcome): int(count)
                 for outcome, count in conn.execute(
-                    "SELECT outcome, count(*) FROM deliveries WHERE at > ? AND at <= ? "
-                    "GROUP BY outcome",
+                    "SELECT outcome, count(*) FROM deliveries WHERE at > ? AND at <= ? "  # noqa: S608 - a constant
+                    f"AND outcome IN {_WEBHOOK_OUTCOMES} GROUP BY outcome",
                     (end - seconds, end),
                 )
             }
             row = conn.execute(
-                "SELECT record FROM deliveries WHERE at <= ? ORDER BY at DESC, id DESC LIMIT 1",
+                "SELECT record FROM deliveries WHERE at <= ? "  # noqa: S608 - a constant
+                f"AND outcome IN {_WEBHOOK_OUTCOMES} ORDER BY at DESC, id DESC LIMIT 1",
                 (end,),
             ).fetchone()
             return DeliveryWindow(counts, None if row is None else _record(row[0]))
@@ -366,6 +383,66 @@ class LocalStore:
                 "SELECT record FROM deliveries ORDER BY at DESC, id DESC LIMIT ?", (limit,)
             ).fetchall()
             return [_record(row[0]) for row in rows]
+
+        return await self._run(query)
+
+    async def search_deliveries(self, query: DeliveryQuery) -> DeliveryPage:
+        """One indexed walk newest first; the filters are plain columns, `q` a substring."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if query.cursor is not None:
+            at, tie = decode_cursor(query.cursor)
+            if not tie.isdigit():
+                raise ValueError("not a delivery cursor")
+            # A range on `at` the index walks from, then the tie-break among equal times.
+            clauses.append("at <= ? AND (at < ? OR id < ?)")
+            params += [at, at, int(tie)]
+        for column, value in (
+            ("mailbox = ?", query.mailbox),
+            ("outcome = ?", query.outcome),
+            ("at >= ?", query.since),
+            ("at <= ?", query.until),
+        ):
+            if value is not None:
+                clauses.append(column)
+                params.append(value)
+        if query.status is not None:
+            clauses.append("instr(statuses, ?) > 0")
+            params.append(_statuses((query.status,)))
+        if query.q:
+            clauses.append("instr(search, ?) > 0")
+            params.append(query.needle)
+        where = " AND ".join(clauses) or "1"
+        limit = max(1, query.limit)
+
+        def run(conn: sqlite3.Connection) -> DeliveryPage:
+            # Two steps: the ids from the covering search index (no record is read while the
+            # filters walk it), then the matching records by id.
+            rows = conn.execute(
+                f"SELECT id, at FROM deliveries WHERE {where} "  # noqa: S608 - only placeholders are interpolated
+                "ORDER BY at DESC, id DESC LIMIT ?",
+                (*params, limit + 1),
+            ).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            cursor = encode_cursor(rows[-1][1], str(rows[-1][0])) if more else None
+            ids = [row[0] for row in rows]
+            records = dict(
+                conn.execute(
+                    f"SELECT id, record FROM deliveries WHERE id IN ({','.join('?' * len(ids))})",  # noqa: S608 - only placeholders are interpolated
+                    ids,
+                ).fetchall()
+            )
+            return DeliveryPage([_record(records[i]) for i in ids if i in records], cursor)
+
+        return await self._run(run)
+
+    async def delivery_log_size(self) -> DeliveryLogSize:
+        """Rows in the log and the oldest time."""
+
+        def query(conn: sqlite3.Connection) -> DeliveryLogSize:
+            count, oldest = conn.execute("SELECT count(*), min(at) FROM deliveries").fetchone()
+            return DeliveryLogSize(int(count), None if oldest is None else float(oldest))
 
         return await self._run(query)
 
@@ -594,6 +671,7 @@ class LocalStore:
             # writes are few and small, so the extra fsync per commit costs little.
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(_SCHEMA)
+            _add_search_columns(conn)
         except BaseException:
             conn.close()
             self._unlock()
@@ -748,7 +826,36 @@ class _transaction:
 
 
 def _record(text: str) -> DeliveryRecord:
-    return DeliveryRecord(**json.loads(text))
+    return record_from_json(text)
+
+
+def _statuses(statuses: Sequence[str]) -> str:
+    """Link statuses as one column a status is found in by instr: ",transferred,failed,"."""
+    return "," + ",".join(statuses) + "," if statuses else ""
+
+
+_WEBHOOK_OUTCOMES = "(" + ",".join(f"'{o}'" for o in WEBHOOK_OUTCOMES) + ")"
+# Columns the search reads, added to files written before they existed.
+_SEARCH_COLUMNS = {
+    "mailbox": "TEXT NOT NULL DEFAULT ''",
+    "statuses": "TEXT NOT NULL DEFAULT ''",
+    "search": "TEXT NOT NULL DEFAULT ''",
+}
+
+
+def _add_search_columns(conn: sqlite3.Connection) -> None:
+    have = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
+    for name, kind in _SEARCH_COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE deliveries ADD COLUMN {name} {kind}")
+    if "mailbox" not in have:
+        # Records of earlier versions: their mailbox is in the JSON (they have no other facts).
+        conn.execute("UPDATE deliveries SET mailbox = json_extract(record, '$.mailbox')")
+    # Covers every filter of a search, so a search walks this index alone, newest first.
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS deliveries_search "
+        "ON deliveries (at, mailbox, outcome, statuses, search)"
+    )
 
 
 def _mark_processed(conn: sqlite3.Connection, keys: Sequence[str], expires_at: float) -> None:

@@ -9,9 +9,8 @@ import functools
 import json
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, get_args
+from typing import Any
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
@@ -21,19 +20,26 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from agent.store import redis_deliveries
 from agent.store.base import (
+    DELIVERY_OUTCOMES,
+    WEBHOOK_OUTCOMES,
     DeadLetter,
     DeadLetterStatus,
-    DeliveryOutcome,
+    DeliveryLogSize,
+    DeliveryPage,
+    DeliveryQuery,
     DeliveryRecord,
     DeliveryWindow,
     Lease,
     StoreError,
     Watermark,
+    decode_cursor,
     dump_json,
+    encode_cursor,
+    record_from_json,
+    record_to_json,
 )
-
-_OUTCOMES: tuple[str, ...] = get_args(DeliveryOutcome)
 
 # Idle pooled connections are PINGed before reuse after this many seconds, so a connection
 # broken by a server restart is replaced before a command is sent on it.
@@ -112,23 +118,6 @@ redis.call('HSET', KEYS[2], 'uidvalidity', ARGV[4], 'uid', ARGV[5])
 return 1
 """
 
-# KEYS: log, the record's outcome index, then every outcome index.
-# ARGV: at, member, id, cutoff, max records.
-_APPEND = """
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[4])
-for i = 3, #KEYS do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[4]) end
-local n = redis.call('ZCARD', KEYS[1])
-local max = tonumber(ARGV[5])
-if n > max then
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - max - 1)
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  for i = 3, #KEYS do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. first[2]) end
-end
-return n
-"""
-
 # KEYS: letter hash, letter index, the mailbox's pending set. ARGV: email id, at, cutoff, max
 # letters, letter key prefix, pending key prefix, then the letter's field/value pairs. An earlier
 # letter's re-drive count is kept; letters past the age or count bound are dropped.
@@ -194,6 +183,7 @@ class RedisStore:
         dead_letter_retention: float = 14 * 86400.0,
         dead_letter_max_records: int = 10_000,
         prefix: str = "sidecar:",
+        scan_budget: int = redis_deliveries.SCAN_BUDGET,
     ) -> None:
         self._url = url
         self._masked_url = _mask_url(url)
@@ -204,6 +194,8 @@ class RedisStore:
         self._letter_retention = float(dead_letter_retention)
         self._max_letters = int(dead_letter_max_records)
         self._prefix = prefix
+        # Log lines one search script call walks at most (Redis runs nothing else meanwhile).
+        self._scan_budget = max(1, int(scan_budget))
         self._client: Redis | None = None
         self._closed = False
         self._scripts: dict[str, AsyncScript] = {}
@@ -237,7 +229,8 @@ class RedisStore:
                 "release": _RELEASE,
                 "take_over": _TAKE_OVER,
                 "fenced_watermark": _FENCED_WATERMARK,
-                "append": _APPEND,
+                "append": redis_deliveries.APPEND,
+                "search": redis_deliveries.SEARCH,
                 "request_redrive": _REQUEST_REDRIVE,
                 "finish_redrive": _FINISH_REDRIVE,
             }.items()
@@ -439,13 +432,22 @@ class RedisStore:
         await self._call(lambda: self._scripts["append"](keys=keys, args=args))
 
     def _append_call(self, record: DeliveryRecord) -> tuple[list[str], list[Any]]:
-        record_id = uuid.uuid4().hex
-        member = json.dumps({"id": record_id, **dataclasses.asdict(record)})
+        record_id = redis_deliveries.new_id()
         cutoff = time.time() - self._retention
-        keys = [self._key("deliveries"), self._key("deliveries", record.outcome)] + [
-            self._key("deliveries", outcome) for outcome in _OUTCOMES
+        keys = [
+            self._key("deliveries", "log"),
+            self._key("deliveries", "records"),
+            self._key("deliveries", record.outcome),
+        ] + [self._key("deliveries", outcome) for outcome in DELIVERY_OUTCOMES]
+        args = [
+            repr(record.at),
+            redis_deliveries.search_line(record_id, record),
+            record_id,
+            record_to_json(record),
+            repr(cutoff),
+            self._max_records,
         ]
-        return keys, [repr(record.at), member, record_id, repr(cutoff), self._max_records]
+        return keys, args
 
     async def any_processed(self, keys: Sequence[str]) -> bool:
         """Whether any of the keys is marked processed (one EXISTS)."""
@@ -470,36 +472,116 @@ class RedisStore:
                     append_keys, args = self._append_call(record)
                     # EVAL, not EVALSHA: inside MULTI a missing script (after a restart) would
                     # fail only that command; the script text is small.
-                    pipe.eval(_APPEND, len(append_keys), *append_keys, *args)
+                    pipe.eval(redis_deliveries.APPEND, len(append_keys), *append_keys, *args)
                 await pipe.execute()
 
         await self._call(run)
 
     async def delivery_window(self, seconds: float, now: float | None = None) -> DeliveryWindow:
-        """Counts by outcome of records in (now - seconds, now], and the newest up to now."""
+        """Counts by webhook outcome in (now - seconds, now], and the newest such record."""
         client = self._live()
         end = time.time() if now is None else now
 
-        async def run() -> tuple[list[int], list[str]]:
+        async def run() -> tuple[list[int], list[list[tuple[str, float]]]]:
             async with client.pipeline(transaction=False) as pipe:
-                for outcome in _OUTCOMES:
+                for outcome in WEBHOOK_OUTCOMES:
                     pipe.zcount(self._key("deliveries", outcome), f"({end - seconds!r}", repr(end))
-                pipe.zrevrangebyscore(self._key("deliveries"), repr(end), "-inf", start=0, num=1)
-                *counts, last = await pipe.execute()
-            return [int(c) for c in counts], list(last)
+                for outcome in WEBHOOK_OUTCOMES:
+                    pipe.zrevrangebyscore(
+                        self._key("deliveries", outcome),
+                        repr(end),
+                        "-inf",
+                        start=0,
+                        num=1,
+                        withscores=True,
+                    )
+                answers = await pipe.execute()
+            n = len(WEBHOOK_OUTCOMES)
+            return [int(c) for c in answers[:n]], [list(a) for a in answers[n:]]
 
-        counts, last = await self._call(run)
-        counts = list(counts)
-        by_outcome = {outcome: n for outcome, n in zip(_OUTCOMES, counts, strict=True) if n}
-        return DeliveryWindow(by_outcome, _record(last[0]) if last else None)
+        counts, newest = await self._call(run)
+        by_outcome: dict[str, int] = {
+            o: c for o, c in zip(WEBHOOK_OUTCOMES, counts, strict=True) if c
+        }
+        heads = [head[0] for head in newest if head]
+        last: DeliveryRecord | None = None
+        if heads:
+            newest_id = max(heads, key=lambda head: head[1])[0]
+            last = next(iter(await self._records([newest_id])), None)
+        return DeliveryWindow(by_outcome, last)
 
     async def recent_deliveries(self, limit: int) -> list[DeliveryRecord]:
         """The newest records, newest first."""
         client = self._live()
         if limit <= 0:
             return []
-        members = await self._call(lambda: client.zrevrange(self._key("deliveries"), 0, limit - 1))
-        return [_record(member) for member in members]
+        lines = await self._call(
+            lambda: client.zrevrange(self._key("deliveries", "log"), 0, limit - 1)
+        )
+        return await self._records([line[: redis_deliveries.ID_LENGTH] for line in lines])
+
+    async def search_deliveries(self, query: DeliveryQuery) -> DeliveryPage:
+        """Scans the time-sorted log newest first in bounded script calls until the page fills."""
+        self._live()
+        limit = max(1, query.limit)
+        top, tie = ("+inf" if query.until is None else repr(query.until)), ""
+        if query.cursor is not None:
+            at, tie = decode_cursor(query.cursor)
+            if len(tie) != redis_deliveries.ID_LENGTH:
+                raise ValueError("not a delivery cursor")
+            top = repr(at if query.until is None else min(at, query.until))
+        bottom = "-inf" if query.since is None else repr(query.since)
+        status = f",{query.status}," if query.status else ""
+        found: list[tuple[str, str]] = []
+        keys = [self._key("deliveries", "log")]
+        while len(found) <= limit:
+            args: list[str | int] = [
+                top,
+                tie,
+                bottom,
+                redis_deliveries.clean(query.mailbox or ""),
+                query.outcome or "",
+                status,
+                query.needle,
+                limit + 1 - len(found),
+                self._scan_budget,
+            ]
+            hits, last_score, last_id, done = await self._call(
+                functools.partial(self._scripts["search"], keys=keys, args=args)
+            )
+            found += list(zip(hits[::2], hits[1::2], strict=True))
+            if int(done) or not last_id:
+                break
+            top, tie = last_score, last_id
+        page = found[:limit]
+        cursor = None
+        if len(found) > limit:
+            cursor = encode_cursor(float(page[-1][1]), page[-1][0])
+        return DeliveryPage(await self._records([record_id for record_id, _ in page]), cursor)
+
+    async def delivery_log_size(self) -> DeliveryLogSize:
+        """ZCARD of the log and the score of its oldest line."""
+        client = self._live()
+        key = self._key("deliveries", "log")
+
+        async def run() -> tuple[int, list[tuple[str, float]]]:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.zcard(key)
+                pipe.zrange(key, 0, 0, withscores=True)
+                count, oldest = await pipe.execute()
+            return int(count), list(oldest)
+
+        count, oldest = await self._call(run)
+        return DeliveryLogSize(count, float(oldest[0][1]) if oldest else None)
+
+    async def _records(self, ids: Sequence[str]) -> list[DeliveryRecord]:
+        """The records of those ids in that order; ids trimmed meanwhile are left out."""
+        if not ids:
+            return []
+        client = self._live()
+        key = self._key("deliveries", "records")
+        texts = await self._call(lambda: client.hmget(key, list(ids)))
+        return [record_from_json(text) for text in texts if text is not None]
 
     # Dead letters.
 
@@ -532,7 +614,7 @@ class RedisStore:
                 for name in names:
                     pipe.set(name, "1", px=_ms(ttl))
                 append_keys, args = self._append_call(record)
-                pipe.eval(_APPEND, len(append_keys), *append_keys, *args)
+                pipe.eval(redis_deliveries.APPEND, len(append_keys), *append_keys, *args)
                 pipe.eval(_KEEP_LETTER, len(letter_keys), *letter_keys, *letter_args)
                 await pipe.execute()
 
@@ -710,12 +792,6 @@ def _mask_url(text: str) -> str:
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
-
-
-def _record(member: str) -> DeliveryRecord:
-    data = json.loads(member)
-    data.pop("id", None)
-    return DeliveryRecord(**data)
 
 
 def _letter_fields(letter: DeadLetter) -> list[str]:

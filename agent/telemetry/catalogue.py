@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
 
+from agent.telemetry.certificates import CertificateExpiry
+
 # Seconds-based histograms: buckets from 5 ms to 10 min, enough for IMAP, webhooks and transfers.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     120.0, 300.0, 600.0)  # fmt: skip
@@ -71,6 +73,36 @@ CATALOGUE: tuple[InstrumentSpec, ...] = (
         "{message}",
         "Messages above the UID watermark.",
         ("imap.mailbox",),
+    ),
+    InstrumentSpec(
+        "imap.login.failing",
+        "gauge",
+        "1",
+        "1 while the mailbox's latest login failed on authentication: credentials or token "
+        "refused, or no access token could be had; 0 once a login succeeds.",
+        ("imap.mailbox", "imap.auth"),
+    ),
+    InstrumentSpec(
+        "imap.oauth.refreshes",
+        "counter",
+        "{refresh}",
+        "OAuth access-token refreshes (refresh-token grant), by outcome.",
+        ("imap.mailbox", "outcome"),
+    ),
+    InstrumentSpec(
+        "imap.oauth.token.lifetime",
+        "gauge",
+        "s",
+        "Seconds until the mailbox's OAuth access token in hand expires.",
+        ("imap.mailbox",),
+    ),
+    InstrumentSpec(
+        "tls.certificate.expiry",
+        "gauge",
+        "s",
+        "Seconds until the notAfter of the certificate an endpoint presented at its latest "
+        "connection (negative once expired).",
+        ("server.address", "server.port", "tls.endpoint"),
     ),
     InstrumentSpec(
         "email.html.truncations",
@@ -234,7 +266,7 @@ class Instruments:
     Callbacks return cached values only, so several metric readers never split a reading.
     """
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, meter: Meter, *, certificates: CertificateExpiry | None = None) -> None:
         self._lock = threading.Lock()
         self._sources: dict[str, list[GaugeSource]] = {}
         self._meter = meter
@@ -242,6 +274,7 @@ class Instruments:
         self.imap_poll_duration = self._histogram("imap.poll.duration")
         self.imap_messages = self._counter("imap.messages")
         self.imap_message_size = self._histogram("imap.message.size")
+        self.oauth_refreshes = self._counter("imap.oauth.refreshes")
         self.html_truncations = self._counter("email.html.truncations")
         self.parse_duration = self._histogram("email.parse.duration")
         self.r2_transfer_duration = self._histogram("r2.transfer.duration")
@@ -255,6 +288,9 @@ class Instruments:
         self.http_server_duration = self._histogram("http.server.request.duration")
         self.browser_page_load = self._histogram("browser.page.load.duration")
         self.browser_api_duration = self._histogram("browser.api.request.duration")
+        # Peer certificates seen on the sidecar's own connections, for tls.certificate.expiry.
+        self.certificates = certificates or CertificateExpiry()
+        self._sources["tls.certificate.expiry"] = [self.certificates.observe]
         for spec in CATALOGUE:
             if spec.kind == "gauge":
                 meter.create_observable_gauge(callbacks=[self._callback(spec.name)], **_kw(spec))

@@ -27,6 +27,12 @@ _AUTH_HEADER = (
     r"(?:(?:bearer|basic|token|digest)\s+)?)[^\s\"',;]+"
 )
 _AUTH_SCHEME = r"(?P<auth>\b(?:bearer|basic|token)\s+)[A-Za-z0-9\-._~+/=%]{8,}"
+# A credential as a JSON member or form field ("access_token": "..."), as a token endpoint's
+# answer or request would quote it.
+_JSON_MEMBER = (
+    r"(?P<member>[\"']?(?:access_token|refresh_token|id_token|client_secret|password)[\"']?"
+    r"\s*:\s*[\"'])[^\"']+"
+)
 _QUERY = (
     r"(?P<param>[?&;](?:" + "|".join(re.escape(name) for name in TOKEN_PARAMETERS) + r")=)"
     r"[^&#\s\"'<>]+"
@@ -37,17 +43,28 @@ class Masker:
     """Replaces configured secret values, URL credentials, token parameters and auth headers."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        values = sorted(
-            {s for s in secrets if isinstance(s, str) and len(s) >= _MIN_SECRET_LENGTH},
-            key=len,
-            reverse=True,
+        self._secrets: tuple[str, ...] = ()
+        self._pattern = _compile(())
+        self._compile(secrets)
+
+    def remember(self, secret: str) -> None:
+        """Masks one more value from now on: a secret obtained at run time (an access token)."""
+        known = self._secrets
+        if isinstance(secret, str) and len(secret) >= _MIN_SECRET_LENGTH and secret not in known:
+            self._compile((*known, secret))
+
+    def _compile(self, secrets: Iterable[str]) -> None:
+        values = tuple(
+            sorted(
+                {s for s in secrets if isinstance(s, str) and len(s) >= _MIN_SECRET_LENGTH},
+                key=len,
+                reverse=True,
+            )
         )
-        self._secrets = tuple(values)
-        # One alternation, longest literal first, so a secret containing another is masked whole.
-        # Secrets match case-sensitively; the structural forms do not.
-        parts = [f"(?:{'|'.join(re.escape(v) for v in values)})"] if values else []
-        parts += [f"(?i:{form})" for form in (_USERINFO, _AUTH_HEADER, _AUTH_SCHEME, _QUERY)]
-        self._pattern = re.compile("|".join(parts))
+        # Readers on other threads see the old pair or the new one, never a mix that misses.
+        pattern = _compile(values)
+        self._pattern = pattern
+        self._secrets = values
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -67,6 +84,8 @@ class Masker:
             return True
         lower = text.lower()
         if "authorization" in lower or "bearer" in lower or "basic" in lower or "token" in lower:
+            return True
+        if "secret" in lower or "password" in lower:
             return True
         return any(secret in text for secret in self._secrets)
 
@@ -119,7 +138,18 @@ class Masker:
             return f"{match.group('auth')}{MASK}"
         if match.group("param") is not None:
             return f"{match.group('param')}{MASK}"
+        if match.group("member") is not None:
+            return f"{match.group('member')}{MASK}"
         return MASK
+
+
+def _compile(values: tuple[str, ...]) -> re.Pattern[str]:
+    # One alternation, longest literal first, so a secret containing another is masked whole.
+    # Secrets match case-sensitively; the structural forms do not.
+    parts = [f"(?:{'|'.join(re.escape(v) for v in values)})"] if values else []
+    forms = (_USERINFO, _AUTH_HEADER, _AUTH_SCHEME, _QUERY, _JSON_MEMBER)
+    parts += [f"(?i:{form})" for form in forms]
+    return re.compile("|".join(parts))
 
 
 def strings_in(out: list[str], value: Any) -> None:

@@ -10,6 +10,7 @@ from agent.web.api import setup_api_routes
 from agent.web.connections import CONNECTIONS_KEY, Connections
 from agent.web.dashboard import setup_dashboard_routes
 from agent.web.dead_letters import setup_dead_letter_routes
+from agent.web.deliveries import setup_delivery_routes
 from agent.web.metrics_view import MetricsView
 from agent.web.middleware import request_middleware
 from agent.web.probes import setup_probe_routes
@@ -45,5 +46,6 @@ def create_app(sidecar: Sidecar) -> web.Application:
     telemetry.add_metric_listener(metrics)
     setup_api_routes(app, sidecar, metrics)
     setup_dead_letter_routes(app, sidecar)
+    setup_delivery_routes(app, sidecar)
     setup_dashboard_routes(app, sidecar)
     return app

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from agent import __version__
-from agent.health.report import overall_status
+from agent.health.report import certificates_report, overall_status
 from agent.telemetry.logs import add_log_sink, remove_log_sink
 from agent.web.logbuffer import LogBuffer, parse_time
 
@@ -116,6 +116,7 @@ def status_view(sidecar: Sidecar) -> dict[str, Any]:
         "deliveries": sources.deliveries(),
         "alerts_firing": sources.alerts_firing(),
         "alerts_evaluator": sources.alerts_evaluator,
+        "certificates": certificates_report(sources),
     }
     masked: dict[str, Any] = sidecar.telemetry.masker.mask_value(view)
     return masked

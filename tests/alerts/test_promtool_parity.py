@@ -208,6 +208,7 @@ RATIOS_CROSSING = [
 ]
 FLAPPING = [5, 15, 5, 15, 8, 15, 15, 15, 5, 5, 5, 5]  # failed of 100 deliveries
 MISSING = [None] * 8
+DAY = 86400.0
 SCENARIOS = [
     Scenario(
         "error ratio crosses 10 %",
@@ -279,6 +280,28 @@ SCENARIOS = [
             )
         ],
         {"PollerStalled": [14, 15]},
+    ),
+    Scenario(
+        "a certificate nears its expiry",
+        [
+            series(
+                "tls.certificate.expiry",
+                [d * DAY for d in (20, 20, 10, 10, 2.5, 2.5, 30, 30)],
+                **{"server.address": "imap.example", "server.port": "993", "tls.endpoint": "imap"},
+            )
+        ],
+        {"CertificateExpiresSoon": [2, 3, 4, 5]},
+    ),
+    Scenario(
+        "a mailbox login keeps failing",
+        [
+            series(
+                "imap.login.failing",
+                [0.0] + [1.0] * 12 + [0.0],
+                **{"imap.mailbox": "support", "imap.auth": "xoauth2"},
+            )
+        ],
+        {"MailboxAuthFailing": [11, 12]},
     ),
 ]
 
@@ -384,7 +407,7 @@ async def _timeline(
         firing: dict[str, list[AlertInstance]] = {rule.alert: [] for rule in config.rules}
         for alert in alerts:
             if alert.state == "firing":
-                firing[alert.rule].append(alert)
+                firing[alert.alertname].append(alert)
         steps.append(firing)
     engine.close()
     return steps
@@ -393,7 +416,8 @@ async def _timeline(
 def _expectations(
     scenario: Scenario, config: AlertConfig, timeline: list[dict[str, list[AlertInstance]]]
 ) -> list[dict[str, Any]]:
-    rules = {rule.alert: rule for rule in config.rules}
+    # By rule key: one alert name may have several rules (CertificateExpiresSoon).
+    rules = {rule.key: rule for rule in config.rules}
     last_met: dict[str, float | None] = {}
     tests = []
     for step, firing in enumerate(timeline):
@@ -410,7 +434,7 @@ def _expectations(
                     if found is None:
                         continue
                     labels, value = found
-                expected.append(_entry(rules[name], labels, value))
+                expected.append(_entry(rules[alert.rule], labels, value))
             tests.append({"eval_time": duration(step * STEP), "alertname": name,
                           "exp_alerts": expected})  # fmt: skip
     return tests

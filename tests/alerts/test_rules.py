@@ -33,6 +33,8 @@ def test_absent_rules_give_the_defaults() -> None:
         "MailDeadLettered",
         "R2TransfersFailing",
         "R2TransfersTimingOut",
+        "CertificateExpiresSoon",
+        "MailboxAuthFailing",
     } == set(names)
 
 
@@ -326,3 +328,21 @@ def test_a_bad_evaluator_url_is_not_repeated_in_the_error() -> None:
     with pytest.raises(ConfigError) as caught:
         load({"evaluator_url": "ftp://admin:s3cret@prometheus"})
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "written"),
+    [
+        (172_799.6, "1d 23h 59m 59s"),
+        (7_384.0, "2h 3m 4s"),
+        (61.0, "1m 1s"),
+        (5.5, "5.5s"),
+        (-90_000.0, "-1d 1h 0m 0s"),
+        (0.25, "250ms"),
+        (0.0, "0s"),
+    ],
+)
+def test_value_duration_is_written_as_prometheus_humanize_duration_writes_it(
+    seconds: float, written: str
+) -> None:
+    assert render("in {{ value_duration }}", seconds, {}) == f"in {written}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from agent.cli import SHUTDOWN_BUDGET
+from agent.config_fields import parse_duration
 from tests.support.components import ROOT
 
 MANIFESTS = ROOT / "deploy" / "kubernetes"
@@ -146,8 +148,15 @@ def test_the_data_directory_is_an_empty_dir(pod: dict[str, Any], sidecar: dict[s
     assert "emptyDir" in volume
 
 
-def test_the_grace_period_outlasts_the_shutdown_budget(pod: dict[str, Any]) -> None:
-    assert pod["terminationGracePeriodSeconds"] > SHUTDOWN_BUDGET
+def test_the_grace_period_outlasts_the_shutdown_budget(
+    pod: dict[str, Any], objects: dict[str, dict[str, Any]]
+) -> None:
+    """The budget, plus the answer to a webhook request in flight, which a shutdown awaits."""
+    config = tomllib.loads(objects["ConfigMap"]["data"]["sidecar.toml"])
+    webhook_timeout = parse_duration(
+        config["webhook"]["timeout"], key="webhook.timeout", source="configmap"
+    )
+    assert pod["terminationGracePeriodSeconds"] > SHUTDOWN_BUDGET + webhook_timeout
 
 
 def test_several_replicas_come_with_redis(

@@ -5,11 +5,18 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from agent.config import MailboxSettings, Settings, settings_from_mapping
+import pytest
+from opentelemetry.metrics import NoOpMeter
+
+from agent.config import ImapSettings, MailboxSettings, Settings, settings_from_mapping
 from agent.health.base import ProbeContext
 from agent.health.probes.imap import probe
+from agent.pipeline.oauth import TokenSources
+from agent.telemetry.catalogue import Instruments
+from agent.telemetry.certificates import CertificateExpiry
 from tests.fixtures.blackhole import BlackHole
 from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.oauth_server import OAuthServer
 
 
 def _context(*mailboxes: MailboxSettings, timeout: str = "2s") -> ProbeContext:
@@ -66,3 +73,45 @@ async def test_a_silent_server_is_a_timeout_within_the_health_timeout(blackhole:
 async def test_no_mailbox_is_not_configured() -> None:
     result = await probe(ProbeContext(settings=Settings()))
     assert result.status == "not_configured"
+
+
+async def test_an_oauth_mailbox_whose_grant_was_revoked_names_the_oauth_endpoint(
+    dovecot_oauth: Dovecot, oauth_server: OAuthServer
+) -> None:
+    box = dataclasses.replace(
+        dovecot_oauth.settings("alice"),
+        password="",
+        auth="xoauth2",
+        oauth_token_url=oauth_server.token_url,
+        oauth_client_id=oauth_server.client_id,
+        oauth_client_secret=oauth_server.client_secret,
+        oauth_refresh_token=oauth_server.grant("alice"),
+    )
+    context = _context(box)
+    context.tokens = TokenSources(
+        [box], ImapSettings(), instruments=Instruments(NoOpMeter("t")), remember=lambda _: None
+    )
+    assert (await probe(context)).status == "ok"
+
+    oauth_server.revoke_all("alice")  # the token in hand is refused, its refresh too
+    result = await probe(context)
+    await context.tokens.close()
+
+    assert result.status == "error"
+    assert result.data["error.type"] == "oauth_refresh"
+    assert f"OAuth endpoint {oauth_server.url}: HTTP 400" in result.detail
+    assert box.oauth_refresh_token not in result.detail
+
+
+async def test_the_probe_notes_the_certificate_of_an_imaps_server(
+    dovecot_tls: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(dovecot_tls.cert_path))
+    context = _context(dovecot_tls.settings("alice", tls="ssl"))
+    context.certificates = CertificateExpiry()
+
+    assert (await probe(context)).status == "ok"
+
+    (seen,) = context.certificates.health()
+    assert (seen["endpoint"], seen["server"]) == ("imap", f"127.0.0.1:{dovecot_tls.tls_port}")
+    assert 1.99 <= seen["days_left"] <= 2.0

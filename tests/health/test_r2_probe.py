@@ -7,12 +7,16 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 
 from agent.config import Settings, settings_from_mapping
 from agent.health.base import ProbeContext
 from agent.health.probes.r2 import probe
+from agent.telemetry.certificates import CertificateExpiry
 from tests.fixtures.miniflare import R2Worker, R2WorkerFactory
+from tests.fixtures.receiver import Receiver
 from tests.support.sidecar import SidecarProcess
+from tests.support.tls import Certificate
 
 _FAST = """\
 [health]
@@ -80,3 +84,20 @@ def test_services_r2_is_not_configured_without_r2_fetch_endpoint(
     )
     time.sleep(0.5)
     assert _r2_status(proc)["status"] == "not_configured"
+
+
+async def test_the_r2_probe_notes_the_worker_certificate_from_its_health_request(
+    https_receiver: Receiver, ten_day_certificate: Certificate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(ten_day_certificate.cert))
+    settings = settings_from_mapping({"r2": {"fetch_endpoint": https_receiver.url + "/fetch"}})
+    certificates = CertificateExpiry()
+    async with aiohttp.ClientSession() as session:
+        context = ProbeContext(settings=settings, http=session, certificates=certificates)
+        result = await probe(context)
+
+    assert result.status == "ok"
+    assert [r.path for r in https_receiver.requests] == ["/health"]
+    (seen,) = certificates.seen()
+    assert (seen.endpoint, seen.port) == ("r2", https_receiver.port)
+    assert 10 * 86400 - 600 < seen.not_after - seen.seen_at <= 10 * 86400

@@ -123,3 +123,20 @@ async def test_a_store_outage_keeps_the_previous_window(
     redis_server.kill()
     await stats.refresh()
     assert stats.health()["error_rate_24h"] == 1.0
+
+
+async def test_health_shows_how_many_records_the_delivery_log_holds_and_since_when(
+    store: RedisStore, telemetry: tuple[Telemetry, InMemoryMetricReader]
+) -> None:
+    stats = DeliveryStats(store, telemetry[0].instruments)
+    assert stats.health()["delivery_log"] is None  # not read yet: no claim
+    await stats.refresh()
+    assert stats.health()["delivery_log"] == {"records": 0, "oldest": None}
+    await store.append_delivery(_record("skipped", time.time() - 3 * 86400))
+    await store.append_delivery(_record("delivered", time.time() - 60))
+    await stats.refresh()
+    log = stats.health()["delivery_log"]
+    assert log["records"] == 2
+    assert log["oldest"].startswith(
+        time.strftime("%Y-%m-%dT", time.gmtime(time.time() - 3 * 86400))
+    )

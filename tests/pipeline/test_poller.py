@@ -348,6 +348,21 @@ async def test_a_leader_whose_cycle_hangs_past_its_lease_is_reported_stalled(
     assert poller.status()["status"] == "stalled"
 
 
+async def test_imap_stall_after_sets_how_long_a_leader_may_go_without_a_successful_cycle(
+    make_pipeline: Callable[..., Awaitable[Pipeline]], dovecot: Dovecot
+) -> None:
+    pipeline = await make_pipeline(imap={"stall_after": "5s"})
+    now = [time.time()]
+    mailbox = dataclasses.replace(dovecot.settings("alice"), poll_interval=Duration(1.0))
+    poller = pipeline.poller(mailbox, clock=lambda: now[0])
+    await _lead(poller)
+    now[0] += 4.5
+    assert poller.liveness()[0]
+    now[0] += 1.0
+    assert poller.liveness() == (False, "no successful cycle for 6s")
+    assert poller.status()["status"] == "stalled"
+
+
 async def test_a_silent_imap_server_fails_the_cycle_within_the_imap_timeout(
     pipeline: Pipeline, blackhole: BlackHole
 ) -> None:

@@ -25,6 +25,7 @@ from agent.pipeline.links import LinkRegistry
 from agent.pipeline.parse import ParsedEmail
 from agent.pipeline.process import EmailProcessor, ProcessOutcome, email_id_for
 from agent.pipeline.webhook import WebhookClient
+from agent.store.base import DeliveryQuery
 from agent.store.local import LocalStore
 from agent.telemetry.logs import configure_logging
 from agent.telemetry.setup import Telemetry
@@ -382,3 +383,70 @@ async def test_parses_in_flight_stay_within_the_byte_budget(
     )
     assert [o.outcome for o in outcomes] == ["delivered"] * 4
     assert seen == most_at_once
+
+
+async def test_the_delivery_log_keeps_the_mail_its_links_masked_and_its_trace(
+    processing: Processing, receiver: Receiver
+) -> None:
+    signed = hostile.DROPBOX_URL + "?dl=1&sig=abcdef123456"
+    raw = hostile.make_message(
+        subject="Tuesday files", links=[signed], message_id="<t-1@x.example>"
+    )
+    await processing.process(raw)
+    (root,) = [s for s in processing.spans.get_finished_spans() if s.name == "email.process"]
+    page = await processing.store.search_deliveries(DeliveryQuery(q="tuesday"))
+    (record,) = page.records
+    assert record.outcome == "delivered"
+    assert record.email_id == receiver.requests[0].headers["Idempotency-Key"]
+    assert (record.message_id, record.subject) == ("<t-1@x.example>", "Tuesday files")
+    assert record.sender == receiver.requests[0].json["from"]
+    assert record.status_code == 200
+    assert record.trace_id == f"{root.context.trace_id:032x}"  # type: ignore[union-attr]
+    assert [(link.provider, link.status) for link in record.links] == [("dropbox", "skipped")]
+    assert "abcdef123456" not in record.links[0].url
+    assert "sig=***" in record.links[0].url
+    assert record.received_at is not None
+
+
+async def test_duplicates_and_skipped_mail_are_in_the_delivery_log_but_not_its_error_ratio(
+    make_processing: Callable[..., Awaitable[Processing]], receiver: Receiver
+) -> None:
+    processing = await make_processing(webhook={"only_with_links": True})
+    await processing.process(hostile.make_message(text="nothing", message_id="<s@x>"), uid=1)
+    linked = hostile.make_message(links=[hostile.DROPBOX_URL], message_id="<d@x>")
+    await processing.process(linked, uid=2)
+    await processing.process(linked, uid=2)
+    page = await processing.store.search_deliveries(DeliveryQuery())
+    assert [(r.outcome, r.message_id) for r in page.records] == [
+        ("duplicate", "<d@x>"),
+        ("delivered", "<d@x>"),
+        ("skipped", "<s@x>"),
+    ]
+    window = await processing.store.delivery_window(3600)
+    assert window.counts == {"delivered": 1}
+
+
+async def test_a_mail_dead_lettered_after_failed_attempts_is_logged_with_its_headers(
+    make_processing: Callable[..., Awaitable[Processing]], receiver: Receiver
+) -> None:
+    processing = await make_processing(imap={"max_attempts": 2})
+    receiver.answers = [503, 503]
+    raw = hostile.make_message(subject="Never arrives", message_id="<n@x>")
+    await processing.process(raw, uid=5)
+    await processing.process(raw, uid=5)
+    page = await processing.store.search_deliveries(DeliveryQuery(outcome="dead_lettered"))
+    (record,) = page.records
+    assert (record.subject, record.message_id, record.attempts) == ("Never arrives", "<n@x>", 2)
+
+
+async def test_the_delivery_log_masks_secrets_and_bounds_the_senders_headers(
+    make_processing: Callable[..., Awaitable[Processing]], receiver: Receiver
+) -> None:
+    secret = "whsec-in-a-subject-5e1f"
+    processing = await make_processing(webhook={"secret": secret})
+    subject = f"leaked {secret} " + "x" * 2000
+    await processing.process(hostile.make_message(subject=subject, message_id="<sec@x>"))
+    (record,) = (await processing.store.search_deliveries(DeliveryQuery(q="<sec@x>"))).records
+    assert secret not in record.subject
+    assert record.subject.startswith("leaked ***")
+    assert len(record.subject) <= 500

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -17,10 +18,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from agent.config import Settings, settings_from_mapping
 from agent.pipeline.webhook import WebhookClient
+from agent.store.base import Store, StoreError
 from agent.store.local import LocalStore
+from agent.store.redis import RedisStore
 from agent.telemetry.setup import Telemetry
 from tests.fixtures.blackhole import BlackHole
 from tests.fixtures.receiver import Receiver
+from tests.fixtures.redis import RedisServer
 from tests.support.net import free_port
 from tests.support.telemetry import telemetry_for_tests
 
@@ -34,7 +38,7 @@ class Harness:
 
     telemetry: Telemetry
     spans: InMemorySpanExporter
-    store: LocalStore
+    store: Store
     session: aiohttp.ClientSession
 
     def client(self, url: str, **webhook: Any) -> WebhookClient:
@@ -191,3 +195,102 @@ async def test_failed_delivery_marks_the_deliver_span_as_error_with_the_status(
     assert span.status.status_code.name == "ERROR"
     assert span.attributes is not None
     assert span.attributes["error.type"] == "400"
+
+
+async def test_a_delivery_acknowledged_while_the_store_was_down_is_recorded_not_sent_again(
+    telemetry: tuple[Telemetry, InMemorySpanExporter],
+    receiver: Receiver,
+    durable_redis_server: RedisServer,
+) -> None:
+    """The app took the mail, then recording that failed: the mail comes back on the next
+    cycle, and the process that saw the acknowledgement records it instead of a second POST."""
+    store = RedisStore(durable_redis_server.url, timeout=1.0)
+    await store.start()
+    async with aiohttp.ClientSession() as session:
+        client = Harness(telemetry[0], telemetry[1], store, session).client(receiver.url + "/hook")
+        receiver.hang = 0.5
+        deliver = client.deliver(
+            PAYLOAD, idempotency_key="k1", mailbox="box", email_id="e1", processed_keys=["k1"]
+        )
+        first = asyncio.create_task(deliver)
+        await receiver.wait_for(1)
+        await asyncio.to_thread(durable_redis_server.kill)
+        with pytest.raises(StoreError):
+            await first
+        await asyncio.to_thread(durable_redis_server.start)
+        receiver.hang = 0.0
+        again = await client.deliver(
+            PAYLOAD, idempotency_key="k1", mailbox="box", email_id="e1", processed_keys=["k1"]
+        )
+    try:
+        assert again.outcome == "delivered"
+        assert len(receiver.requests) == 1
+        assert await store.any_processed(["k1"])
+    finally:
+        await store.close()
+
+
+async def test_answers_the_store_missed_are_recorded_by_record_unrecorded(
+    telemetry: tuple[Telemetry, InMemorySpanExporter],
+    receiver: Receiver,
+    durable_redis_server: RedisServer,
+) -> None:
+    """What a clean shutdown does with an answer it could not record during a store outage:
+    records it once the store is back, so the next process does not send the mail again."""
+    store = RedisStore(durable_redis_server.url, timeout=1.0)
+    await store.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = Harness(telemetry[0], telemetry[1], store, session).client(
+                receiver.url + "/hook"
+            )
+            receiver.hang = 0.5
+            deliver = client.deliver(
+                PAYLOAD, idempotency_key="k2", mailbox="box", email_id="e2", processed_keys=["k2"]
+            )
+            first = asyncio.create_task(deliver)
+            await receiver.wait_for(1)
+            await asyncio.to_thread(durable_redis_server.kill)
+            with pytest.raises(StoreError):
+                await first
+            assert await client.record_unrecorded() == 1  # the store is still down
+            await asyncio.to_thread(durable_redis_server.start)
+            assert await client.record_unrecorded() == 0
+        assert await store.any_processed(["k2"])
+        window = await store.delivery_window(3600)
+        assert window.counts == {"delivered": 1}
+    finally:
+        await store.close()
+
+
+async def test_no_new_attempt_starts_once_stopping_and_nothing_is_recorded(
+    harness: Harness, receiver: Receiver
+) -> None:
+    """A retry due after SIGTERM is not made: the delivery ends as cancelled, the mail stays
+    unprocessed for the next process, and no failure is logged against the app."""
+    receiver.default = 503
+    stopping = asyncio.Event()
+    settings = settings_from_mapping(
+        {"webhook": {"url": receiver.url + "/hook", "backoff_initial": "1s", "retry_budget": "30s"}}
+    )
+    client = WebhookClient(
+        settings.webhook,
+        session=harness.session,
+        tracer=harness.telemetry.tracer("test"),
+        instruments=harness.telemetry.instruments,
+        store=harness.store,
+        masker=harness.telemetry.masker,
+        stopping=stopping,
+    )
+    deliver = client.deliver(
+        PAYLOAD, idempotency_key="k", mailbox="box", email_id="e1", processed_keys=["k"]
+    )
+    delivery = asyncio.create_task(deliver)
+    await receiver.wait_for(1)
+    stopping.set()
+    async with asyncio.timeout(2):
+        with pytest.raises(asyncio.CancelledError):
+            await delivery
+    assert len(receiver.requests) == 1
+    assert not await harness.store.any_processed(["k"])
+    assert (await harness.store.delivery_window(3600)).counts == {}

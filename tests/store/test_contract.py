@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -11,7 +12,18 @@ from typing import Any
 
 import pytest
 
-from agent.store.base import DeadLetter, DeliveryRecord, Lease, Store, Watermark
+from agent.store.base import (
+    DELIVERY_OUTCOMES,
+    LINK_STATUSES,
+    DeadLetter,
+    DeliveryQuery,
+    DeliveryRecord,
+    Lease,
+    LoggedFile,
+    LoggedLink,
+    Store,
+    Watermark,
+)
 from agent.store.local import LocalStore
 from agent.store.redis import RedisStore
 
@@ -427,7 +439,22 @@ async def test_delivery_window_last_is_the_newest_record_with_all_its_fields(
         duration=1.25,
         error="upstream said no",
         attempts=3,
-        extra={"provider": "dropbox", "links": [1, 2]},
+        message_id="<m@x>",
+        sender="a@b",
+        subject="hi",
+        received_at=now - 60,
+        trace_id="ab" * 16,
+        links=(
+            LoggedLink(
+                "dropbox",
+                "https://www.dropbox.com/s/x",
+                "transferred",
+                "k",
+                5,
+                "",
+                (LoggedFile("k", 5, "f.txt"),),
+            ),
+        ),
     )
     await store.append_delivery(newest)
     await store.append_delivery(_record(now - 3, "delivered"))
@@ -465,6 +492,205 @@ async def test_delivery_log_keeps_at_most_max_records(open_store: OpenStore) -> 
     assert [r.at for r in recent] == [now - 100 + i for i in range(11, 6, -1)]
     window = await store.delivery_window(86400, now=now)
     assert window.counts == {"delivered": 5}
+
+
+async def test_delivery_window_counts_only_webhook_outcomes(store: Store) -> None:
+    now = time.time()
+    await store.append_delivery(_record(now - 3, "delivered"))
+    await store.append_delivery(_record(now - 2, "skipped"))
+    await store.append_delivery(_record(now - 1, "duplicate"))
+    window = await store.delivery_window(60, now=now)
+    assert window.counts == {"delivered": 1}
+    assert window.last is not None
+    assert window.last.at == now - 3
+
+
+def _mail(at: float, n: int, **fields: Any) -> DeliveryRecord:
+    values: dict[str, Any] = {
+        "at": at,
+        "outcome": "delivered",
+        "mailbox": "box",
+        "email_id": f"id-{n}",
+        "message_id": f"<m{n}@mail.example>",
+        "sender": f"Sender {n} <s{n}@example.org>",
+        "subject": f"Files number {n}",
+    }
+    return DeliveryRecord(**(values | fields))
+
+
+def _link(status: str) -> LoggedLink:
+    return LoggedLink("wetransfer", "https://we.tl/t-x", status)
+
+
+async def _ids(store: Store, **filters: Any) -> list[str]:
+    page = await store.search_deliveries(DeliveryQuery(**filters))
+    return [r.email_id for r in page.records]
+
+
+async def test_search_finds_by_sender_subject_words_and_message_id_case_insensitively(
+    store: Store,
+) -> None:
+    now = time.time()
+    await store.append_delivery(_mail(now - 3, 1))
+    await store.append_delivery(_mail(now - 2, 2, subject="Quarterly Überblick"))
+    await store.append_delivery(_mail(now - 1, 3, sender="Ann <ann@corp.example>"))
+    assert await _ids(store, q="ANN@CORP") == ["id-3"]
+    assert await _ids(store, q="überblick") == ["id-2"]
+    assert await _ids(store, q="<m1@mail.example>") == ["id-1"]
+    assert await _ids(store, q="files number") == ["id-3", "id-1"]
+    assert await _ids(store, q="delivered") == []  # the outcome is a filter, not text
+
+
+async def test_search_filters_by_mailbox_outcome_link_status_and_time(store: Store) -> None:
+    now = time.time()
+    await store.append_delivery(_mail(now - 40, 1, links=(_link("transferred"),)))
+    await store.append_delivery(
+        _mail(now - 30, 2, outcome="dead_lettered", links=(_link("transferred"), _link("failed")))
+    )
+    await store.append_delivery(_mail(now - 20, 3, mailbox="other", outcome="skipped"))
+    await store.append_delivery(_mail(now - 10, 4, outcome="duplicate"))
+    assert await _ids(store, mailbox="other") == ["id-3"]
+    assert await _ids(store, outcome="dead_lettered") == ["id-2"]
+    assert await _ids(store, status="transferred") == ["id-2", "id-1"]
+    assert await _ids(store, status="failed") == ["id-2"]
+    assert await _ids(store, status="unavailable") == []
+    assert await _ids(store, since=now - 30, until=now - 20) == ["id-3", "id-2"]
+    assert await _ids(store, outcome="duplicate", q="files") == ["id-4"]
+
+
+async def test_search_pages_newest_first_with_a_cursor_through_equal_times(store: Store) -> None:
+    now = time.time()
+    for n in range(7):
+        # Pairs of records share a time: the cursor must neither repeat nor skip one of them.
+        await store.append_delivery(_mail(now - 100 + n // 2, n))
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = await store.search_deliveries(DeliveryQuery(limit=3, cursor=cursor))
+        seen += [r.email_id for r in page.records]
+        pages += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(f"id-{n}" for n in range(7))
+    assert len(seen) == 7
+    ats = [now - 100 + int(i.split("-")[1]) // 2 for i in seen]
+    assert ats == sorted(ats, reverse=True)
+    assert pages == 3
+
+
+async def test_search_page_ends_without_a_cursor_when_nothing_more_matches(store: Store) -> None:
+    now = time.time()
+    for n in range(4):
+        await store.append_delivery(_mail(now - 10 + n, n))
+    page = await store.search_deliveries(DeliveryQuery(limit=4))
+    assert len(page.records) == 4
+    assert page.next_cursor is None
+
+
+async def test_search_rejects_a_cursor_it_did_not_hand_out(store: Store) -> None:
+    with pytest.raises(ValueError, match="cursor"):
+        await store.search_deliveries(DeliveryQuery(cursor="not-a-cursor"))
+
+
+async def test_search_returns_the_record_with_every_field(store: Store) -> None:
+    now = time.time()
+    record = _mail(
+        now,
+        1,
+        status_code=200,
+        attempts=2,
+        received_at=now - 90,
+        trace_id="0af7651916cd43dd8448eb211c80319c",
+        links=(
+            LoggedLink(
+                "wetransfer",
+                "https://we.tl/t-x",
+                "transferred",
+                None,
+                30,
+                "",
+                (LoggedFile("2026/a/1.pdf", 10, "1.pdf"), LoggedFile("2026/a/2.pdf", 20, "2.pdf")),
+            ),
+            LoggedLink("dropbox", "https://www.dropbox.com/s/y", "unavailable", error="gone"),
+        ),
+    )
+    await store.append_delivery(record)
+    page = await store.search_deliveries(DeliveryQuery(q="m1@"))
+    assert page.records == [record]
+    assert page.records[0].lag == pytest.approx(90)
+
+
+async def test_search_scans_past_many_non_matching_records(open_store: OpenStore) -> None:
+    """A match older than a long run of others is still found (the scan resumes itself)."""
+    store = await open_store(delivery_max_records=10_000)
+    now = time.time()
+    await store.append_delivery(_mail(now - 20_000, 0, subject="the needle"))
+    for n in range(1, 2_001):
+        await store.append_delivery(_mail(now - 20_000 + n, n))
+    assert await _ids(store, q="needle") == ["id-0"]
+
+
+async def test_every_search_returns_exactly_what_the_query_matches_page_by_page(
+    store: Store,
+) -> None:
+    """Random records and random queries against the query's own definition of a match."""
+    rng = random.Random(7)
+    now = time.time()
+    words = ["Files", "invoice", "ÜBER", "order", "Tuesday", "re:"]
+    records = []
+    for n in range(90):
+        record = _mail(
+            now - 1000 + n * 3,
+            n,
+            mailbox=rng.choice(["a", "b"]),
+            outcome=rng.choice(DELIVERY_OUTCOMES),
+            subject=" ".join(rng.sample(words, 2)),
+            links=tuple(_link(rng.choice(LINK_STATUSES)) for _ in range(rng.randrange(3))),
+        )
+        records.append(record)
+        await store.append_delivery(record)
+    newest_first = sorted(records, key=lambda r: r.at, reverse=True)
+    for _ in range(25):
+        query = DeliveryQuery(
+            mailbox=rng.choice([None, "a", "b"]),
+            outcome=rng.choice([None, *DELIVERY_OUTCOMES]),
+            status=rng.choice([None, *LINK_STATUSES]),
+            since=rng.choice([None, now - 700]),
+            until=rng.choice([None, now - 300]),
+            q=rng.choice(["", "files", "über", "ORDER TUES", "<m1", "nothing"]),
+            limit=rng.choice([1, 4, 50]),
+        )
+        found: list[DeliveryRecord] = []
+        cursor = None
+        while True:
+            page = await store.search_deliveries(dataclasses.replace(query, cursor=cursor))
+            assert len(page.records) <= query.limit
+            found += page.records
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert found == [r for r in newest_first if query.matches(r)], query
+
+
+async def test_delivery_log_trims_the_oldest_records_from_the_search_too(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store(delivery_max_records=3, delivery_retention=60.0)
+    now = time.time()
+    await store.append_delivery(_mail(now - 120, 0))  # older than the retention
+    for n in range(1, 6):
+        await store.append_delivery(_mail(now - 10 + n, n))
+    assert await _ids(store) == ["id-5", "id-4", "id-3"]
+    size = await store.delivery_log_size()
+    assert size.records == 3
+    assert size.oldest_at == pytest.approx(now - 7)
+
+
+async def test_delivery_log_size_is_zero_when_empty(store: Store) -> None:
+    size = await store.delivery_log_size()
+    assert (size.records, size.oldest_at) == (0, None)
 
 
 # Dead letters.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.store.base import DeliveryRecord, StoreError, Watermark
+from agent.store.base import DeliveryQuery, DeliveryRecord, StoreError, Watermark
 from agent.store.local import LocalStore
 from tests.support.components import ROOT
 
@@ -165,5 +165,36 @@ async def test_sqlite_errors_become_store_error(tmp_path: Path) -> None:
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
+    finally:
+        await store.close()
+
+
+async def test_a_delivery_log_of_an_earlier_version_is_searchable_after_an_upgrade(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    now = time.time()
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE deliveries (id INTEGER PRIMARY KEY, at REAL NOT NULL, "
+            "outcome TEXT NOT NULL, record TEXT NOT NULL)"
+        )
+        old = (
+            f'{{"at": {now!r}, "outcome": "failed", "mailbox": "a", "email_id": "e-old", '
+            '"status_code": 503, "duration": 1.0, "error": "HTTP 503", "attempts": 3, "extra": {}}'
+        )
+        conn.execute(
+            "INSERT INTO deliveries (at, outcome, record) VALUES (?, 'failed', ?)", (now, old)
+        )
+    store = LocalStore(path)
+    await store.start()
+    try:
+        await store.append_delivery(
+            DeliveryRecord(now + 1, "delivered", "a", "e-new", subject="Tuesday files")
+        )
+        found = await store.search_deliveries(DeliveryQuery(outcome="failed", mailbox="a"))
+        assert [(r.email_id, r.status_code) for r in found.records] == [("e-old", 503)]
+        found = await store.search_deliveries(DeliveryQuery(q="tuesday"))
+        assert [r.email_id for r in found.records] == ["e-new"]
     finally:
         await store.close()

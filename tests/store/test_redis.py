@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from agent.store.base import DeliveryRecord, StoreError, Watermark
+from agent.store.base import DeliveryPage, DeliveryQuery, DeliveryRecord, StoreError, Watermark
 from agent.store.redis import RedisStore
 from tests.fixtures.blackhole import BlackHole
 from tests.fixtures.redis import RedisServer
@@ -161,3 +161,32 @@ async def test_window_counts_over_many_records_stay_fast(store: RedisStore) -> N
     elapsed = time.monotonic() - started
     assert window.counts == {"failed": 500, "delivered": 1500}
     assert elapsed < 0.1
+
+
+async def test_a_search_resumes_its_bounded_scan_until_the_page_is_full(
+    redis_server: RedisServer,
+) -> None:
+    """With a scan budget of 7 lines a call, paging through 60 records still sees each once."""
+    store = RedisStore(redis_server.url, timeout=1.0, scan_budget=7, prefix="scan:")
+    await store.start()
+    try:
+        now = time.time()
+        for n in range(60):
+            subject = "wanted" if n % 4 == 0 else "other"
+            # Pairs share a time, so resuming inside a run of equal scores is exercised too.
+            await store.append_delivery(
+                DeliveryRecord(now - 100 + n // 2, "delivered", "box", f"e{n}", subject=subject)
+            )
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = await store.search_deliveries(DeliveryQuery(q="wanted", limit=4, cursor=cursor))
+            seen += [r.email_id for r in page.records]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert sorted(seen) == sorted(f"e{n}" for n in range(0, 60, 4))
+        assert len(seen) == 15
+        assert await store.search_deliveries(DeliveryQuery(q="nowhere")) == DeliveryPage([], None)
+    finally:
+        await store.close()

@@ -239,3 +239,23 @@ def test_a_log_batch_without_secrets_is_exported_as_it_is() -> None:
     masking.export(records)
     assert all(sent is kept for sent, kept in zip(exporter.get_finished_logs(), records,
                                                   strict=True))  # fmt: skip
+
+
+def test_a_secret_remembered_at_run_time_is_masked_from_then_on() -> None:
+    masker = Masker(["configured-secret"])
+    token = "at-fetched-at-run-time-1234"
+    assert masker.mask(f"got {token}") == f"got {token}"
+
+    masker.remember(token)
+
+    assert masker.mask(f"got {token} and configured-secret") == "got *** and ***"
+    assert token in masker.secrets
+
+
+def test_credentials_as_json_members_are_masked() -> None:
+    masker = Masker()
+    text = '{"access_token": "ya29.a0AfH6", "refresh_token":"1//0gLx", "expires_in": 3599}'
+
+    masked = masker.mask(text)
+
+    assert masked == '{"access_token": "***", "refresh_token":"***", "expires_in": 3599}'

@@ -449,3 +449,26 @@ def test_alerts_panel_says_prometheus_evaluates_the_rules_and_links_there(
     # "No alerts." would claim what this sidecar cannot know.
     assert opened.page.is_hidden("#alerts-empty")
     assert opened.console_errors == []
+
+
+def test_certificates_panel_shows_the_days_left_of_the_imap_server_certificate(
+    sidecar_process: Start, dovecot_tls: Dovecot, browser_page: OpenPage
+) -> None:
+    env = _env(
+        IMAP_HOST=dovecot_tls.host,
+        IMAP_PORT=str(dovecot_tls.tls_port),
+        IMAP_USERNAME="alice",
+        IMAP_PASSWORD=dovecot_tls.users["alice"],
+        IMAP_TLS="ssl",
+        IMAP_POLL_INTERVAL="1",
+        SSL_CERT_FILE=str(dovecot_tls.cert_path),
+    )
+    sidecar = sidecar_process(env=env)
+    opened = _open(browser_page, sidecar.url)
+    row = "#certificates tr[data-endpoint='imap']"
+    opened.page.wait_for_selector(f"{row} .badge[data-status='critical']", timeout=15_000)
+    cells = opened.page.eval_on_selector_all(f"{row} td", "(tds) => tds.map((t) => t.textContent)")
+    assert cells[1] == f"127.0.0.1:{dovecot_tls.tls_port}"
+    assert cells[2] in {"2.0 critical", "1.9 critical"}  # made with -days 2
+    assert opened.page.is_hidden("#certificates-empty")
+    assert opened.console_errors == []

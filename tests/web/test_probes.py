@@ -117,6 +117,7 @@ async def test_health_has_the_seed_format(make_client: Factory) -> None:
         "active_webhooks",
         "error_rate_24h",
         "last_webhook",
+        "delivery_log",
     }
     assert set(body["metrics"]["memory_usage"]) == {
         "rss_mb",

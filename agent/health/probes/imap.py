@@ -18,8 +18,9 @@ async def probe(ctx: ProbeContext) -> ProbeResult:
     mailboxes = ctx.settings.mailboxes
     if not mailboxes:
         return not_configured("no mailbox is configured")
-    # Probe sessions stay out of the pipeline's IMAP spans and metrics.
-    instruments = Instruments(NoOpMeter("probe"))
+    # Probe sessions stay out of the pipeline's IMAP spans and metrics; the certificate they
+    # are shown still counts (the only connection made when background tasks are off).
+    instruments = Instruments(NoOpMeter("probe"), certificates=ctx.certificates)
     latencies: dict[str, float] = {}
     for mailbox in mailboxes:
         client = ImapClient(
@@ -27,6 +28,7 @@ async def probe(ctx: ProbeContext) -> ProbeResult:
             timeout=ctx.settings.health.timeout,
             tracer=NoOpTracer(),
             instruments=instruments,
+            tokens=ctx.tokens.get(mailbox) if ctx.tokens is not None else None,
         )
         started = time.perf_counter()
         try:

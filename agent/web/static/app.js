@@ -2,12 +2,13 @@
 
 import { Api, AuthRequired, Unreachable, clearToken, getToken, setToken, takeTokenFromFragment } from "./api.js";
 import { RedriveDialog, renderDeadLetters } from "./deadletters.js";
+import { DeliveriesView } from "./deliveries.js";
 import { Rum } from "./rum.js";
 import { Poller } from "./schedule.js";
 import { RECENT_QUERY, renderRecentTransfers, renderTransferCounts } from "./transfers.js";
 import {
   renderAlerts, renderChecks, renderConnection, renderLogs, renderMetrics, renderOverall,
-  renderPollers, setupLoggerOptions,
+  renderCertificates, renderPollers, setupLoggerOptions,
 } from "./views.js";
 
 const rum = new Rum();
@@ -54,15 +55,18 @@ async function refresh() {
     api.get("/api/logs", logFilters()),
     api.get("/api/logs", RECENT_QUERY),
     api.get("/api/dead-letters", { limit: 50 }),
+    deliveries.request(),
   ]);
   const fatal = firstFatal(results);
   if (fatal) throw fatal;
-  const [status, metrics, alerts, logs, transfers, letters] = results.map((r) => (r.status === "fulfilled" ? r.value : null));
+  const [status, metrics, alerts, logs, transfers, letters, found] = results.map((r) => (r.status === "fulfilled" ? r.value : null));
   if (status) {
     lastStatus = status;
     renderOverall(status);
     renderChecks(status);
     renderPollers(status);
+    renderCertificates(status);
+    deliveries.setMailboxes(status.pollers.map((p) => p.mailbox));
   }
   if (metrics) {
     lastMetrics = metrics;
@@ -77,6 +81,7 @@ async function refresh() {
     renderDeadLetters(letters);
     redrive.settle(deadLetters);
   }
+  if (found) deliveries.refreshed(found);
   await rum.flush(api);
   const failed = results.find((r) => r.status === "rejected");
   if (failed) throw failed.reason;
@@ -144,6 +149,10 @@ const redrive = new RedriveDialog(api, {
   onAuth: () => askForToken("The token was refused. Enter it again."),
 });
 redrive.attach(document.getElementById("dead-letters"), () => deadLetters);
+const deliveries = new DeliveriesView(api, redrive, {
+  lettersById: () => deadLetters,
+  onAuth: () => askForToken("The token was refused. Enter it again."),
+});
 
 takeTokenFromFragment();
 setupLoggerOptions();

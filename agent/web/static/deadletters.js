@@ -77,8 +77,10 @@ export class RedriveDialog {
     });
   }
 
-  open(letter) {
+  // report(text, failed) shows the answer where the re-drive was asked (the panel's own by default).
+  open(letter, report = showMessage) {
     this.letter = letter;
+    this.report = report;
     document.getElementById("redrive-what").textContent =
       `Mailbox ${letter.mailbox}, UID ${letter.uid}, dead-lettered ${ago(letter.at)}: ${reasonText(letter)}`;
     this.confirmButton.disabled = false;
@@ -106,7 +108,7 @@ export class RedriveDialog {
     this.confirmButton.disabled = true;
     try {
       const answer = await this.api.post(`/api/dead-letters/${encodeURIComponent(letter.email_id)}/redrive`, {});
-      showMessage(answer.message);
+      this.report(answer.message);
       this.watching = letter.email_id;
     } catch (error) {
       if (error instanceof AuthRequired) {
@@ -114,7 +116,7 @@ export class RedriveDialog {
         this.onAuth();
         return;
       }
-      showMessage(error instanceof ApiError && error.detail ? error.detail : error.message, true);
+      this.report(error instanceof ApiError && error.detail ? error.detail : error.message, true);
     } finally {
       this.close();
     }

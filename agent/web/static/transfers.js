@@ -30,7 +30,7 @@ export function renderTransferCounts(snapshot) {
   document.querySelector("#transfer-counts tbody").replaceChildren(...rows);
 }
 
-function bytes(value) {
+export function bytes(value) {
   if (typeof value !== "number") return "–";
   const units = ["B", "KiB", "MiB", "GiB"];
   let size = value;

@@ -89,6 +89,20 @@ export function renderPollers(status) {
   }
 }
 
+// Days left of each endpoint's certificate; the badge says warning or critical as the
+// CertificateExpiresSoon rules do (under 14 and 3 days).
+export function renderCertificates(status) {
+  const body = document.querySelector("#certificates tbody");
+  const rows = (status.certificates || []).map((c) => el("tr", { attrs: { "data-endpoint": c.endpoint } }, [
+    el("td", { text: c.endpoint }),
+    el("td", { text: c.server }),
+    el("td", {}, [el("span", { className: "days", text: c.days_left.toFixed(1) }), " ", badge(c.status)]),
+    el("td", { text: c.not_after }),
+  ]));
+  body.replaceChildren(...rows);
+  document.getElementById("certificates-empty").hidden = rows.length > 0;
+}
+
 function latestValue(metric) {
   if (!metric) return null;
   return metric.points.reduce((sum, p) => sum + (p.value ?? p.sum ?? 0), 0);
