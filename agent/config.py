@@ -186,7 +186,8 @@ class MailboxSettings:
     poll_interval: Duration = setting(
         Duration(30.0),
         "IMAP_POLL_INTERVAL",
-        doc="Seconds between poll cycles; shorter than imap.lease_ttl, which each cycle renews.",
+        doc="Seconds between poll cycles (a catch-up sweep while IDLE works); the leader "
+        "renews its lease while it rests, every third of imap.lease_ttl.",
         minimum="100ms",
         maximum="1d",
     )
@@ -266,6 +267,31 @@ class ImapSettings:
     uidvalidity_policy: Literal["skip_existing", "reprocess"] = setting(
         "skip_existing",
         doc="On a UIDVALIDITY change: skip mail already present, or process the folder again.",
+    )
+    idle: bool = setting(
+        True,
+        doc="true: the leader waits in IMAP IDLE (RFC 2177) between polls when the server "
+        "offers it, so new mail is fetched as the server announces it.",
+    )
+    idle_renew: Duration = setting(
+        Duration(25 * 60.0),
+        doc="IDLE is ended and issued again after this long, before servers' 30-minute limit.",
+        minimum="1s",
+        maximum="29m",
+    )
+    idle_keepalive: Duration = setting(
+        Duration(60.0),
+        doc="An IDLE connection silent this long is checked with DONE + NOOP; one that does not "
+        "answer within imap.timeout is dead: reconnect with backoff and a full catch-up poll.",
+        minimum="1s",
+        maximum="29m",
+    )
+    idle_max_failures: int = setting(
+        3,
+        doc="Consecutive failed IDLE periods after which the mailbox falls back to polling "
+        "(IDLE is tried again 15 minutes later).",
+        minimum=1,
+        maximum=100,
     )
 
 
@@ -732,16 +758,17 @@ def _set_in_environment(name: str, env: Mapping[str, str]) -> bool:
 def _check(settings: Settings) -> None:
     """What no single setting can check: how settings relate to each other."""
     source = settings.source
-    lease_ttl = settings.imap.lease_ttl
+    # No rule ties poll_interval to imap.lease_ttl: the leader renews its lease while it rests
+    # (idling or not), every third of the TTL, so any interval keeps the lease.
+    if settings.imap.idle_keepalive >= settings.imap.idle_renew:
+        raise ConfigError(
+            f"{source}: imap.idle_keepalive: expected less than imap.idle_renew "
+            f"({format_duration(settings.imap.idle_renew)}), "
+            f"got {format_duration(settings.imap.idle_keepalive)}"
+        )
     for index, box in enumerate(settings.mailboxes):
         if not box.username:
             raise ConfigError(f"{source}: mailboxes[{index}].username (IMAP_USERNAME): required")
-        if box.poll_interval >= lease_ttl:
-            raise ConfigError(
-                f"{source}: mailboxes[{index}].poll_interval (IMAP_POLL_INTERVAL): expected "
-                f"less than imap.lease_ttl ({format_duration(lease_ttl)}), which every cycle "
-                f"renews, got {format_duration(box.poll_interval)}"
-            )
         problem = _oauth_problem(box)
         if problem:
             raise ConfigError(f"{source}: mailboxes[{index}].{problem}")

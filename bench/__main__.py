@@ -1,4 +1,5 @@
-"""`python -m bench` (make bench): every benchmark, each with ratios against its own baseline."""
+"""`python -m bench [name ...]` (make bench): the benchmarks (all by default, or by name, such as
+`latency`), each with ratios against its own baseline."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ BENCHMARKS = (
     "bench.health",
     "bench.pipeline",
     "bench.r2_worker",
+    "bench.latency",
     "bench.deliveries",
 )
 
@@ -17,7 +19,7 @@ BENCHMARKS = (
 def main(names: list[str]) -> int:
     """Runs the named benchmarks (all by default); a failing one does not stop the others."""
     failed = 0
-    for name in names or BENCHMARKS:
+    for name in [n if n.startswith("bench.") else f"bench.{n}" for n in names] or BENCHMARKS:
         print(f"\n== {name} ==", flush=True)
         try:
             importlib.import_module(name).main()

@@ -80,9 +80,8 @@ INVALID = [
         "valid IPv4 address",
     ),
     (
-        '[imap]\nlease_ttl = "30s"\n[[mailboxes]]\nhost = "a"\nusername = "u"\n',
-        "mailboxes[0].poll_interval (IMAP_POLL_INTERVAL): expected less than imap.lease_ttl "
-        "(30s), which every cycle renews, got 30s",
+        '[imap]\nidle_keepalive = "5m"\nidle_renew = "2m"\n',
+        "imap.idle_keepalive: expected less than imap.idle_renew (2m), got 5m",
     ),
     (
         '[webhook]\nbackoff_initial = "5s"\nbackoff_max = "1s"\n',
@@ -104,6 +103,14 @@ def test_invalid_file_names_key_file_and_expectation(
     message = str(info.value)
     assert expected in message
     assert str(path) in message
+
+
+def test_a_poll_interval_longer_than_the_lease_ttl_is_accepted_because_resting_renews_it() -> None:
+    settings = load_settings(None, env={"IMAP_HOST": "imap.example", "IMAP_USERNAME": "u",
+                                        "IMAP_POLL_INTERVAL": "300"})  # fmt: skip
+    assert settings.mailboxes[0].poll_interval == 300
+    assert settings.imap.lease_ttl == 60
+    assert settings.imap.idle
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:

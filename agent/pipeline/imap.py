@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 from imapclient import IMAPClient, SocketTimeout
@@ -50,6 +53,8 @@ _BACKSTOP_SLACK = 1.0
 # this throughput on top (bytes per second) before it calls the server stalled.
 _MIN_FETCH_THROUGHPUT = 1_000_000
 _DEFAULT_FETCH_BATCH = 50
+# Untagged responses kept per IDLE wait, for spans and logs (a server may send many).
+_IDLE_RESPONSES_KEPT = 20
 # UIDs per RFC822.SIZE fetch: about 8 KB of command line, far below servers' line limits.
 _SIZE_CHUNK = 1000
 
@@ -107,6 +112,8 @@ class FetchedMessage:
     size: int
     data: bytes
     partial: bool
+    # The server's INTERNALDATE (Unix seconds), when it sent one: when the mail arrived.
+    internal_date: float | None = None
 
     def take_data(self) -> bytes:
         """The raw bytes, handed over once: the message stops holding them.
@@ -116,6 +123,47 @@ class FetchedMessage:
         """
         data, self.data = self.data, b""
         return data
+
+
+@dataclass(frozen=True)
+class IdleEvents:
+    """What the server said during one IDLE wait."""
+
+    new_mail: bool = False
+    # Whether the server sent anything at all (its "OK Still here" keepalives count).
+    heard: bool = False
+    # time.time_ns() when the first EXISTS or RECENT arrived.
+    woke_ns: int | None = None
+    responses: tuple[str, ...] = field(default_factory=tuple)
+
+
+class IdleWake:
+    """Ends an IDLE wait from another thread: set() wakes the waiting select() at once."""
+
+    def __init__(self) -> None:
+        self._flag = threading.Event()
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+
+    def set(self) -> None:
+        """Wakes the wait (idempotent, callable from any thread)."""
+        if not self._flag.is_set():
+            self._flag.set()
+            with contextlib.suppress(OSError):
+                self._writer.send(b"!")
+
+    def is_set(self) -> bool:
+        """Whether set() was called."""
+        return self._flag.is_set()
+
+    def fileno(self) -> int:
+        """For select(): readable once set."""
+        return self._reader.fileno()
+
+    def close(self) -> None:
+        """Releases the socket pair."""
+        self._reader.close()
+        self._writer.close()
 
 
 class ImapClient:
@@ -294,7 +342,7 @@ class ImapClient:
             sizes = await self.fetch_sizes(uids)
         whole = [u for u in uids if u in sizes and sizes[u] <= max_bytes]
         large = [u for u in uids if u in sizes and sizes[u] > max_bytes]
-        bodies: dict[int, bytes] = {}
+        bodies: dict[int, tuple[bytes, float | None]] = {}
         step = max(1, batch_size)
         for group, item in ((whole, "BODY.PEEK[]"), (large, f"BODY.PEEK[]<0.{max_bytes}>")):
             for start in range(0, len(group), step):
@@ -302,24 +350,34 @@ class ImapClient:
                 expected = sum(min(sizes[u], max_bytes) for u in batch)
                 bodies.update(await self._fetch_bodies(batch, item, expected))
         return [
-            FetchedMessage(uid=u, size=sizes[u], data=bodies[u], partial=sizes[u] > max_bytes)
+            FetchedMessage(
+                uid=u,
+                size=sizes[u],
+                data=bodies[u][0],
+                partial=sizes[u] > max_bytes,
+                internal_date=bodies[u][1],
+            )
             for u in uids
             if u in bodies
         ]
 
-    async def _fetch_bodies(self, uids: list[int], item: str, expected: int) -> dict[int, bytes]:
+    async def _fetch_bodies(
+        self, uids: list[int], item: str, expected: int
+    ) -> dict[int, tuple[bytes, float | None]]:
         wanted = set(uids)
 
-        def bodies(conn: IMAPClient) -> dict[int, bytes]:
-            response = conn.fetch(uids, [item])
-            result: dict[int, bytes] = {}
+        def bodies(conn: IMAPClient) -> dict[int, tuple[bytes, float | None]]:
+            response = conn.fetch(uids, [item, "INTERNALDATE"])
+            result: dict[int, tuple[bytes, float | None]] = {}
             for uid, items in response.items():
                 if uid not in wanted:
                     continue
                 # BODY.PEEK[] answers as BODY[], a partial one as BODY[]<0>.
                 body = next((v for k, v in items.items() if k.startswith(b"BODY[")), None)
+                arrived = items.get(b"INTERNALDATE")
                 if isinstance(body, bytes):
-                    result[uid] = body
+                    stamp = arrived.timestamp() if isinstance(arrived, datetime) else None
+                    result[uid] = (body, stamp)
             return result
 
         return await self._command(
@@ -330,10 +388,82 @@ class ImapClient:
             extra_seconds=expected / _MIN_FETCH_THROUGHPUT,
         )
 
-    async def noop(self) -> None:
-        """NOOP: proves the connection is alive (and lets the server report new mail)."""
+    async def noop(self) -> tuple[str, ...]:
+        """NOOP: proves the connection is alive; returns the untagged responses it drew (new
+        mail among them, see announces_mail)."""
+        return await self._command("noop", lambda conn: _summaries(conn.noop()[1]))
 
-        await self._command("noop", lambda conn: conn.noop())
+    async def supports_idle(self) -> bool:
+        """Whether the server advertises IDLE (RFC 2177) on this connection."""
+        return await self._command("capability", lambda conn: conn.has_capability("IDLE"))
+
+    async def idle_start(self) -> None:
+        """Sends IDLE; until idle_done(), only idle_wait() may be called."""
+        await self._command("idle", lambda conn: conn.idle())
+
+    async def idle_wait(self, seconds: float, wake: IdleWake) -> IdleEvents:
+        """Waits in IDLE up to `seconds` for the server to announce new mail (EXISTS or RECENT).
+
+        The wait runs in the connection's thread and sleeps in select() on the connection's
+        socket (imapclient offers it for exactly this) and on `wake`, so it costs nothing while
+        the server is silent and setting `wake` ends it at once. The command timeout does not
+        bound this wait (silence is normal in IDLE), the asyncio backstop still does. A closed
+        connection or BYE raises ImapConnectionError.
+        """
+        where = self._where()
+
+        def wait(conn: IMAPClient) -> IdleEvents:
+            end = time.monotonic() + seconds
+            kept: list[str] = []
+            heard = False
+            woke_ns: int | None = None
+            early = 0
+            while not wake.is_set():
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                # A line that TLS or imaplib's reader already buffered is invisible to select()
+                # (as to idle_check itself): it is read with the server's next line, at the
+                # latest when the keepalive check's DONE draws it (IdleSession.wait).
+                readable, _, _ = select.select([conn.socket(), wake], [], [], left)
+                if wake.is_set() or not readable:
+                    continue
+                responses = conn.idle_check(timeout=0)
+                if not responses:
+                    # A readable socket with nothing to read is a closed connection
+                    # (idle_check swallows EOF); once may be half a line, twice is not.
+                    early += 1
+                    if early >= 2:
+                        raise ImapConnectionError(f"{where}: connection closed during IDLE")
+                    continue
+                early, heard = 0, True
+                summaries = _summaries(responses)
+                kept.extend(summaries[: _IDLE_RESPONSES_KEPT - len(kept)])
+                if any(summary.startswith("BYE") for summary in summaries):
+                    raise ImapConnectionError(f"{where}: the server ended IDLE with BYE")
+                if announces_mail(summaries):
+                    woke_ns = time.time_ns()
+                    break
+            return IdleEvents(
+                new_mail=woke_ns is not None, heard=heard, woke_ns=woke_ns, responses=tuple(kept)
+            )
+
+        conn = self._require_open("idle_wait")
+        async with self._lock:
+            try:
+                return await self._in_thread(lambda: wait(conn), max(0.0, seconds))
+            except ImapError:
+                self._break()
+                raise
+            except (OSError, IMAPClientError) as exc:
+                error = self._translate(exc, "idle")
+                self._break()
+                raise error from None
+
+    async def idle_done(self) -> tuple[str, ...]:
+        """Sends DONE and reads the end of IDLE, bounded by the command timeout; returns the
+        untagged responses that arrived meanwhile (a new-mail announcement may be among them)."""
+        return await self._command("done", lambda conn: _summaries(conn.idle_done()[1]))
 
     async def logout(self) -> None:
         """LOGOUT, then closes the connection (which is closed even when LOGOUT fails)."""
@@ -365,6 +495,7 @@ class ImapClient:
             timeout=SocketTimeout(connect=self._timeout, read=self._timeout),
         )
         conn.folder_encode = False  # folder_name.encode_folder() is the one encoder
+        conn.normalise_times = False  # INTERNALDATE as an aware datetime, not local time
         if mode == "starttls":
             try:
                 conn.starttls(ssl_context=context)
@@ -560,6 +691,14 @@ class ReconnectingSession:
         """The folder status from the latest successful select."""
         return self._status
 
+    @property
+    def current(self) -> ImapClient | None:
+        """The open client, if there is one and it has not failed; never connects."""
+        client = self._client
+        if client is not None and client.connected and not self._broken:
+            return client
+        return None
+
     async def ensure(self) -> ImapClient:
         """A ready client; after failures, waits out the backoff first. Raises ImapError."""
         async with self._ensuring:
@@ -626,6 +765,22 @@ def _drop(conn: IMAPClient) -> None:
     # Closes the socket, which also unblocks the worker thread if it still waits on it.
     with contextlib.suppress(OSError, AttributeError, IMAPClientError):
         conn.shutdown()
+
+
+def announces_mail(summaries: Sequence[str]) -> bool:
+    """Whether untagged responses (as IdleEvents.responses) include EXISTS or RECENT."""
+    return any(summary.split(" ")[1:2] in (["EXISTS"], ["RECENT"]) for summary in summaries)
+
+
+def _summaries(responses: Sequence[tuple[object, ...]]) -> tuple[str, ...]:
+    """imapclient's parsed untagged responses as short lines: (3, b"EXISTS") -> "3 EXISTS"."""
+    return tuple(" ".join(_word(part) for part in response)[:200] for response in responses)
+
+
+def _word(part: object) -> str:
+    if isinstance(part, bytes):
+        return part.decode("ascii", "replace")
+    return str(part)
 
 
 def _describe(exc: BaseException) -> str:

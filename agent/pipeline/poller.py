@@ -10,9 +10,20 @@ exception: it cannot be recognised, so it is delivered again with a new Idempote
 Failure rule: whatever a cycle raises (IMAP, store, or anything unexpected) is a failed cycle:
 logged with its type, counted on imap.poll.duration {outcome="error", error.type}, and tried
 again after a backoff that starts at the poll interval and doubles up to
-min(imap.reconnect_max_backoff, imap.lease_ttl / 2), so the lease is still renewed in time.
+min(imap.reconnect_max_backoff, imap.lease_ttl / 2), so the lease is still renewed in time. A
+mailbox in IDLE mode starts that backoff at min(poll interval, 1 s) instead: push delivery waits
+on the reconnect, and the poll interval may be minutes long.
 Only shutdown ends run(); a poller task that ends any other way is marked dead (watch()), which
 fails /livez and /health.
+
+Rest rule: between cycles the leader renews its lease every third of imap.lease_ttl, so the poll
+interval is not tied to the TTL; a standby tries for the lease every min(poll interval, TTL / 4).
+With imap.idle on and a server that offers IDLE the leader rests in IDLE (mode "idle"): the
+server's EXISTS ends the rest, and the next cycle (the same watermark, lease and dedupe path)
+fetches the mail at once; the poll interval remains as a catch-up sweep. A dead IDLE connection
+ends the rest: the next cycle reconnects (with backoff) and catches up. Without IDLE, or after
+imap.idle_max_failures IDLE failures in a row, the mailbox polls (mode "poll", with the reason in
+/health and a log line) and tries IDLE again 15 minutes later.
 
 Fair share: a leader above its share hands one lease back at a safe point, after a cycle
 (its watermark recorded), never in the middle of a batch; the replica that lacks one takes it
@@ -32,7 +43,15 @@ from opentelemetry.metrics import Observation
 from opentelemetry.trace import Span, StatusCode, Tracer
 
 from agent.config import MailboxSettings, Settings
-from agent.pipeline.imap import FetchedMessage, ImapAuthError, ImapError, ReconnectingSession
+from agent.pipeline.idle import IdleSession
+from agent.pipeline.imap import (
+    FetchedMessage,
+    IdleEvents,
+    IdleWake,
+    ImapAuthError,
+    ImapError,
+    ReconnectingSession,
+)
 from agent.pipeline.oauth import AccessTokenSource, TokenError
 from agent.pipeline.process import EmailProcessor, ProcessOutcome
 from agent.pipeline.redrive import carry_out_redrives
@@ -43,6 +62,9 @@ from agent.telemetry.catalogue import Instruments
 from agent.telemetry.logs import get_logger
 
 LEASE_PREFIX = "lease:mailbox:"
+# After IDLE kept failing, how long the mailbox polls before IDLE is tried again.
+IDLE_RETRY_AFTER = 900.0
+MODES = ("idle", "poll")
 
 
 class LeaseLost(RuntimeError):
@@ -79,10 +101,10 @@ class MailboxPoller:
         self._session = self._new_session()
         self._lease: Lease | None = None
         interval = float(mailbox.poll_interval)
-        cap = max(
-            interval, min(float(settings.imap.reconnect_max_backoff), settings.imap.lease_ttl / 2)
-        )
-        self._backoff = Backoff(initial=interval, maximum=cap)
+        reconnect_cap = min(float(settings.imap.reconnect_max_backoff), settings.imap.lease_ttl / 2)
+        self._backoff = Backoff(initial=interval, maximum=max(interval, reconnect_cap))
+        soon = min(interval, 1.0)
+        self._idle_backoff = Backoff(initial=soon, maximum=max(soon, reconnect_cap))
         self.started_at = clock()
         self.last_check: float | None = None
         self.next_check: float | None = None
@@ -98,7 +120,15 @@ class MailboxPoller:
         self.login_failing: bool | None = None
         self.watermark: Watermark | None = None
         self._semaphore = asyncio.Semaphore(settings.imap.concurrency)
+        self.mode = "poll"
+        self.mode_reason = "" if settings.imap.idle else "imap.idle is off"
+        self._idle_failures = 0
+        self._idle_retry_at = 0.0
+        self._wakeup: IdleEvents | None = None
+        # The highest UID the last cycle's search found: mail above it arrived after the search.
+        self._searched_to = 0
         instruments.publish("poller.leader", self._observe_leader)
+        instruments.publish("imap.mailbox.mode", self._observe_mode)
         instruments.publish("poller.last_success.time", self._observe_last_success)
         instruments.publish("imap.mailbox.backlog", self._observe_backlog)
         instruments.publish("imap.login.failing", self._observe_login_failing)
@@ -164,6 +194,8 @@ class MailboxPoller:
             "watermark": None if self.watermark is None else self.watermark.uid,
             "uidvalidity": None if self.watermark is None else self.watermark.uidvalidity,
             "backlog": self.backlog,
+            "mode": self.mode if self.leader else None,
+            "mode_reason": (self.mode_reason or None) if self.leader else None,
         }
 
     def watch(self, task: asyncio.Task[None], stop: asyncio.Event) -> None:
@@ -203,29 +235,137 @@ class MailboxPoller:
                     self._failed(exc, "store", event="poller.store_error")
                 except Exception as exc:  # the poller's boundary: only shutdown may end it
                     self._failed(exc, type(exc).__name__, event="poller.lease_failed")
-                await self._rest(stop, self._pause())
+                try:
+                    await self._rest(stop, self._pause())
+                except LeaseLost:
+                    self._log.warning("poller.lease_lost", mailbox=self.mailbox.name)
+                    self._lease = None
+                    await self._reset_session()
         finally:
             await self._close()
 
     async def _rest(self, stop: asyncio.Event, seconds: float) -> None:
-        """Waits until the next attempt, or shutdown; also wakes when this replica's share
+        """Waits until the next attempt, or shutdown, renewing the lease; rests in IDLE when it
+        can and ends early when the server announces mail. Also wakes when this replica's share
         changes (unless backing off), so a leader above it hands back after one more cycle and
-        a standby below it takes a free lease now rather than a poll interval later."""
+        a standby below it takes a free lease now rather than a poll interval later.
+
+        Raises LeaseLost when a renewal finds the lease gone (IDLE is left first)."""
         events = [stop] if self.failures else [stop, self._replicas.changed()]
         waiters = {asyncio.ensure_future(event.wait()) for event in events}
+        wake = IdleWake()  # the IDLE wait runs in a thread: this ends it
+        for waiter in waiters:
+            waiter.add_done_callback(lambda _done: wake.set())
         self.next_check = self._clock() + seconds
+        deadline = time.monotonic() + seconds
+        renew_every = self._settings.imap.lease_ttl / 3
+        idle: IdleSession | None = None
         try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            while not wake.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                chunk = min(left, renew_every) if self._lease is not None else left
+                if idle is None:
+                    idle = await self._start_idle()
+                    if self._wakeup is not None:
+                        return
+                if idle is not None:
+                    woke = await idle.wait(chunk, wake)
+                    if woke is not None or idle.proven:
+                        self._idle_failures = 0
+                    if woke is not None:
+                        self._wakeup = woke
+                        return
+                else:
+                    await asyncio.wait(waiters, timeout=chunk, return_when=asyncio.FIRST_COMPLETED)
+                if self._lease is not None and not wake.is_set():
+                    await self._renew()
+        except ImapError as exc:
+            self._idle_failed(exc)
+            idle = None
+        except StoreError as exc:
+            # The next cycle renews again and counts the failure; resting on is not safe.
+            self._log.warning("poller.rest_renew_failed", mailbox=self.mailbox.name, error=str(exc))
         finally:
             self.next_check = None
             for waiter in waiters:
                 waiter.cancel()
+            if idle is not None:
+                await self._end_idle(idle)
+            wake.close()
+
+    async def _start_idle(self) -> IdleSession | None:
+        """IDLE on the leader's open connection, or None (and the mode says why) when it
+        cannot or should not be used now."""
+        if not self._settings.imap.idle or self._lease is None or self.failures:
+            return None
+        if time.monotonic() < self._idle_retry_at:
+            return None
+        client = self._session.current
+        if client is None:
+            return None
+        if not await client.supports_idle():
+            self._set_mode("poll", "the server does not offer IDLE")
+            return None
+        # Mail that arrived after the cycle's search was announced during its FETCH, where the
+        # announcement is not kept, and IDLE will not repeat it: look once before idling.
+        if await client.search_uids_above(self._searched_to):
+            self._wakeup = IdleEvents(new_mail=True, woke_ns=time.time_ns())
+            return None
+        idle = IdleSession(client, self._settings.imap)
+        await idle.start()
+        self._set_mode("idle", "")
+        return idle
+
+    async def _end_idle(self, idle: IdleSession) -> None:
+        try:
+            await idle.end()
+        except ImapError as exc:
+            self._idle_failed(exc)
+
+    def _idle_failed(self, exc: ImapError) -> None:
+        """A dead or refused IDLE: the next cycle reconnects and catches up; after
+        imap.idle_max_failures in a row the mailbox polls for IDLE_RETRY_AFTER seconds."""
+        self._session.mark_broken()
+        self._idle_failures += 1
+        self._log.warning(
+            "imap.idle_failed",
+            mailbox=self.mailbox.name,
+            error_type=exc.error_type,
+            error=str(exc),
+            consecutive_failures=self._idle_failures,
+        )
+        if self._idle_failures >= self._settings.imap.idle_max_failures:
+            self._idle_failures = 0
+            self._idle_retry_at = time.monotonic() + IDLE_RETRY_AFTER
+            self._set_mode(
+                "poll",
+                f"IDLE failed {self._settings.imap.idle_max_failures} times in a row "
+                f"({exc.error_type}); trying it again in {IDLE_RETRY_AFTER / 60:g} min",
+            )
+
+    def _set_mode(self, mode: str, reason: str) -> None:
+        if (mode, reason) == (self.mode, self.mode_reason):
+            return
+        self.mode, self.mode_reason = mode, reason
+        log = self._log.info if mode == "idle" else self._log.warning
+        log("imap.mode", mailbox=self.mailbox.name, mode=mode, reason=reason or None)
 
     def _pause(self) -> float:
         if not self.failures:
             self.retry_in = None
+            if self._lease is None:
+                # A standby looks for a free lease at least every quarter TTL, however long the
+                # poll interval: a lost leader is replaced within the TTL.
+                return min(float(self.mailbox.poll_interval), self._settings.imap.lease_ttl / 4)
             return float(self.mailbox.poll_interval)
-        self.retry_in = max(float(self.mailbox.poll_interval), self._backoff.delay(self.failures))
+        if self.mode == "idle":
+            self.retry_in = self._idle_backoff.delay(self.failures)
+        else:
+            self.retry_in = max(
+                float(self.mailbox.poll_interval), self._backoff.delay(self.failures)
+            )
         return self.retry_in
 
     async def _close(self) -> None:
@@ -339,10 +479,18 @@ class MailboxPoller:
     async def cycle(self, stop: asyncio.Event | None = None) -> None:
         """One poll cycle in its own trace: select, search above the watermark, fetch, process."""
         started = time.perf_counter()
+        wakeup, self._wakeup = self._wakeup, None
         with self._tracer.start_as_current_span(
             "imap.poll",
-            attributes={"imap.mailbox": self.mailbox.name, "server.address": self.mailbox.host},
+            attributes={
+                "imap.mailbox": self.mailbox.name,
+                "server.address": self.mailbox.host,
+                "imap.trigger": "poll" if wakeup is None else "idle",
+            },
+            start_time=None if wakeup is None else wakeup.woke_ns,
         ) as span:
+            if wakeup is not None:
+                self._trace_wakeup(wakeup)
             error_type = ""
             try:
                 processed = await self._cycle(span.get_span_context(), stop)
@@ -375,6 +523,17 @@ class MailboxPoller:
                 )
                 await self._heartbeat()
 
+    def _trace_wakeup(self, wakeup: IdleEvents) -> None:
+        """A child span from the server's announcement to the end of IDLE (DONE answered)."""
+        self._tracer.start_span(
+            "imap.idle.wakeup",
+            start_time=wakeup.woke_ns,
+            attributes={
+                "imap.mailbox": self.mailbox.name,
+                "imap.idle.responses": list(wakeup.responses),
+            },
+        ).end()
+
     async def _cycle(self, poll_context: Any, stop: asyncio.Event | None) -> int:
         await self._keep_token_fresh()
         client = await self._session.ensure()
@@ -404,6 +563,7 @@ class MailboxPoller:
             stop=stop,
         )
         uids = sorted(await client.search_uids_above(mark.uid))
+        self._searched_to = max(uids, default=mark.uid)
         self.backlog = len(uids)
         if not uids:
             return 0
@@ -488,6 +648,17 @@ class MailboxPoller:
             return []
         return [Observation(self.last_success, {"imap.mailbox": self.mailbox.name})]
 
+    def _observe_mode(self) -> list[Observation]:
+        if not self.leader:
+            return []
+        return [
+            Observation(
+                1 if mode == self.mode else 0,
+                {"imap.mailbox": self.mailbox.name, "imap.mode": mode},
+            )
+            for mode in MODES
+        ]
+
     def _observe_login_failing(self) -> list[Observation]:
         if not self.leader or self.login_failing is None:
             return []
@@ -541,8 +712,18 @@ def pollers_status(pollers: list[MailboxPoller], replica: str = "") -> dict[str,
         "last_check": max(checks) if checks else None,
         "last_success": max(successes) if successes else None,
         "replica": replica,
+        "mode": _overall_mode(boxes),
         "mailboxes": boxes,
     }
+
+
+def _overall_mode(boxes: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The replica's mode: idle when every mailbox it leads idles, poll when one of them polls,
+    None when it leads none."""
+    modes = {b["mode"] for b in boxes.values() if b["leader"]}
+    if not modes:
+        return None
+    return "idle" if modes == {"idle"} else "poll"
 
 
 def _error_type(exc: BaseException) -> str:

@@ -237,6 +237,10 @@ class EmailProcessor:
                 error_type="webhook_rejected",
             )
             return ProcessOutcome(uid, "dead_lettered", result.error, "webhook_rejected")
+        if message.internal_date is not None and not redrive:
+            # A re-drive's lag would measure the operator's fix, not the pipeline.
+            lag = max(0.0, self._clock() - message.internal_date)
+            self._instruments.delivery_lag.record(lag, {"imap.mailbox": mailbox})
         return ProcessOutcome(uid, "delivered")
 
     async def _parse(self, message: FetchedMessage) -> ParsedEmail:

@@ -17,6 +17,10 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 SIZE_BUCKETS = (1024.0, 16384.0, 131072.0, 1048576.0, 5242880.0, 26214400.0, 104857600.0,
                 524288000.0, 2147483648.0)  # fmt: skip
 _BUCKETS = {"s": DURATION_BUCKETS, "By": SIZE_BUCKETS}
+# Delivery lag: a push delivery takes about a second, a poll up to its interval (INTERNALDATE
+# has whole seconds, so finer buckets would only show its rounding).
+LAG_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
+               600.0, 1800.0, 3600.0)  # fmt: skip
 
 GaugeSource = Callable[[], Iterable[Observation]]
 
@@ -30,6 +34,8 @@ class InstrumentSpec:
     unit: str
     description: str
     attributes: tuple[str, ...] = ()
+    # Histogram bucket boundaries, when the unit's default ones do not fit.
+    buckets: tuple[float, ...] | None = None
 
 
 CATALOGUE: tuple[InstrumentSpec, ...] = (
@@ -155,6 +161,22 @@ CATALOGUE: tuple[InstrumentSpec, ...] = (
         "webhook.last_delivery.time", "gauge", "s", "Unix time of the newest webhook delivery."
     ),
     InstrumentSpec(
+        "imap.mailbox.mode",
+        "gauge",
+        "1",
+        "1 for the way the leader watches the mailbox now (imap.mode idle or poll), 0 for the "
+        "other.",
+        ("imap.mailbox", "imap.mode"),
+    ),
+    InstrumentSpec(
+        "email.delivery.lag",
+        "histogram",
+        "s",
+        "From the mail's INTERNALDATE on the IMAP server to the app's 2xx for its webhook.",
+        ("imap.mailbox",),
+        LAG_BUCKETS,
+    ),
+    InstrumentSpec(
         "poller.leader",
         "gauge",
         "1",
@@ -260,6 +282,7 @@ class Instruments:
         self.r2_transfers = self._counter("r2.transfers")
         self.webhook_delivery_duration = self._histogram("webhook.delivery.duration")
         self.webhook_deliveries = self._counter("webhook.deliveries")
+        self.delivery_lag = self._histogram("email.delivery.lag")
         self.alert_notifications = self._counter("alert.notifications")
         self.export_failures = self._counter("telemetry.export.failures")
         self.http_server_duration = self._histogram("http.server.request.duration")
@@ -276,7 +299,7 @@ class Instruments:
 
     def _histogram(self, name: str) -> Histogram:
         spec = SPECS[name]
-        buckets = _BUCKETS[spec.unit]
+        buckets = spec.buckets or _BUCKETS[spec.unit]
         return self._meter.create_histogram(
             explicit_bucket_boundaries_advisory=buckets, **_kw(spec)
         )

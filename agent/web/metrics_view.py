@@ -24,6 +24,7 @@ CHARTED = (
     "process.memory.usage",
     "process.memory.utilization",
     "webhook.deliveries",
+    "email.delivery.lag",
 )
 
 
@@ -36,6 +37,9 @@ def _point_value(point: NumberDataPoint | HistogramDataPoint) -> dict[str, Any]:
             "mean": mean,
             "min": point.min if point.count else None,
             "max": point.max if point.count else None,
+            # Cumulative buckets since start: the dashboard reads percentiles from them.
+            "bounds": list(point.explicit_bounds),
+            "buckets": list(point.bucket_counts),
         }
     return {"value": point.value}
 

@@ -14,6 +14,7 @@ import pytest
 from tests.fixtures.browser import BrowserPage
 from tests.fixtures.collector import TelemetryStack
 from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.receiver import Receiver
 from tests.fixtures.redis import RedisServer
 from tests.support.sidecar import ROOT, SidecarProcess
 
@@ -150,6 +151,34 @@ def test_page_renders_live_data_from_a_sidecar_with_redis_and_dovecot_without_co
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert page.text_content("#overall") in {"ok", "degraded"}
+    assert opened.console_errors == []
+
+
+def test_mailboxes_show_their_mode_and_the_lag_chart_its_percentiles(
+    sidecar_process: Start,
+    redis_server: RedisServer,
+    dovecot: Dovecot,
+    threaded_receiver: Receiver,
+    browser_page: OpenPage,
+) -> None:
+    env = _mailbox_env(redis_server, dovecot) | {
+        "IMAP_POLL_INTERVAL": "300",
+        "WEBHOOK_URL": threaded_receiver.url + "/hook",
+    }
+    sidecar = sidecar_process(env=env)
+    opened = _open(browser_page, sidecar.url)
+    page = opened.page
+    mode = "#pollers tr[data-mailbox='default'] td:nth-child(7)"
+    page.wait_for_selector(f"{mode}:text('idle')", timeout=15_000)
+    assert page.text_content("#value-lag") == "–"
+    dovecot.append_many("alice", [_message("lag one"), _message("lag two")])
+    page.wait_for_function(
+        "() => document.getElementById('value-lag').textContent.startsWith('p50 ')",
+        timeout=15_000,
+    )
+    text = page.text_content("#value-lag") or ""
+    assert [part.split(" ")[0] for part in text.split(" · ")] == ["p50", "p90", "p99"]
+    assert len(threaded_receiver.requests) == 2
     assert opened.console_errors == []
 
 

@@ -23,6 +23,32 @@ export function meanPerInterval(history) {
   return out;
 }
 
+// Histogram points (bounds, cumulative bucket counts) of every series -> the q-quantile, read
+// by linear interpolation inside its bucket (the first starts at 0, the last ends at the max).
+export function quantile(points, q) {
+  const withBuckets = (points || []).filter((p) => p.count && p.bounds && p.buckets);
+  if (!withBuckets.length) return null;
+  const bounds = withBuckets[0].bounds;
+  const counts = bounds.map(() => 0).concat([0]);
+  let max = 0;
+  for (const p of withBuckets) {
+    p.buckets.forEach((c, i) => { counts[i] += c; });
+    max = Math.max(max, p.max ?? 0);
+  }
+  const total = counts.reduce((a, b) => a + b, 0);
+  const rank = q * total;
+  let seen = 0;
+  for (let i = 0; i < counts.length; i += 1) {
+    if (counts[i] && seen + counts[i] >= rank) {
+      const low = i === 0 ? 0 : bounds[i - 1];
+      const high = i < bounds.length ? Math.min(bounds[i], max || bounds[i]) : max;
+      return low + (high - low) * ((rank - seen) / counts[i]);
+    }
+    seen += counts[i];
+  }
+  return max;
+}
+
 export function plain(history) {
   return history.map(([t, v]) => [t, v]);
 }

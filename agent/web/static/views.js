@@ -1,6 +1,6 @@
 // Renders API answers into the page with DOM calls only: no data ever becomes markup.
 
-import { drawChart, meanPerInterval, perMinute, plain } from "./charts.js";
+import { drawChart, meanPerInterval, perMinute, plain, quantile } from "./charts.js";
 
 export const KNOWN_LOGGERS = ["alerts", "app", "health", "http", "imap", "performance",
   "r2_transfer", "store", "telemetry", "webhook"];
@@ -79,6 +79,7 @@ export function renderPollers(status) {
     el("td", { text: ago(p.last_success), title: toDate(p.last_success)?.toISOString() || "" }),
     el("td", { text: p.watermark ?? "–" }),
     el("td", { text: p.backlog ?? "–" }),
+    el("td", { text: p.mode ?? "–", title: p.mode_reason || "" }),
   ]));
   body.replaceChildren(...rows);
   empty.hidden = rows.length > 0;
@@ -120,6 +121,8 @@ export function renderMetrics(snapshot, status) {
       () => { const v = latestValue(metrics["webhook.error_ratio"]); return v === null ? "–" : percent(v); }],
     ["r2", meanPerInterval(history["r2.transfer.duration"] || []), { format: seconds },
       (pts) => (pts.length ? seconds(pts[pts.length - 1][1]) : "–")],
+    ["lag", meanPerInterval(history["email.delivery.lag"] || []), { format: seconds },
+      () => lagPercentiles(metrics["email.delivery.lag"])],
     ["memory", plain(history["process.memory.utilization"] || []), { format: percent, max: 1, limit: 1 },
       (pts) => {
         const memory = status && status.memory;
@@ -133,6 +136,16 @@ export function renderMetrics(snapshot, status) {
     drawChart(document.getElementById(`chart-${name}`), points, options);
     document.getElementById(`value-${name}`).textContent = label(points);
   }
+}
+
+// Delivery lag percentiles since start, from the histogram's buckets.
+function lagPercentiles(metric) {
+  if (!metric) return "–";
+  const parts = [["p50", 0.5], ["p90", 0.9], ["p99", 0.99]]
+    .map(([name, q]) => [name, quantile(metric.points, q)])
+    .filter(([, v]) => v !== null)
+    .map(([name, v]) => `${name} ${seconds(v)}`);
+  return parts.length ? parts.join(" · ") : "–";
 }
 
 export function renderAlerts(data) {
