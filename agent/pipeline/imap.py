@@ -762,7 +762,12 @@ class ReconnectingSession:
 
 
 def _drop(conn: IMAPClient) -> None:
-    # Closes the socket, which also unblocks the worker thread if it still waits on it.
+    # Runs on the event loop while the worker thread may still be reading an answer. The
+    # socket is shut down first: that ends the read at once (EOF). imaplib's shutdown() closes
+    # the buffered reader first, and that close waits for the reader's lock, which a blocked
+    # read holds until the socket timeout: the event loop would stall for the whole timeout.
+    with contextlib.suppress(OSError, AttributeError, IMAPClientError):
+        conn.socket().shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError, AttributeError, IMAPClientError):
         conn.shutdown()
 

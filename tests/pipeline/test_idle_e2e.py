@@ -133,3 +133,23 @@ async def test_two_replicas_on_redis_only_the_holder_idles_and_a_killed_one_is_r
     (request,) = await receiver.wait_for(1, timeout=10)
     assert time.monotonic() - appended < 2.0
     assert request.json["message_id"] == "<after-kill@e2e>"
+
+
+@pytest.mark.parametrize("store", ["local", "redis"])
+async def test_sigterm_just_after_a_delivery_exits_cleanly_within_seconds(
+    store: str,
+    dovecot: Dovecot,
+    receiver: Receiver,
+    redis_server: RedisServer,
+    sidecar_process: Start,
+) -> None:
+    extra = {"REDIS_URL": redis_server.url} if store == "redis" else {}
+    proc = await asyncio.to_thread(sidecar_process, env=_env(dovecot, receiver, **extra))
+    await _until("the sidecar idles", lambda: _idles(proc), timeout=20)
+    dovecot.append("alice", make_message(message_id=f"<term-{store}@e2e>", subject="term"))
+    await receiver.wait_for(1, timeout=10)
+    await asyncio.sleep(0.3)  # back in IDLE, or on the way there
+    took = await asyncio.to_thread(proc.terminate, 15.0)
+    assert proc.proc is not None
+    assert proc.proc.returncode == 0, proc.log_tail()
+    assert took < 5.0, proc.log_tail()

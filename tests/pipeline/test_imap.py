@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import imaplib
 import time
@@ -321,6 +322,32 @@ async def test_command_to_a_frozen_server_times_out_and_drops_the_connection(
         await imap.close()
 
     assert elapsed <= 3.0
+    assert not imap.connected
+
+
+async def test_cancelling_a_command_that_waits_on_the_server_does_not_block_the_event_loop(
+    dovecot: Dovecot, telemetry: Telemetry
+) -> None:
+    """Shutdown cancels a command whose thread is still reading: dropping the connection must
+    wake that read, not wait on it for the whole command timeout with the event loop held."""
+    imap = _client(dovecot.settings("alice"), telemetry, timeout=10.0)
+    await imap.connect()
+    await imap.login()
+    await imap.select()
+    dovecot.pause()
+    try:
+        command = asyncio.ensure_future(imap.noop())
+        await asyncio.sleep(0.5)  # the worker thread now blocks reading the answer
+        started = time.monotonic()
+        command.cancel()
+        await asyncio.wait({command})
+        elapsed = time.monotonic() - started
+    finally:
+        dovecot.resume()
+        await imap.close()
+
+    assert command.cancelled()
+    assert elapsed < 2.0, f"the event loop was held {elapsed:.1f}s by dropping the connection"
     assert not imap.connected
 
 
