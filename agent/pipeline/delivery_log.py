@@ -10,7 +10,7 @@ from typing import Any
 from opentelemetry import trace
 
 from agent.pipeline.parse import ParsedEmail
-from agent.store.base import LoggedFile, LoggedLink
+from agent.store.base import DeliveryOutcome, DeliveryRecord, LoggedFile, LoggedLink
 from agent.telemetry.masking import Masker
 
 # Headers are the sender's text: a record keeps this much of each.
@@ -26,6 +26,36 @@ class MailFacts:
     subject: str = ""
     received_at: float | None = None
     links: tuple[LoggedLink, ...] = ()
+
+    def record(
+        self,
+        *,
+        at: float,
+        outcome: DeliveryOutcome,
+        mailbox: str,
+        email_id: str,
+        error: str = "",
+        attempts: int = 1,
+        status_code: int | None = None,
+        duration: float = 0.0,
+    ) -> DeliveryRecord:
+        """The delivery log record of this mail's outcome, tied to the trace being recorded."""
+        return DeliveryRecord(
+            at=at,
+            outcome=outcome,
+            mailbox=mailbox,
+            email_id=email_id,
+            status_code=status_code,
+            duration=duration,
+            error=error,
+            attempts=attempts,
+            message_id=self.message_id,
+            sender=self.sender,
+            subject=self.subject,
+            received_at=self.received_at,
+            links=self.links,
+            trace_id=current_trace_id(),
+        )
 
 
 def mail_facts(

@@ -15,7 +15,7 @@ from opentelemetry.trace import Link, SpanContext, StatusCode, Tracer
 
 from agent.config import Settings
 from agent.pipeline.budget import ByteBudget
-from agent.pipeline.delivery_log import MailFacts, current_trace_id, mail_facts
+from agent.pipeline.delivery_log import MailFacts, mail_facts
 from agent.pipeline.imap import FetchedMessage
 from agent.pipeline.links import DeliveryLink, LinkRegistry
 from agent.pipeline.parse import ParsedEmail, parse_email
@@ -286,19 +286,13 @@ class EmailProcessor:
         self, mailbox: str, email_id: str, outcome: Outcome, facts: MailFacts, error: str = ""
     ) -> DeliveryRecord:
         """A delivery log record of a mail that needed no webhook."""
-        return DeliveryRecord(
+        return facts.record(
             at=self._clock(),
             outcome=outcome,
             mailbox=mailbox,
             email_id=email_id,
             error=error,
             attempts=0,
-            message_id=facts.message_id,
-            sender=facts.sender,
-            subject=facts.subject,
-            received_at=facts.received_at,
-            links=facts.links,
-            trace_id=current_trace_id(),
         )
 
     async def _forget_attempts(self, email_id: str) -> None:
@@ -322,19 +316,13 @@ class EmailProcessor:
             reason = f"gave up after {attempts} attempts: {outcome.reason}"
             at = self._clock()
             facts = outcome.facts or MailFacts()
-            record = DeliveryRecord(
+            record = facts.record(
                 at=at,
                 outcome="dead_lettered",
                 mailbox=mailbox,
                 email_id=email_id,
                 error=reason,
                 attempts=attempts,
-                message_id=facts.message_id,
-                sender=facts.sender,
-                subject=facts.subject,
-                received_at=facts.received_at,
-                links=facts.links,
-                trace_id=current_trace_id(),
             )
             letter = DeadLetter(
                 email_id, mailbox, uidvalidity, outcome.uid, reason, error_type, at, attempts

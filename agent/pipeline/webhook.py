@@ -22,9 +22,9 @@ from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from agent.config import WebhookSettings
-from agent.pipeline.delivery_log import MailFacts, current_trace_id
+from agent.pipeline.delivery_log import MailFacts
 from agent.retry import Backoff, RetryBudget
-from agent.store.base import DeadLetter, DeliveryRecord, Store, StoreError
+from agent.store.base import DeadLetter, Store, StoreError
 from agent.telemetry.catalogue import Instruments
 from agent.telemetry.certificates import observing_context
 from agent.telemetry.logs import get_logger
@@ -305,7 +305,7 @@ class WebhookClient:
         dead_letter: DeadLetter | None,
         facts: MailFacts,
     ) -> None:
-        record = DeliveryRecord(
+        record = facts.record(
             at=time.time(),
             outcome=result.outcome,
             mailbox=mailbox,
@@ -314,12 +314,6 @@ class WebhookClient:
             duration=result.duration,
             error=result.error,
             attempts=result.attempts,
-            message_id=facts.message_id,
-            sender=facts.sender,
-            subject=facts.subject,
-            received_at=facts.received_at,
-            links=facts.links,
-            trace_id=current_trace_id(),
         )
         if result.outcome == "dead_lettered" and processed_keys and dead_letter is not None:
             letter = dataclasses.replace(
