@@ -17,6 +17,7 @@ from agent.store.base import (
     LinkStatus,
 )
 from agent.telemetry.masking import Masker
+from agent.timestamps import iso
 
 LIMIT_DEFAULT = 50
 LIMIT_MAX = 500
@@ -104,13 +105,6 @@ def trace_url(jaeger_ui_url: str, trace_id: str) -> str | None:
     if "{trace_id}" in jaeger_ui_url:
         return jaeger_ui_url.replace("{trace_id}", trace_id)
     return f"{jaeger_ui_url.rstrip('/')}/trace/{trace_id}"
-
-
-def iso(at: float | None) -> str | None:
-    """A time as ISO 8601 UTC with a Z, or None."""
-    if at is None:
-        return None
-    return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _limit(text: str) -> int:

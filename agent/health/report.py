@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from agent.health.liveness import Lifecycle
 from agent.health.registry import HealthRegistry
+from agent.timestamps import iso
 
 SERVICES = ("redis", "imap", "r2", "collector")
 _COMPONENT_TYPES = {
@@ -19,12 +19,6 @@ _COMPONENT_TYPES = {
     "collector": "component",
     "http": "component",
 }
-
-
-def _iso(ts: float | None) -> str | None:
-    return (
-        None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-    )
 
 
 def _empty_dict() -> dict[str, Any]:
@@ -88,8 +82,8 @@ def _service(sources: HealthSources, name: str) -> dict[str, Any]:
         "status": summary["status"],
         "latency_ms": summary["latency_ms"],
         "error": summary["error"],
-        "last_check": _iso(summary["last_check"]),
-        "last_ok": _iso(summary["last_ok"]),
+        "last_check": iso(summary["last_check"]),
+        "last_ok": iso(summary["last_ok"]),
     }
     if summary["data"]:
         service["details"] = summary["data"]
@@ -107,7 +101,7 @@ def seed_report(sources: HealthSources, now: float | None = None) -> dict[str, A
     deliveries = sources.deliveries()
     return {
         "status": overall_status(sources),
-        "timestamp": _iso(now),
+        "timestamp": iso(now),
         "version": sources.version,
         "uptime": round(now - sources.lifecycle.started_at, 3),
         "services": services,
@@ -166,7 +160,7 @@ def health_json_report(sources: HealthSources, now: float | None = None) -> dict
             "componentId": name,
             "componentType": _COMPONENT_TYPES.get(name, "component"),
             "status": verdict,
-            "time": _iso(state.last_run_at or now),
+            "time": iso(state.last_run_at or now),
         }
         if state.last is not None and state.last.latency is not None:
             entry |= {"observedValue": round(state.last.latency * 1000, 2), "observedUnit": "ms"}
@@ -182,7 +176,7 @@ def health_json_report(sources: HealthSources, now: float | None = None) -> dict
                 "observedValue": memory.get("percent"),
                 "observedUnit": "percent",
                 "status": "pass",
-                "time": _iso(now),
+                "time": iso(now),
             }
         ]
     poller = sources.poller()
@@ -198,7 +192,7 @@ def health_json_report(sources: HealthSources, now: float | None = None) -> dict
             {
                 "componentType": "component",
                 "status": verdict,
-                "time": _iso(now),
+                "time": iso(now),
                 "output": "" if poller_state == "ok" else poller_state,
             }
         ]
@@ -210,7 +204,7 @@ def health_json_report(sources: HealthSources, now: float | None = None) -> dict
                 "observedValue": shown["days_left"],
                 "observedUnit": "d",
                 "status": "pass" if shown["status"] == "ok" else "warn",
-                "time": _iso(now),
+                "time": iso(now),
                 "output": "" if shown["status"] == "ok" else f"certificate {shown['status']}",
             }
         )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry.metrics import Observation
 
 from agent.store.base import DeliveryLogSize, DeliveryWindow, Store, StoreError
 from agent.telemetry.catalogue import Instruments
+from agent.timestamps import iso
 
 WINDOW = 24 * 3600.0
 OUTCOMES = ("delivered", "failed", "dead_lettered")
@@ -54,14 +54,14 @@ class DeliveryStats:
             # None until the store was read: nothing is claimed about a log not yet seen.
             "delivery_log": None
             if size is None
-            else {"records": size.records, "oldest": _iso(size.oldest_at)},
+            else {"records": size.records, "oldest": iso(size.oldest_at)},
             "active_webhooks": self._active(),
             "error_rate_24h": round(ratio, 4) if ratio is not None else 0.0,
             "deliveries_24h": window.total if window is not None else 0,
             "last_webhook": None
             if last is None
             else {
-                "at": _iso(last.at),
+                "at": iso(last.at),
                 "outcome": last.outcome,
                 "status_code": last.status_code,
                 "mailbox": last.mailbox,
@@ -82,9 +82,3 @@ class DeliveryStats:
         if self.window is None or self.window.last is None:
             return []
         return [Observation(self.window.last.at)]
-
-
-def _iso(at: float | None) -> str | None:
-    return (
-        None if at is None else datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
-    )

@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry.metrics import Observation
@@ -60,6 +59,7 @@ from agent.retry import Backoff
 from agent.store.base import Lease, Store, StoreError, Watermark
 from agent.telemetry.catalogue import Instruments
 from agent.telemetry.logs import get_logger
+from agent.timestamps import iso
 
 LEASE_PREFIX = "lease:mailbox:"
 # After IDLE kept failing, how long the mailbox polls before IDLE is tried again.
@@ -190,7 +190,7 @@ class MailboxPoller:
             "standby": None if self.leader or self.ended else (self.standby_reason or None),
             "waiting_for": None
             if waiting is None or self.leader
-            else {"holder": waiting.holder, "until": _iso(waiting.expires_at)},
+            else {"holder": waiting.holder, "until": iso(waiting.expires_at)},
             "watermark": None if self.watermark is None else self.watermark.uid,
             "uidvalidity": None if self.watermark is None else self.watermark.uidvalidity,
             "backlog": self.backlog,
@@ -737,7 +737,3 @@ def _error_type(exc: BaseException) -> str:
 def _fail_span(span: Span, exc: BaseException, error_type: str) -> None:
     span.set_status(StatusCode.ERROR, str(exc))
     span.set_attribute("error.type", error_type)
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
