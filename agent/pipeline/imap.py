@@ -138,7 +138,7 @@ class IdleEvents:
 
 
 class IdleWake:
-    """Ends an IDLE wait from another thread: set() wakes the waiting select() at once."""
+    """Ends an IDLE wait from another thread: set() wakes the waiting poll() at once."""
 
     def __init__(self) -> None:
         self._flag = threading.Event()
@@ -157,7 +157,7 @@ class IdleWake:
         return self._flag.is_set()
 
     def fileno(self) -> int:
-        """For select(): readable once set."""
+        """For poll(): readable once set."""
         return self._reader.fileno()
 
     def close(self) -> None:
@@ -404,7 +404,7 @@ class ImapClient:
     async def idle_wait(self, seconds: float, wake: IdleWake) -> IdleEvents:
         """Waits in IDLE up to `seconds` for the server to announce new mail (EXISTS or RECENT).
 
-        The wait runs in the connection's thread and sleeps in select() on the connection's
+        The wait runs in the connection's thread and sleeps in poll() on the connection's
         socket (imapclient offers it for exactly this) and on `wake`, so it costs nothing while
         the server is silent and setting `wake` ends it at once. The command timeout does not
         bound this wait (silence is normal in IDLE), the asyncio backstop still does. A closed
@@ -418,14 +418,19 @@ class ImapClient:
             heard = False
             woke_ns: int | None = None
             early = 0
+            # poll(), not select(): select() refuses descriptors above FD_SETSIZE (1024), which a
+            # busy process with a raised file limit reaches.
+            watch = select.poll()
+            watch.register(conn.socket(), select.POLLIN)
+            watch.register(wake, select.POLLIN)
             while not wake.is_set():
                 left = end - time.monotonic()
                 if left <= 0:
                     break
-                # A line that TLS or imaplib's reader already buffered is invisible to select()
+                # A line that TLS or imaplib's reader already buffered is invisible to poll()
                 # (as to idle_check itself): it is read with the server's next line, at the
                 # latest when the keepalive check's DONE draws it (IdleSession.wait).
-                readable, _, _ = select.select([conn.socket(), wake], [], [], left)
+                readable = watch.poll(left * 1000)
                 if wake.is_set() or not readable:
                     continue
                 responses = conn.idle_check(timeout=0)

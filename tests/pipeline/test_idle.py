@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import resource
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -372,6 +374,46 @@ async def test_setting_the_wake_flag_ends_an_idle_wait_at_once(
     await client.logout()
     telemetry.shutdown(2.0)
     assert took < 1.0
+
+
+@pytest.fixture
+def descriptors_above_1024() -> Iterator[None]:
+    """Holds open descriptors until the next one a socket gets is above select()'s FD_SETSIZE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200
+    assert hard == resource.RLIM_INFINITY or hard >= wanted, f"RLIMIT_NOFILE hard {hard}"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.usefixtures("descriptors_above_1024")
+async def test_an_idle_wait_on_a_descriptor_above_1024_still_wakes_on_new_mail(
+    dovecot: Dovecot, wake: IdleWake
+) -> None:
+    telemetry, _spans, _reader, _logs = telemetry_for_tests()
+    client = _client(dovecot, telemetry)
+    await client.connect()
+    await client.login()
+    await client.select()
+    idle = IdleSession(client, ImapSettings())
+    await idle.start()
+    try:
+        dovecot.append("alice", _mail(90))
+        woke = await idle.wait(10.0, wake)
+    finally:
+        await idle.end()
+        await client.logout()
+        telemetry.shutdown(2.0)
+    assert woke is not None
+    assert woke.new_mail
 
 
 async def test_two_replicas_on_redis_only_the_lease_holder_idles_and_a_lost_lease_ends_idle(
